@@ -1,0 +1,198 @@
+"""The public engine API: `LLM` (offline, batched, like vLLM's) and `AsyncEngine` (streaming, many callers)."""
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence as Seq
+from dataclasses import dataclass
+
+from lamina.engine.llm_engine import LLMEngine, Request
+from lamina.engine.outputs import RequestOutput
+from lamina.engine.sampling_params import SamplingParams
+from lamina.errors import InvalidRequestError
+
+Messages = list[dict[str, str]]
+
+
+class LLM:
+    """`LLM(model="default")`; `generate(prompts, params)` and `chat(messages, params)` return RequestOutputs."""
+
+    def __init__(self, model: str = "default", **config: object) -> None:
+        self.engine = LLMEngine(model, **config)
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(self, prompts: str | list[int] | Seq[str | list[int]],
+                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # type: ignore[list-item]
+        prompts = list(prompts)  # type: ignore[arg-type]
+        params = sampling_params if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
+        if len(params) != len(prompts):
+            raise InvalidRequestError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
+        requests = [self.engine.prepare_request(p, sp) for p, sp in zip(prompts, params)]
+        for request in requests:
+            self.engine.submit(request)
+        return self._run([r.request_id for r in requests], use_tqdm)
+
+    def chat(self, messages: Messages | Seq[Messages], sampling_params: SamplingParams | None = None,
+             use_tqdm: bool = False) -> list[RequestOutput]:
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)  # type: ignore[index]
+        prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        finished: dict[str, RequestOutput] = {}
+        bar = _progress(len(request_ids)) if use_tqdm else None
+        tokens, start = 0, time.perf_counter()
+        try:
+            while self.engine.has_unfinished_requests():
+                for out in self.engine.step():
+                    if out.finished:
+                        finished[out.request_id] = out
+                        tokens += out.num_completion_tokens
+                        if bar is not None:
+                            bar.set_postfix_str(f"{tokens / (time.perf_counter() - start):.1f} tok/s")
+                            bar.update(1)
+        except BaseException:
+            for request_id in request_ids:
+                self.engine.abort(request_id)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return [finished[r] for r in request_ids]
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="generate", unit="req", dynamic_ncols=True)
+
+
+@dataclass(slots=True)
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+class AsyncEngine:
+    """Runs an LLMEngine on a background thread; `generate` streams RequestOutputs to any number of tasks."""
+
+    def __init__(self, model: str = "default", **config: object) -> None:
+        self._start(LLMEngine(model, **config))
+
+    @classmethod
+    def from_llm(cls, llm: LLM) -> "AsyncEngine":
+        self = cls.__new__(cls)
+        self._start(llm.engine)
+        return self
+
+    def _start(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="lamina-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    def stats(self) -> dict[str, int]:
+        scheduler = self.engine.scheduler
+        return {
+            "num_free_blocks": self.engine.num_free_blocks,
+            "num_total_blocks": self.engine.num_total_blocks,
+            "num_running": len(scheduler.running),
+            "num_waiting": len(scheduler.waiting),
+            "num_requests": len(self._streams),
+        }
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        request = self.engine.prepare_request(prompt, params, request_id)
+        if request.request_id in self._streams:
+            raise InvalidRequestError(f"request id {request.request_id!r} is already running")
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._streams[request.request_id] = stream
+        self._send(("add", request))
+        finished = False
+        try:
+            while not finished:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._streams.pop(request.request_id, None)
+            if not finished:
+                self._send(("abort", request.request_id))
+
+    async def abort(self, request_id: str) -> None:
+        self._send(("abort", request_id))
+
+    def shutdown(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def _send(self, command: tuple[str, object]) -> None:
+        self._commands.put(command)
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            self._drain_commands()
+            if not self.engine.has_unfinished_requests():
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # a failed step fails its requests, never the loop
+                for request_id in list(self.engine.requests):
+                    self.engine.abort(request_id)
+                    self._deliver_error(request_id, exc)
+                continue
+            for out in outputs:
+                self._deliver(out)
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                kind, arg = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                assert isinstance(arg, Request)
+                try:
+                    self.engine.submit(arg)
+                except Exception as exc:
+                    self._deliver_error(arg.request_id, exc)
+            elif kind == "abort":
+                out = self.engine.abort(str(arg))
+                if out is not None:
+                    self._deliver(out)
+
+    def _deliver(self, out: RequestOutput) -> None:
+        stream = self._streams.get(out.request_id)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, out)
+
+    def _deliver_error(self, request_id: str, exc: BaseException) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)

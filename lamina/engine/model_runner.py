@@ -1,0 +1,65 @@
+"""Turns a scheduled batch into tensors, runs the model and returns the logits of the rows that sample."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lamina.engine.kv_cache import KVCache
+from lamina.engine.models.attention import AttentionMetadata, PrefillSegment
+from lamina.engine.models.llama import LlamaForCausalLM
+from lamina.engine.scheduler import ScheduledBatch
+from lamina.engine.sequence import Sequence
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, cache: KVCache, block_size: int) -> None:
+        self.model = model
+        self.cache = cache
+        self.block_size = block_size
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch, copies: list[tuple[int, int]]) -> tuple[list[Sequence], Tensor | None]:
+        """Forward the batch; return the sequences that sample a token now and their logits [len, vocab]."""
+        self.cache.copy_blocks(copies)
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        meta = AttentionMetadata(self.cache.k, self.cache.v, slot_mapping=torch.empty(0, dtype=torch.long))
+        sample_rows: list[int] = []
+        samplers: list[Sequence] = []
+        for seq, chunk, seq_slots in batch.prefills:
+            start, begin = len(ids), seq.num_computed_tokens
+            ids += seq.token_ids[begin : begin + chunk]
+            positions += range(begin, begin + chunk)
+            slots += seq_slots
+            table = torch.tensor(seq.block_table) if begin > 0 else None
+            meta.prefills.append(PrefillSegment(start, start + chunk, begin + chunk, table))
+            if begin + chunk == len(seq.token_ids):
+                sample_rows.append(len(ids) - 1)
+                samplers.append(seq)
+        meta.decode_start = len(ids)
+        if batch.decodes:
+            self._decode_metadata(batch.decodes, meta)
+            for seq, slot in batch.decodes:
+                sample_rows.append(len(ids))
+                samplers.append(seq)
+                ids.append(seq.token_ids[-1])
+                positions.append(len(seq.token_ids) - 1)
+                slots.append(slot)
+        meta.slot_mapping = torch.tensor(slots, dtype=torch.long)
+        hidden = self.model(torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), meta)
+        if not samplers:
+            return [], None
+        return samplers, self.model.compute_logits(hidden[torch.tensor(sample_rows)]).float()
+
+    def _decode_metadata(self, decodes: list[tuple[Sequence, int]], meta: AttentionMetadata) -> None:
+        width = max(len(seq.block_table) for seq, _ in decodes)
+        tables = torch.zeros(len(decodes), width, dtype=torch.long)
+        lengths = torch.empty(len(decodes), dtype=torch.long)
+        for row, (seq, _) in enumerate(decodes):
+            tables[row, : len(seq.block_table)] = torch.tensor(seq.block_table)
+            lengths[row] = len(seq.token_ids)
+        visible = torch.arange(width * self.block_size).unsqueeze(0) < lengths.unsqueeze(1)
+        mask = torch.zeros(visible.shape, dtype=self.cache.k[0].dtype).masked_fill_(~visible, float("-inf"))
+        meta.decode_block_tables = tables
+        meta.decode_mask = mask[:, None, None, :]

@@ -1,0 +1,77 @@
+"""Turn a batch of logits into next tokens, one row per sequence, each row with its own parameters and generator.
+
+Randomness comes only from each sequence's own torch.Generator, so a seeded sample does not depend on which other
+requests share the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lamina.engine.sequence import Sequence
+
+
+@dataclass(slots=True)
+class SampleResult:
+    token_ids: list[int]
+    logprobs: list[float] | None = None  # logprob of each chosen token under the model's distribution
+    top_ids: list[list[int]] | None = None
+    top_logprobs: list[list[float]] | None = None
+
+
+def apply_repetition_penalty(logits: Tensor, seqs: list[Sequence]) -> Tensor:
+    for row, seq in enumerate(seqs):
+        penalty = seq.params.repetition_penalty
+        if penalty != 1.0:
+            ids = torch.tensor(sorted(set(seq.token_ids)), dtype=torch.long)
+            scores = logits[row, ids]
+            logits[row, ids] = torch.where(scores > 0, scores / penalty, scores * penalty)
+    return logits
+
+
+def _filter(logits: Tensor, seqs: list[Sequence]) -> Tensor:
+    """Temperature, top-k, top-p and min-p, applied row-wise; returns filtered logits (masked to -inf)."""
+    temps = torch.tensor([max(s.params.temperature, 1e-5) for s in seqs], dtype=logits.dtype).unsqueeze(1)
+    logits = logits / temps
+    top_ks = [s.params.top_k for s in seqs]
+    if any(k > 0 for k in top_ks):
+        vocab = logits.shape[-1]
+        ks = torch.tensor([min(k, vocab) if k > 0 else vocab for k in top_ks])
+        kth = logits.topk(int(ks.max()), dim=-1).values.gather(1, (ks - 1).unsqueeze(1))
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    top_ps = torch.tensor([s.params.top_p for s in seqs], dtype=logits.dtype)
+    if bool((top_ps < 1).any()):
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = (cum - sorted_logits.softmax(-1)) >= top_ps.unsqueeze(1)
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+    min_ps = torch.tensor([s.params.min_p for s in seqs], dtype=logits.dtype)
+    if bool((min_ps > 0).any()):
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < min_ps.unsqueeze(1) * probs.max(-1, keepdim=True).values, float("-inf"))
+    return logits
+
+
+def sample(logits: Tensor, seqs: list[Sequence]) -> SampleResult:
+    """logits [B, vocab] (float32), one row per sequence in `seqs`."""
+    logits = apply_repetition_penalty(logits.float(), seqs)
+    greedy = [s.params.greedy for s in seqs]
+    chosen = logits.argmax(-1)
+    if not all(greedy):
+        probs = _filter(logits, seqs).softmax(-1)
+        for row, seq in enumerate(seqs):
+            if not greedy[row]:
+                noise = torch.empty_like(probs[row]).exponential_(generator=seq.generator)
+                chosen[row] = (probs[row] / noise).argmax()
+    result = SampleResult(chosen.tolist())
+    want = [s.params.logprobs for s in seqs]
+    if any(w is not None for w in want):
+        logprobs = torch.log_softmax(logits, dim=-1)
+        result.logprobs = logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1).tolist()
+        k = max(w or 0 for w in want)
+        if k:
+            top = logprobs.topk(k, dim=-1)
+            result.top_ids, result.top_logprobs = top.indices.tolist(), top.values.tolist()
+    return result

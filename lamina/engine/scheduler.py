@@ -1,0 +1,108 @@
+"""Continuous batching under a token budget: decodes first, then prefill chunks; recompute preemption on a full pool."""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from lamina.engine.kv_cache import BlockManager
+from lamina.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass(slots=True)
+class ScheduledBatch:
+    prefills: list[tuple[Sequence, int, list[int]]] = field(default_factory=list)  # (seq, new tokens, their slots)
+    decodes: list[tuple[Sequence, int]] = field(default_factory=list)  # (seq, slot)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.prefills and not self.decodes
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        self.blocks = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def add_running(self, seq: Sequence) -> None:
+        """A forked child joins the running set directly: it already holds its parent's blocks."""
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.blocks.free(seq)
+        seq.status = SequenceStatus.FINISHED
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.max_num_batched_tokens
+        self.running.sort(key=lambda s: (s.arrival, s.index))
+        scheduled: set[int] = set()
+        for seq in list(self.running):
+            if seq.status is not SequenceStatus.RUNNING or seq.num_uncomputed_tokens != 1 or budget == 0:
+                continue
+            if not self._make_room(seq, 1, scheduled, batch):
+                continue
+            batch.decodes.append((seq, self.blocks.allocate(seq, 1)[0]))
+            scheduled.add(seq.seq_id)
+            budget -= 1
+        for seq in list(self.running):
+            if seq.status is not SequenceStatus.RUNNING or seq.seq_id in scheduled or budget == 0:
+                continue
+            chunk = min(seq.num_uncomputed_tokens, budget)
+            if self.blocks.blocks_needed(seq, chunk) > self.blocks.num_free_blocks:
+                continue
+            batch.prefills.append((seq, chunk, self.blocks.allocate(seq, chunk)))
+            scheduled.add(seq.seq_id)
+            budget -= chunk
+        while self.waiting and budget > 0 and not batch.preempted:
+            seq = self.waiting[0]
+            if self.running and len(self.running) + seq.params.n > self.max_num_seqs:
+                break
+            cached = self.blocks.match_prefix(seq)
+            chunk = min(seq.num_uncomputed_tokens, budget)
+            if self.blocks.blocks_needed(seq, chunk) > self.blocks.num_free_blocks:
+                self.blocks.free(seq)
+                break
+            if seq.num_preemptions == 0:
+                seq.num_cached_tokens = cached
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            batch.prefills.append((seq, chunk, self.blocks.allocate(seq, chunk)))
+            scheduled.add(seq.seq_id)
+            budget -= chunk
+        return batch
+
+    def _make_room(self, seq: Sequence, num_tokens: int, scheduled: set[int], batch: ScheduledBatch) -> bool:
+        """Preempt the latest arrivals until seq fits; False if seq itself had to be preempted."""
+        while self.blocks.blocks_needed(seq, num_tokens) > self.blocks.num_free_blocks:
+            victims = [s for s in self.running if s.seq_id not in scheduled]
+            victim = victims[-1]
+            self._preempt(victim)
+            batch.preempted.append(victim)
+            if victim is seq:
+                return False
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.waiting.appendleft(seq)
