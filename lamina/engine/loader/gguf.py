@@ -1,0 +1,137 @@
+"""Load a GGUF file: config from metadata, dequantised Hugging Face-named weights, tokenizer from metadata."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as Q
+from gguf import quants
+
+from lamina.engine.config import SUPPORTED_ARCHITECTURES, ModelConfig
+from lamina.engine.loader.gguf_reader import GGUFFile, GGUFTensor
+from lamina.engine.loader.gguf_tokenizer import tokenizer_from_gguf
+from lamina.engine.loader.types import LoadedModel
+from lamina.errors import ModelLoadError, UnsupportedModelError
+
+SUPPORTED_QUANTS = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K})
+PERMUTED_ARCHITECTURES = frozenset({"llama", "mistral"})  # llama.cpp reorders their Q/K rows for its RoPE layout
+_TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+        "output.weight": "lm_head.weight"}
+_BLOCK = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+          "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+          "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+_SKIPPED = ("rope_freqs.weight",)
+_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+
+
+def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    gguf = GGUFFile.open(path)
+    config = config_from_gguf(gguf)
+    weights = {}
+    for tensor in gguf.tensors.values():
+        name = hf_name(gguf.path, tensor.name)
+        if name is None:
+            continue
+        array = dequantize(gguf.path, tensor)
+        if config.architecture in PERMUTED_ARCHITECTURES and name.endswith(("q_proj.weight", "q_proj.bias")):
+            array = unpermute(array, config.num_attention_heads)
+        elif config.architecture in PERMUTED_ARCHITECTURES and name.endswith(("k_proj.weight", "k_proj.bias")):
+            array = unpermute(array, config.num_key_value_heads)
+        weights[name] = torch.from_numpy(array).to(dtype)
+    if config.tie_word_embeddings:
+        weights.pop("lm_head.weight", None)
+    return LoadedModel(config=config, weights=weights, tokenizer=tokenizer_from_gguf(gguf), source=gguf.path)
+
+
+def hf_name(path: Path, name: str) -> str | None:
+    if name in _TOP:
+        return _TOP[name]
+    if name in _SKIPPED:
+        return None
+    match = _BLOCK_RE.fullmatch(name)
+    if match is None or match.group(2) not in _BLOCK:
+        raise UnsupportedModelError(f"{path}: unsupported tensor {name!r} (not part of a Llama/Qwen2 model)")
+    layer, part, kind = match.groups()
+    suffix = "weight" if part.endswith("norm") else kind
+    return f"model.layers.{layer}.{_BLOCK[part]}.{suffix}"
+
+
+def dequantize(path: Path, tensor: GGUFTensor) -> np.ndarray:
+    qtype = Q(tensor.qtype)
+    if qtype not in SUPPORTED_QUANTS:
+        supported = ", ".join(sorted(q.name for q in SUPPORTED_QUANTS))
+        raise UnsupportedModelError(f"{path}: tensor {tensor.name!r} has unsupported type {tensor.type_name}; supported: {supported}")
+    rows = tensor.data.reshape(-1, quants.quant_shape_to_byte_shape((tensor.shape[-1],), qtype)[0])
+    if qtype == Q.F32:
+        values = rows.view(np.float32).copy()
+    elif qtype == Q.F16:
+        values = rows.view(np.float16).astype(np.float32)
+    else:
+        values = quants.dequantize(rows, qtype)
+    return np.ascontiguousarray(values, dtype=np.float32).reshape(tensor.shape)
+
+
+def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Invert llama.cpp's `permute`: rows (head, 2, half) back to Hugging Face's (head, half, 2) pairing."""
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
+    meta, path = gguf.metadata, gguf.path
+    arch = meta.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedModelError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+
+    def key(name: str, default: object = ModelLoadError) -> object:
+        value = meta.get(f"{arch}.{name}", default)
+        if value is ModelLoadError:
+            raise ModelLoadError(f"{path}: GGUF metadata lacks required key '{arch}.{name}'")
+        return value
+
+    heads, hidden = int(key("attention.head_count")), int(key("embedding_length"))
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    vocab = int(key("vocab_size", 0)) or len(tokens) or _rows(gguf, "token_embd.weight")
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    context = int(key("context_length", 2048))
+    return ModelConfig(
+        architecture=arch,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=int(key("feed_forward_length")),
+        num_hidden_layers=int(key("block_count")),
+        num_attention_heads=heads,
+        num_key_value_heads=int(key("attention.head_count_kv", heads)),
+        head_dim=int(key("attention.key_length", 0) or hidden // heads),
+        rms_norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(key("rope.freq_base", 10000.0)),
+        rope_scaling=_rope_scaling(gguf, arch, context),
+        max_position_embeddings=context,
+        tie_word_embeddings="output.weight" not in gguf.tensors,
+        attention_bias="blk.0.attn_q.bias" in gguf.tensors,
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        eos_token_ids=[] if eos is None else [int(eos)],
+    )
+
+
+def _rows(gguf: GGUFFile, name: str) -> int:
+    if name not in gguf.tensors:
+        raise ModelLoadError(f"{gguf.path}: GGUF has neither a vocabulary nor tensor {name!r}")
+    return gguf.tensors[name].shape[0]
+
+
+def _rope_scaling(gguf: GGUFFile, arch: str, context: int) -> dict | None:
+    kind = gguf.get(f"{arch}.rope.scaling.type")
+    factor = gguf.get(f"{arch}.rope.scaling.factor")
+    if "rope_freqs.weight" in gguf.tensors:
+        raise UnsupportedModelError(f"{gguf.path}: per-frequency RoPE factors (tensor 'rope_freqs.weight', Llama 3.1 style) are not supported")
+    if kind in (None, "none") or not factor:
+        return None
+    original = int(gguf.get(f"{arch}.rope.scaling.original_context_length", context))
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": float(factor)}
+    if kind == "yarn":
+        return {"rope_type": "yarn", "factor": float(factor), "original_max_position_embeddings": original}
+    raise UnsupportedModelError(f"{gguf.path}: unsupported rope scaling type {kind!r}; supported: linear, yarn")

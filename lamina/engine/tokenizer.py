@@ -1,0 +1,140 @@
+"""Tokenizer: a `tokenizers` backend plus chat template, stop tokens and an incremental detokenizer."""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from lamina.errors import InvalidRequestError, LaminaError
+
+if TYPE_CHECKING:
+    import jinja2
+    from tokenizers import Tokenizer as Backend
+
+TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|eom_id|>", "<|endoftext|>")
+
+
+class Tokenizer:
+    __slots__ = ("backend", "chat_template", "bos_token", "eos_token", "bos_token_id", "eos_token_ids",
+                 "add_bos_token", "source", "_template", "_display")
+
+    def __init__(self, backend: "Backend", *, chat_template: str | None, bos_token: str | None, eos_token: str | None,
+                 extra_eos_ids: list[int] = (), add_bos_token: bool = False, source: str = "<tokenizer>") -> None:
+        self.backend = backend
+        self.chat_template = chat_template
+        self.bos_token, self.eos_token = bos_token, eos_token
+        self.bos_token_id = backend.token_to_id(bos_token) if bos_token else None
+        self.add_bos_token = add_bos_token
+        self.source = source
+        self.eos_token_ids = self._stop_ids(extra_eos_ids)
+        self._template: "jinja2.Template | None" = None
+        self._display: dict[int, str] = {}
+
+    def _stop_ids(self, extra: list[int]) -> list[int]:
+        ids = [self.backend.token_to_id(self.eos_token)] if self.eos_token else []
+        ids += [i for i in extra]
+        template = self.chat_template or ""
+        ids += [self.backend.token_to_id(t) for t in TURN_END_TOKENS if t in template]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        if not isinstance(text, str):
+            raise InvalidRequestError(f"prompt must be a string, got {type(text).__name__}")
+        ids = self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        if add_special_tokens and self.add_bos_token and self.bos_token_id is not None and ids[:1] != [self.bos_token_id]:
+            ids.insert(0, self.bos_token_id)
+        return ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, token_id: int) -> str:
+        text = self._display.get(token_id)
+        if text is None:
+            text = self._display[token_id] = self.backend.decode([token_id], skip_special_tokens=False)
+        return text
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any) -> str:
+        import jinja2
+
+        _check_messages(messages)
+        if self._template is None:
+            if not self.chat_template:
+                raise LaminaError(f"{self.source}: the model has no chat template; send a plain prompt instead of messages")
+            self._template = _environment().from_string(self.chat_template)
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         bos_token=self.bos_token or "", eos_token=self.eos_token or "", **extra)
+        except jinja2.TemplateError as exc:
+            raise InvalidRequestError(f"{self.source}: chat template rejected the messages: {exc}") from None
+
+    def detokenizer(self) -> "Detokenizer":
+        return Detokenizer(self)
+
+
+class Detokenizer:
+    """Streams text as tokens arrive, holding back incomplete UTF-8; the deltas concatenate to decode(ids)."""
+
+    __slots__ = ("tokenizer", "ids", "prefix_offset", "read_offset", "text")
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix_offset = self.read_offset = 0
+        self.text = ""
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        decode = self.tokenizer.decode
+        prefix = decode(self.ids[self.prefix_offset : self.read_offset])
+        window = decode(self.ids[self.prefix_offset :])
+        if len(window) <= len(prefix) or window.endswith("\ufffd"):
+            return ""
+        delta = window[len(prefix) :]
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        self.text += delta
+        return delta
+
+    def flush(self) -> str:
+        """Whatever is held back (a trailing partial character, as U+FFFD) once no more tokens will come."""
+        prefix = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset])
+        delta = self.tokenizer.decode(self.ids[self.prefix_offset :])[len(prefix) :]
+        self.prefix_offset = self.read_offset = len(self.ids)
+        self.text += delta
+        return delta
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r:.80}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
+            raise InvalidRequestError(f"messages[{i}] must be a dict with string 'role' and 'content', got {m!r:.80}")
+
+
+@lru_cache(maxsize=1)
+def _environment() -> "jinja2.Environment":
+    import json
+    from datetime import datetime
+
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+               sort_keys: bool = False) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
