@@ -54,17 +54,24 @@ def _filter(logits: Tensor, seqs: list[Sequence]) -> Tensor:
     return logits
 
 
+def _inverse_cdf(probs: Tensor, generators: list[torch.Generator]) -> Tensor:
+    """One uniform draw per row from that row's own generator; the first token whose cumulative mass exceeds it."""
+    cdf = probs.double().cumsum(-1)
+    draws = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
+    targets = (draws * cdf[:, -1]).unsqueeze(1)
+    return torch.searchsorted(cdf, targets, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
+
+
 def sample(logits: Tensor, seqs: list[Sequence]) -> SampleResult:
     """logits [B, vocab] (float32), one row per sequence in `seqs`."""
     logits = apply_repetition_penalty(logits.float(), seqs)
     greedy = [s.params.greedy for s in seqs]
     chosen = logits.argmax(-1)
-    if not all(greedy):
-        probs = _filter(logits, seqs).softmax(-1)
-        for row, seq in enumerate(seqs):
-            if not greedy[row]:
-                noise = torch.empty_like(probs[row]).exponential_(generator=seq.generator)
-                chosen[row] = (probs[row] / noise).argmax()
+    rows = [row for row, g in enumerate(greedy) if not g]
+    if rows:
+        index = torch.tensor(rows)
+        probs = _filter(logits[index], [seqs[r] for r in rows]).softmax(-1)
+        chosen[index] = _inverse_cdf(probs, [seqs[r].generator for r in rows])
     result = SampleResult(chosen.tolist())
     want = [s.params.logprobs for s in seqs]
     if any(w is not None for w in want):
