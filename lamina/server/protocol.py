@@ -1,0 +1,156 @@
+"""OpenAI request bodies (chat and text completions) and their translation to SamplingParams."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lamina.engine.sampling_params import SamplingParams
+from lamina.errors import InvalidRequestError
+from lamina.server.errors import APIError, bad_request
+
+MAX_N = 64
+# Fields OpenAI defines that Lamina does not implement: reject rather than silently ignore.
+_UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logit_bias", "suffix", "audio", "prediction")
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self, index: int) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        parts = []
+        for i, part in enumerate(self.content):
+            if part.type != "text" or part.text is None:
+                raise bad_request(f"messages[{index}].content[{i}]: only text parts are supported, got type {part.type!r}",
+                                  f"messages.{index}.content.{i}.type")
+            parts.append(part.text)
+        return "".join(parts)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class LaminaOptions(BaseModel):
+    """Lamina's extension, sent by the openai SDK as `extra_body={"lamina": {...}}`."""
+
+    model_config = ConfigDict(extra="forbid")
+    trace: bool = False  # architectures: return each run's trace in the response's `lamina.trace`
+    tests: list[str] | None = None  # architectures: unit tests handed to `Architecture.run(..., tests=)`
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    n: int = Field(1, ge=1, le=MAX_N)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    user: str | None = None
+    lamina: LaminaOptions = Field(default_factory=LaminaOptions)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> list[str]:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > 16 or not all(stops):
+            raise ValueError("expected up to 16 non-empty strings")
+        return stops
+
+    def check_supported(self) -> None:
+        extra = self.model_extra or {}
+        for name in _UNSUPPORTED:
+            if extra.get(name) not in (None, [], {}):
+                raise bad_request(f"{name!r} is not supported by this server", name, "unsupported_parameter")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) not in (None, 0, 0.0):
+                raise bad_request(f"{name}={getattr(self, name)!r}: only 0 is supported (use repetition_penalty)", name,
+                                  "unsupported_parameter")
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def requested_logprobs(self) -> int | None:
+        return None
+
+    def sampling_params(self, default_max_tokens: int) -> SamplingParams:
+        fields: dict[str, Any] = {"n": self.n, "max_tokens": self.requested_max_tokens() or default_max_tokens,
+                                  "stop": self.stop, "seed": self.seed, "logprobs": self.requested_logprobs()}
+        for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
+            if getattr(self, name) is not None:
+                fields[name] = getattr(self, name)
+        try:
+            return SamplingParams(**fields)
+        except InvalidRequestError as exc:
+            field = str(exc).split("=", 1)[0].removeprefix("SamplingParams.")
+            raise APIError(400, str(exc), param=field if field in fields else None) from None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def requested_logprobs(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise bad_request("top_logprobs requires logprobs=true", "top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text(i)} for i, m in enumerate(self.messages)]
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+    best_of: int | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.echo:
+            raise bad_request("echo=true is not supported (prompt logprobs are not computed)", "echo", "unsupported_parameter")
+        if self.best_of not in (None, self.n):
+            raise bad_request(f"best_of={self.best_of}: only best_of == n is supported", "best_of", "unsupported_parameter")
+
+    def requested_logprobs(self) -> int | None:
+        return self.logprobs
+
+    def prompts(self) -> list[str | list[int]]:
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            prompts: list[str | list[int]] = [prompt]
+        elif prompt and isinstance(prompt[0], int):
+            prompts = [list(prompt)]  # type: ignore[arg-type]
+        else:
+            prompts = list(prompt)  # type: ignore[arg-type]
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise bad_request("prompt must be non-empty", "prompt")
+        return prompts
