@@ -35,6 +35,11 @@ class ModelConfig:
             raise UnsupportedModelError(
                 f"{source}: unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
+        rope = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+        rope_theta = float(cfg.get("rope_theta") or rope.pop("rope_theta", 10000.0))
+        rope.pop("rope_theta", None)
+        if rope.get("rope_type", rope.get("type", "default")) == "default":
+            rope = {}
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
         eos = cfg.get("eos_token_id")
@@ -49,8 +54,8 @@ class ModelConfig:
             num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
             head_dim=int(cfg.get("head_dim") or hidden // heads),
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))),
-            rope_scaling=cfg.get("rope_scaling"),
+            rope_theta=rope_theta,
+            rope_scaling=rope or None,
             max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
