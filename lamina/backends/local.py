@@ -1,0 +1,115 @@
+"""The in-process engine as a backend: one AsyncEngine per model name per process, shared by every architecture."""
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from typing import Any
+
+from lamina.backends.base import Backend, Completion, Completions, Messages, TokenLP
+from lamina.engine.sampling_params import SamplingParams
+from lamina.errors import InvalidRequestError
+
+_ENGINES: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def register_engine(name: str, engine: Any) -> None:
+    """Share an AsyncEngine built elsewhere (e.g. by the server) under a model name."""
+    with _LOCK:
+        _ENGINES[name] = engine
+
+
+def shared_engine(name: str, **engine_options: Any):
+    with _LOCK:
+        engine = _ENGINES.get(name)
+        if engine is None:
+            from lamina.engine.engine import AsyncEngine
+
+            engine = _ENGINES[name] = AsyncEngine(name, **engine_options)
+        return engine
+
+
+def shutdown_all() -> None:
+    with _LOCK:
+        engines = list(_ENGINES.values())
+        _ENGINES.clear()
+    for engine in engines:
+        engine.shutdown()
+
+
+class LocalBackend(Backend):
+    kind = "local"
+
+    def __init__(self, model: str = "default", max_concurrency: int = 64, engine: dict[str, Any] | None = None) -> None:
+        super().__init__(model, max_concurrency)
+        self._engine_options = dict(engine or {})
+        self._engine = None
+
+    async def engine(self):
+        if self._engine is None:
+            self._engine = await asyncio.to_thread(shared_engine, self.model, **self._engine_options)
+        return self._engine
+
+    def count_tokens(self, text: str) -> int:
+        if self._engine is None:
+            return super().count_tokens(text)
+        return len(self._engine.tokenizer.encode(text))
+
+    async def _prompt(self, messages: Messages | None, prompt: str | None) -> str:
+        engine = await self.engine()
+        if messages is not None:
+            return engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        if prompt is None:
+            raise InvalidRequestError("a call needs messages or a prompt")
+        return prompt
+
+    async def _complete(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> Completions:
+        engine = await self.engine()
+        text = await self._prompt(messages, prompt)
+        start, final = time.perf_counter(), None
+        async for out in engine.generate(text, params):
+            final = out
+        assert final is not None
+        tok = engine.tokenizer
+        items = [Completion(o.text, len(o.token_ids), _logprobs(o.logprobs, tok), o.finish_reason) for o in final.outputs]
+        return Completions(items, len(final.prompt_token_ids), time.perf_counter() - start)
+
+    async def _first_finish(self, messages: Messages | None, prompt: str | None,
+                            params: SamplingParams) -> Completions:
+        engine = await self.engine()
+        text = await self._prompt(messages, prompt)
+        start, winner, spent, prompt_tokens = time.perf_counter(), None, 0, 0
+        stream = engine.generate(text, params)
+        try:
+            async for out in stream:
+                prompt_tokens, spent = len(out.prompt_token_ids), out.num_completion_tokens
+                done = [o for o in out.outputs if o.finish_reason is not None]
+                if done:
+                    winner = min(done, key=lambda o: (len(o.token_ids), o.index))
+                    break
+        finally:
+            await stream.aclose()
+        assert winner is not None
+        item = Completion(winner.text, len(winner.token_ids), _logprobs(winner.logprobs, engine.tokenizer),
+                          winner.finish_reason)
+        return Completions([item], prompt_tokens, time.perf_counter() - start, spent)
+
+
+def _logprobs(logprobs, tokenizer) -> list[TokenLP] | None:
+    if logprobs is None:
+        return None
+    result = []
+    for lp in logprobs:
+        top: dict[str, float] = {}
+        for token_id, value in lp.top.items():
+            key = tokenizer.id_to_token(token_id)
+            top[key] = value if key not in top else _logaddexp(top[key], value)
+        result.append(TokenLP(tokenizer.id_to_token(lp.token_id), lp.logprob, top))
+    return result
+
+
+def _logaddexp(a: float, b: float) -> float:
+    hi = max(a, b)
+    return hi + math.log(math.exp(a - hi) + math.exp(b - hi))

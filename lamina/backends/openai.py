@@ -1,0 +1,171 @@
+"""Any OpenAI-compatible endpoint (vLLM, SGLang, llama.cpp server, hosted APIs, `lamina serve`) over httpx."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from typing import Any
+
+import httpx
+
+from lamina.backends.base import Backend, Completion, Completions, Messages, TokenLP
+from lamina.engine.sampling_params import SamplingParams
+from lamina.errors import BackendError
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class OpenAIBackend(Backend):
+    kind = "openai"
+
+    def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str | None = None,
+                 max_concurrency: int = 8, timeout_s: float = 120.0, max_retries: int = 4, backoff_s: float = 0.5,
+                 supports_n: bool | None = None) -> None:
+        super().__init__(model, max_concurrency)
+        self.base_url = base_url.rstrip("/")
+        self.api_key_env = api_key_env
+        self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
+        self.supports_n = supports_n  # None: try n, fall back to parallel calls if the server refuses
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def identity(self) -> str:
+        return f"openai:{self.base_url}:{self.model}"
+
+    def _headers(self) -> dict[str, str]:
+        if not self.api_key_env:
+            return {}
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise BackendError(f"backend {self.identity}: environment variable {self.api_key_env} (api_key_env) is not set")
+        return {"Authorization": f"Bearer {key}"}
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout_s, headers=self._headers())
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _complete(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> Completions:
+        start = time.perf_counter()
+        if params.n > 1 and self.supports_n is not False:
+            try:
+                data = await self._post(messages, prompt, params)
+                if len(data.get("choices", [])) == params.n:
+                    self.supports_n = True
+                    return self._parse(data, messages is not None, start)
+            except _NRefused:
+                pass
+            self.supports_n = False
+        if params.n == 1:
+            return self._parse(await self._post(messages, prompt, params), messages is not None, start)
+        parts = await asyncio.gather(*(self._post(messages, prompt, _single(params, i)) for i in range(params.n)))
+        return _join([self._parse(p, messages is not None, start) for p in parts], start)
+
+    async def _first_finish(self, messages: Messages | None, prompt: str | None,
+                            params: SamplingParams) -> Completions:
+        start = time.perf_counter()
+        tasks = [asyncio.create_task(self._post(messages, prompt, _single(params, i))) for i in range(params.n)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            first = min(done, key=tasks.index)
+            return self._parse(first.result(), messages is not None, start)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _body(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "n": params.n, "temperature": params.temperature,
+                                "top_p": params.top_p, "max_tokens": params.max_tokens}
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = params.stop
+        if messages is not None:
+            body["messages"] = messages
+            if params.logprobs is not None:
+                body["logprobs"] = True
+                body["top_logprobs"] = params.logprobs
+        else:
+            body["prompt"] = prompt
+            if params.logprobs is not None:
+                body["logprobs"] = params.logprobs
+        return body
+
+    async def _post(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> dict[str, Any]:
+        path = "/chat/completions" if messages is not None else "/completions"
+        body = self._body(messages, prompt, params)
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = await self.client().post(path, json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                if attempt == self.max_retries:
+                    raise BackendError(f"backend {self.identity}: {type(exc).__name__} after {attempt + 1} attempts: {exc}")
+                await asyncio.sleep(self._delay(attempt, None))
+                continue
+            if response.status_code == 200:
+                return response.json()
+            if response.status_code == 400 and params.n > 1 and "\"n\"" in response.text.replace("'", "\""):
+                raise _NRefused()
+            if response.status_code not in RETRY_STATUS or attempt == self.max_retries:
+                raise BackendError(f"backend {self.identity}: HTTP {response.status_code} on {path} "
+                                   f"after {attempt + 1} attempt(s): {response.text[:300]}")
+            await asyncio.sleep(self._delay(attempt, response.headers.get("retry-after")))
+        raise AssertionError("unreachable")
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after:
+            try:
+                return min(float(retry_after), 30.0)
+            except ValueError:
+                pass
+        return self.backoff_s * (2 ** attempt) * (0.5 + random.random() / 2)
+
+    def _parse(self, data: dict[str, Any], chat: bool, start: float) -> Completions:
+        items = []
+        for choice in sorted(data.get("choices", []), key=lambda c: c.get("index", 0)):
+            text = ((choice.get("message") or {}).get("content") or "") if chat else choice.get("text", "")
+            logprobs = _chat_logprobs(choice.get("logprobs")) if chat else _text_logprobs(choice.get("logprobs"))
+            items.append(Completion(text, 0, logprobs, choice.get("finish_reason")))
+        usage = data.get("usage") or {}
+        completion_tokens = int(usage.get("completion_tokens") or 0)
+        for item in items:
+            item.num_tokens = len(item.logprobs) if item.logprobs else max(1, completion_tokens // max(1, len(items)))
+        return Completions(items, int(usage.get("prompt_tokens") or 0), time.perf_counter() - start,
+                           completion_tokens or None)
+
+
+class _NRefused(Exception):
+    pass
+
+
+def _single(params: SamplingParams, index: int) -> SamplingParams:
+    seed = None if params.seed is None else params.seed + index
+    return params.replace(n=1, seed=seed)
+
+
+def _join(parts: list[Completions], start: float) -> Completions:
+    items = [c for part in parts for c in part]
+    spent = sum(p.completion_tokens for p in parts)
+    return Completions(items, sum(p.prompt_tokens for p in parts), time.perf_counter() - start, spent)
+
+
+def _chat_logprobs(raw: dict[str, Any] | None) -> list[TokenLP] | None:
+    if not raw or raw.get("content") is None:
+        return None
+    return [TokenLP(t["token"], float(t["logprob"]), {a["token"]: float(a["logprob"]) for a in t.get("top_logprobs") or []})
+            for t in raw["content"]]
+
+
+def _text_logprobs(raw: dict[str, Any] | None) -> list[TokenLP] | None:
+    if not raw or not raw.get("tokens"):
+        return None
+    tops = raw.get("top_logprobs") or [{}] * len(raw["tokens"])
+    return [TokenLP(tok, float(lp or 0.0), {k: float(v) for k, v in (top or {}).items()})
+            for tok, lp, top in zip(raw["tokens"], raw.get("token_logprobs") or [], tops)]

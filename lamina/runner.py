@@ -1,0 +1,129 @@
+"""Runs a validated spec: layer by layer, every component of a layer concurrently, budget checked first."""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lamina.accounting import Usage
+from lamina.budget import BudgetGuard, Estimate
+from lamina.cache import CallCache
+from lamina.calls import Caller, ModelHandle, derive_seed
+from lamina.errors import BudgetExceededError, InvalidRequestError
+from lamina.spec import ArchSpec
+from lamina.techniques import Candidate, State, Technique, build_technique
+
+
+@dataclass(slots=True)
+class ArchResult:
+    answer: str
+    candidates: list[str]
+    usage: Usage
+    trace: list[dict[str, Any]]
+    seconds: float = 0.0
+    final: list[Candidate] = field(default_factory=list)
+    stopped_by_budget: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"answer": self.answer, "candidates": self.candidates, "usage": self.usage.to_dict(),
+                "seconds": round(self.seconds, 4), "stopped_by_budget": self.stopped_by_budget}
+
+
+def check_messages(messages: Any) -> list[dict[str, str]]:
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("messages must be a non-empty list of {role, content} dicts")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise InvalidRequestError(f"messages[{i}] must be a dict with string 'role' and 'content', got {m!r}")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def component_names(spec: ArchSpec) -> list[list[str]]:
+    names = [[c.name or f"L{i}.{j}.{c.type}" for j, c in enumerate(layer)] for i, layer in enumerate(spec.layers)]
+    flat = [n for layer in names for n in layer]
+    dupes = sorted({n for n in flat if flat.count(n) > 1})
+    if dupes:
+        raise InvalidRequestError(f"component names must be unique; repeated: {dupes}")
+    return names
+
+
+class Runner:
+    def __init__(self, spec: ArchSpec, models: dict[str, ModelHandle], cache: CallCache | None) -> None:
+        self.spec = spec
+        self.models = models
+        self.cache = cache
+        self.layers: list[list[Technique]] = [
+            [build_technique(comp, name) for comp, name in zip(layer, names)]
+            for layer, names in zip(spec.layers, component_names(spec))
+        ]
+
+    async def run(self, messages: Any, tests: list[str] | None = None) -> ArchResult:
+        messages = check_messages(messages)
+        query_key = derive_seed(messages, tests)
+        budget = self.spec.budget
+        caller = Caller(self.models, self.cache, BudgetGuard(budget.max_calls, budget.max_tokens), str(query_key),
+                        self.spec.seed)
+        state = State(messages, caller, [], list(tests) if tests else None)
+        start, stopped = time.perf_counter(), False
+        for i, layer in enumerate(self.layers):
+            if not self._affordable(state, i, layer):
+                stopped = True
+                break
+            await self._run_layer(state, i, layer)
+        final = self._resolve(state, query_key)
+        return ArchResult(final[0].text if final else "", [c.text for c in final], caller.usage, caller.trace,
+                          time.perf_counter() - start, final, stopped)
+
+    def _affordable(self, state: State, index: int, layer: list[Technique]) -> bool:
+        need = sum((t.estimate(state) for t in layer), Estimate())
+        try:
+            state.calls.guard.check(need, f"layers[{index}] ({', '.join(t.name for t in layer)})")
+        except BudgetExceededError as exc:
+            if self.spec.budget.on_exceed == "stop" and state.candidates:
+                state.calls.note("runner", budget_stop=str(exc), layer=index,
+                                 rule="skipped the remaining layers; answered from the current candidates")
+                return False
+            raise
+        return True
+
+    async def _run_layer(self, state: State, index: int, layer: list[Technique]) -> None:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(t.run(state) for t in layer))
+        produced = [r for r in results if r is not None]
+        if produced:
+            state.candidates = [c for r in produced for c in r]
+        state.calls.trace.append({"event": "layer", "layer": index, "components": [t.name for t in layer],
+                                  "candidates": len(state.candidates), "seconds": round(time.perf_counter() - start, 4)})
+
+    def _resolve(self, state: State, query_key: int) -> list[Candidate]:
+        cands = list(state.candidates)
+        rule = self.spec.resolve
+        if len(cands) <= 1 or rule == "first":
+            return cands
+        if rule == "highest_score":
+            cands.sort(key=lambda c: tuple(-(v if v is not None else -1e9)
+                                           for v in (c.score, c.pass_rate, c.mean_logprob)))
+        elif rule in ("shortest", "longest"):
+            cands.sort(key=lambda c: len(c.text) if rule == "shortest" else -len(c.text))
+        elif rule == "random":
+            pick = random.Random(derive_seed(self.spec.seed, query_key, "resolve")).randrange(len(cands))
+            cands.insert(0, cands.pop(pick))
+        state.calls.note("runner", resolve=rule, candidates=len(cands))
+        return cands
+
+
+def write_trace(path: str | Path, result: ArchResult, query: Any, arch_name: str) -> None:
+    """Append one JSONL line per trace event, each tagged with the query and architecture."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        head = {"event": "query", "arch": arch_name, "query": query, **result.to_dict()}
+        f.write(json.dumps(head, ensure_ascii=False) + "\n")
+        for event in result.trace:
+            f.write(json.dumps({"arch": arch_name, **event}, ensure_ascii=False, default=str) + "\n")

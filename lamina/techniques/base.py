@@ -1,0 +1,96 @@
+"""What flows between layers (State, Candidate) and the base class of every technique."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from lamina.budget import Estimate
+
+if TYPE_CHECKING:
+    from lamina.calls import Caller
+
+
+@dataclass(slots=True)
+class Candidate:
+    text: str
+    source: str
+    model: str | None = None
+    score: float | None = None
+    critique: str | None = None
+    pass_rate: float | None = None
+    mean_logprob: float | None = None
+    mean_entropy: float | None = None
+    answer: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
+class State:
+    messages: list[dict[str, str]]
+    calls: "Caller"
+    candidates: list[Candidate] = field(default_factory=list)
+    tests: list[str] | None = None
+
+    @property
+    def query(self) -> str:
+        users = [m.get("content", "") for m in self.messages if m.get("role") == "user"]
+        return str(users[-1] if users else self.messages[-1].get("content", ""))
+
+    @property
+    def critiques(self) -> list[str | None]:
+        return [c.critique for c in self.candidates]
+
+    @property
+    def scores(self) -> list[float | None]:
+        return [c.score for c in self.candidates]
+
+    @property
+    def trace(self) -> list[dict[str, Any]]:
+        return self.calls.trace
+
+
+class Technique:
+    """One component of a layer: `run(state)` returns the candidates it produces, or None to pass them through."""
+
+    kind: ClassVar[str] = ""
+    builtin: ClassVar[dict[str, Any]] = {"temperature": 0.0, "max_tokens": 64}
+
+    def __init__(self, spec: Any, name: str) -> None:
+        self.spec = spec
+        self.name = name
+
+    async def run(self, state: State) -> list[Candidate] | None:
+        raise NotImplementedError
+
+    def estimate(self, state: State) -> Estimate:
+        """An upper bound on the calls and tokens `run` may spend, checked against the budget first."""
+        return Estimate()
+
+    def params(self, state: State, **force: Any) -> dict[str, Any]:
+        return state.calls.params(self.spec.model, self.builtin, {**self.spec.overrides(), **force})
+
+    def max_tokens(self, state: State) -> int:
+        return int(self.params(state).get("max_tokens", 16))
+
+    async def ask(self, state: State, prompt: str, call_index: int = 0, samples: int = 1, **force: Any):
+        messages = [{"role": "user", "content": prompt}]
+        return await state.calls.call(self.name, self.spec.model, messages, samples=samples, call_index=call_index,
+                                      params=self.params(state, **force))
+
+    def per_call_estimate(self, state: State, prompt_text: str, calls: int, samples: int = 1) -> Estimate:
+        return state.calls.estimate(self.spec.model, prompt_text, self.max_tokens(state), samples, calls)
+
+    def note(self, state: State, **event: Any) -> None:
+        state.calls.note(self.name, **event)
+
+
+def numbered(candidates: list[Candidate], with_critiques: bool = False, limit: int = 1200) -> str:
+    parts = []
+    for i, c in enumerate(candidates, 1):
+        part = f"[{i}] {c.text.strip()[:limit]}"
+        if with_critiques and c.critique:
+            part += f"\nCritique of [{i}]: {c.critique.strip()[:limit // 2]}"
+        parts.append(part)
+    return "\n\n".join(parts)

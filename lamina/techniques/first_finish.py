@@ -1,0 +1,27 @@
+"""first_finish: start `samples` samples and keep the first one to finish; the rest are cancelled."""
+from __future__ import annotations
+
+from lamina.budget import Estimate
+from lamina.spec import FirstFinishSpec
+from lamina.techniques.base import Candidate, State, Technique
+from lamina.techniques.parse import mean_logprob
+
+
+class FirstFinish(Technique):
+    kind = "first_finish"
+    builtin = {"temperature": 0.7, "max_tokens": 256}
+    spec: FirstFinishSpec
+
+    def messages(self, state: State) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.spec.system}] if self.spec.system else []
+        return system + list(state.messages)
+
+    async def run(self, state: State) -> list[Candidate]:
+        outs = await state.calls.call(self.name, self.spec.model, self.messages(state), samples=self.spec.samples,
+                                      first_finish=True, params=self.params(state))
+        alias = state.calls.handle(self.spec.model).alias
+        return [Candidate(c.text, self.name, alias, mean_logprob=mean_logprob(c.logprobs)) for c in outs]
+
+    def estimate(self, state: State) -> Estimate:
+        text = "\n".join(m["content"] for m in self.messages(state))
+        return self.per_call_estimate(state, text, 1, self.spec.samples)

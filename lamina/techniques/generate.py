@@ -1,0 +1,44 @@
+"""generate: `samples` answers from each model; a model's samples go to its backend as ONE request with n."""
+from __future__ import annotations
+
+import asyncio
+
+from lamina.budget import Estimate
+from lamina.spec import GenerateSpec
+from lamina.techniques.base import Candidate, State, Technique
+from lamina.techniques.parse import mean_entropy, mean_logprob
+
+
+class Generate(Technique):
+    kind = "generate"
+    builtin = {"temperature": 0.7, "max_tokens": 256}
+    spec: GenerateSpec
+
+    def aliases(self) -> list[str | None]:
+        return self.spec.aliases()
+
+    def messages(self, state: State) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.spec.system}] if self.spec.system else []
+        return system + list(state.messages)
+
+    def alias_params(self, state: State, alias: str | None) -> dict:
+        force = {"logprobs": self.spec.logprobs} if self.spec.logprobs is not None else {}
+        return state.calls.params(alias, self.builtin, {**self.spec.overrides(), **force})
+
+    async def run(self, state: State) -> list[Candidate]:
+        messages = self.messages(state)
+        batches = await asyncio.gather(*(
+            state.calls.call(self.name, alias, messages, samples=self.spec.samples, call_index=k,
+                             params=self.alias_params(state, alias))
+            for k, alias in enumerate(self.aliases())))
+        return [Candidate(c.text, self.name, state.calls.handle(alias).alias, mean_logprob=mean_logprob(c.logprobs),
+                          mean_entropy=mean_entropy(c.logprobs))
+                for alias, batch in zip(self.aliases(), batches) for c in batch]
+
+    def estimate(self, state: State) -> Estimate:
+        text = "\n".join(m["content"] for m in self.messages(state))
+        total = Estimate()
+        for alias in self.aliases():
+            max_tokens = int(self.alias_params(state, alias).get("max_tokens", 16))
+            total = total + state.calls.estimate(alias, text, max_tokens, self.spec.samples)
+        return total
