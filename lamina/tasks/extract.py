@@ -1,0 +1,109 @@
+"""Pull the final answer out of a model's reply: \\boxed{}, "The answer is ...", the last number, a code block, a choice."""
+from __future__ import annotations
+
+import re
+
+EXTRACTORS = ("auto", "boxed", "phrase", "number", "code", "choice", "grid", "text")
+
+_NUMBER = re.compile(r"(?<![\w.])[-−]?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?![\d])")
+_PHRASE = re.compile(
+    r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*[:=]|answer\s*[:=]|####)\s*[:=]?\s*(.+)",
+    re.IGNORECASE)
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_CHOICE_PHRASE = re.compile(
+    r"(?:answer|option|choice)\s*(?:is|:)?\s*(?:\*\*)?\s*[\(\[]?([A-J])[\)\].:]?(?![a-zA-Z])", re.IGNORECASE)
+_BOXED_CMDS = ("\\boxed", "\\fbox")
+
+
+def extract(text: str, method: str = "auto", choices: str = "ABCD") -> str | None:
+    if method == "auto":
+        return extract_boxed(text) or extract_phrase(text) or extract_number(text) or (text.strip() or None)
+    if method == "boxed":
+        return extract_boxed(text)
+    if method == "phrase":
+        return extract_phrase(text)
+    if method == "number":
+        return extract_number(extract_boxed(text) or extract_phrase(text) or text)
+    if method == "code":
+        return extract_code(text)
+    if method == "choice":
+        return extract_choice(text, choices)
+    if method == "grid":
+        return extract_grid(text)
+    if method == "text":
+        return text.strip() or None
+    raise ValueError(f"unknown extractor {method!r}; known: {', '.join(EXTRACTORS)}")
+
+
+def extract_boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...} (balanced braces), or None."""
+    start = max(text.rfind(cmd) for cmd in _BOXED_CMDS)
+    if start < 0:
+        return None
+    open_at = text.find("{", start)
+    if open_at < 0:
+        return None
+    depth = 0
+    for i in range(open_at, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[open_at + 1:i].strip() or None
+    return None
+
+
+def extract_phrase(text: str) -> str | None:
+    """What follows the last "The answer is" / "Answer:" / "####", up to the end of the line."""
+    matches = list(_PHRASE.finditer(text))
+    if not matches:
+        return None
+    answer = matches[-1].group(1).strip()
+    answer = re.split(r"(?<=[^\d\s])\.\s|\.$|\n", answer)[0].strip()
+    answer = answer.strip("*$ ").rstrip(".").strip()
+    boxed = extract_boxed(answer)
+    return boxed or answer or None
+
+
+def extract_number(text: str) -> str | None:
+    """The last number in the text, normalised: thousands separators and '$' dropped, trailing '.0' kept as written."""
+    matches = _NUMBER.findall(text)
+    if not matches:
+        return None
+    raw = matches[-1].replace("−", "-").replace("$", "").replace(",", "").replace(" ", "")
+    return raw
+
+
+def extract_code(text: str) -> str | None:
+    """The Python code in the reply: the last fenced block that defines something, else the last block, else the text."""
+    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
+    python = [body for lang, body in blocks if lang in ("", "python", "py", "python3")]
+    candidates = python or [body for _, body in blocks]
+    defining = [body for body in candidates if re.search(r"^\s*(def|class|import|from)\s", body, re.MULTILINE)]
+    chosen = (defining or candidates or [None])[-1]
+    if chosen is None:
+        return text.strip() if re.search(r"^\s*def\s+\w+\s*\(", text, re.MULTILINE) else None
+    return chosen.strip("\n") or None
+
+
+def extract_choice(text: str, choices: str = "ABCD") -> str | None:
+    """A multiple-choice letter: "the answer is (B)", \\boxed{B}, else a lone letter; None when nothing fits."""
+    boxed = extract_boxed(text)
+    if boxed and boxed.strip("() ").upper() in choices:
+        return boxed.strip("() ").upper()
+    for match in reversed(list(_CHOICE_PHRASE.finditer(text))):
+        letter = match.group(1).upper()
+        if letter in choices:
+            return letter
+    lone = re.findall(r"(?<![A-Za-z])[\(\[]?([" + choices + r"])[\)\].:]?(?![A-Za-z'])", text)
+    return lone[-1] if lone else None
+
+
+def extract_grid(text: str) -> str | None:
+    """The last block of consecutive lines made only of digits, one space between cells."""
+    blocks, current = [], []
+    for line in text.splitlines() + [""]:
+        if re.fullmatch(r"[\d\s,\[\]]+", line) and re.search(r"\d", line):
+            current.append(" ".join(re.findall(r"\d", line)))
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    return blocks[-1] if blocks else None
