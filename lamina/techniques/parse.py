@@ -64,10 +64,9 @@ def parse_tests(text: str, limit: int) -> list[str]:
 
 
 def extract_code(text: str) -> str:
-    blocks = re.findall(r"```(?:python|py)?[ \t]*\n(.*?)```", text, re.S)
-    if blocks:
-        return max(blocks, key=len)
-    return text
+    from lamina.tasks.extract import extract_code as extract_fenced
+
+    return extract_fenced(text) or text
 
 
 def mean_logprob(logprobs: list[TokenLP] | None) -> float | None:
