@@ -58,6 +58,7 @@ class _Sampling(BaseModel):
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    ignore_eos: bool = False
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
@@ -98,7 +99,8 @@ class _Sampling(BaseModel):
 
     def sampling_params(self, default_max_tokens: int) -> SamplingParams:
         fields: dict[str, Any] = {"n": self.n, "max_tokens": self.requested_max_tokens() or default_max_tokens,
-                                  "stop": self.stop, "seed": self.seed, "logprobs": self.requested_logprobs()}
+                                  "stop": self.stop, "seed": self.seed, "logprobs": self.requested_logprobs(),
+                                  "ignore_eos": self.ignore_eos}
         for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
             if getattr(self, name) is not None:
                 fields[name] = getattr(self, name)

@@ -1,0 +1,292 @@
+"""`lamina serve` as a real subprocess on loopback, driven by the official openai client and raw httpx."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+API_KEY = "test-key"
+MESSAGES = [{"role": "user", "content": "Name three colours."}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(*args: str, timeout_s: float = 180.0) -> Iterator[str]:
+    """Starts `python -m lamina serve ARGS` on a free loopback port; yields its base URL once /health answers."""
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("LAMINA_API_KEY", None)
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"lamina-serve-{port}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lamina", "serve", "--host", "127.0.0.1", "--port", str(port),
+                                 *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"lamina serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"lamina serve did not become healthy in {timeout_s}s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def real_server() -> Iterator[str]:
+    with serve("--model", "default", "--api-key", API_KEY, "--kv-cache-memory-gb", "0.25") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def small_queue_server() -> Iterator[str]:
+    """The real model, so that one streamed request stays in flight for seconds (the tiny model finishes at once)."""
+    with serve("--model", "small=default", "--max-queue", "1", "--num-kv-blocks", "256") as base:
+        yield base
+
+
+@pytest.fixture()
+def client(real_server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=real_server + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}"}
+
+
+def stats(base: str) -> dict:
+    return httpx.get(base + "/v1/internal/stats", headers=auth(), timeout=10).json()["models"]
+
+
+def chat(client: openai.OpenAI, **kw):
+    return client.chat.completions.create(model="default", messages=MESSAGES, **{"max_tokens": 8, **kw})
+
+
+def test_models_lists_the_served_model(client):
+    ids = [m.id for m in client.models.list().data]
+    assert ids == ["default"]
+    assert client.models.retrieve("default").id == "default"
+
+
+def test_chat_non_streaming(client):
+    out = chat(client, temperature=0)
+    choice = out.choices[0]
+    assert out.object == "chat.completion" and out.model == "default"
+    assert choice.message.role == "assistant" and choice.message.content.strip()
+    assert choice.finish_reason in ("stop", "length")
+    assert 0 < out.usage.completion_tokens <= 8 and out.usage.prompt_tokens > 5
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+
+
+def test_streaming_deltas_join_to_the_non_streamed_answer(client):
+    whole = chat(client, seed=11, temperature=0.8, max_tokens=12)
+    stream = chat(client, seed=11, temperature=0.8, max_tokens=12, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text == whole.choices[0].message.content
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_n4_seeds_reproducible(client):
+    a = chat(client, n=4, seed=5, temperature=1.0)
+    b = chat(client, n=4, seed=5, temperature=1.0)
+    c = chat(client, n=4, seed=6, temperature=1.0)
+    texts = lambda r: [ch.message.content for ch in sorted(r.choices, key=lambda ch: ch.index)]
+    assert [ch.index for ch in a.choices] == [0, 1, 2, 3]
+    assert texts(a) == texts(b)
+    assert len(set(texts(a))) > 1, "n=4 samples at temperature 1 should differ"
+    assert texts(a) != texts(c)
+    assert 4 <= a.usage.completion_tokens <= 4 * 8
+
+
+def test_chat_logprobs(client):
+    out = chat(client, temperature=0, logprobs=True, top_logprobs=3)
+    content = out.choices[0].logprobs.content
+    assert len(content) == out.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert tops == sorted(tops, reverse=True)
+        assert entry.logprob == pytest.approx(tops[0], abs=1e-5)  # greedy picks the most likely token
+        assert entry.top_logprobs[0].token == entry.token
+    joined = "".join(e.token for e in content)
+    assert joined.startswith(out.choices[0].message.content) or out.choices[0].finish_reason == "stop"
+
+
+def test_completions_batch_prompts_and_logprobs(client):
+    out = client.completions.create(model="default", prompt=["The capital of France is", "1, 2, 3,"], max_tokens=4,
+                                    temperature=0, n=2, logprobs=2)
+    assert out.object == "text_completion" and [c.index for c in out.choices] == [0, 1, 2, 3]
+    assert out.choices[0].text == out.choices[1].text  # greedy: both samples of a prompt agree
+    assert out.choices[0].text != out.choices[2].text
+    for c in out.choices:
+        assert len(c.logprobs.tokens) == len(c.logprobs.token_logprobs) == len(c.logprobs.top_logprobs)
+        assert all(len(top) <= 2 for top in c.logprobs.top_logprobs)
+    assert out.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in out.choices)
+
+
+def test_stop_string(client):
+    out = client.completions.create(model="default", prompt="1, 2, 3, 4,", max_tokens=16, temperature=0, stop=["7"])
+    assert "7" not in out.choices[0].text and out.choices[0].finish_reason == "stop"
+
+
+def _error(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    return body["error"]
+
+
+@pytest.mark.parametrize("payload, param", [
+    ({"messages": []}, "messages"),
+    ({"temperature": -1}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"n": 0}, "n"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+])
+def test_bad_input_is_400(real_server, payload, param):
+    body = {"model": "default", "messages": MESSAGES, "max_tokens": 4, **payload}
+    r = httpx.post(real_server + "/v1/chat/completions", json=body, headers=auth(), timeout=30)
+    assert r.status_code == 400, r.text
+    err = _error(r)
+    assert err["type"] == "invalid_request_error" and err["param"] == param
+
+
+def test_malformed_json_is_400(real_server):
+    r = httpx.post(real_server + "/v1/chat/completions", content=b"{not json", timeout=30,
+                   headers={**auth(), "Content-Type": "application/json"})
+    assert r.status_code == 400 and "JSON" in _error(r)["message"]
+
+
+def test_prompt_too_long_is_400(client):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model="default", prompt=[1] * 9000, max_tokens=2)
+    assert "max_model_len" in exc.value.body["message"]
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="gpt-9", messages=MESSAGES)
+    assert exc.value.body["code"] == "model_not_found" and "default" in exc.value.body["message"]
+
+
+def test_api_key_required(real_server):
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        r = httpx.post(real_server + "/v1/chat/completions", json={"model": "default", "messages": MESSAGES},
+                       headers=headers, timeout=30)
+        assert r.status_code == 401 and _error(r)["type"] == "authentication_error"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=real_server + "/v1", api_key="wrong", max_retries=0).models.list()
+    assert httpx.get(real_server + "/health", timeout=10).status_code == 200  # probes need no key
+
+
+def test_disconnect_aborts_and_frees_kv_blocks(real_server):
+    body = {"model": "default", "messages": [{"role": "user", "content": "Write a very long story."}],
+            "max_tokens": 4000, "n": 2, "stream": True, "temperature": 1.0, "seed": 1}
+    with httpx.Client(base_url=real_server, headers=auth(), timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()  # keep the iterator: dropping it closes the connection
+            first = next(line for line in lines if line.startswith("data: "))
+            assert json.loads(first[6:])["object"] == "chat.completion.chunk"
+            during = stats(real_server)["default"]
+            assert during["num_free_blocks"] < during["num_total_blocks"] and during["num_running"] == 2
+        deadline = time.monotonic() + 20
+        while (s := stats(real_server)["default"])["num_free_blocks"] != s["num_total_blocks"]:
+            assert time.monotonic() < deadline, f"KV blocks not freed after disconnect: {s}"
+            time.sleep(0.1)
+        assert s["num_running"] == 0 and s["num_waiting"] == 0
+        metrics = http.get("/metrics").text
+    assert 'lamina_kv_blocks_in_use{model="default"} 0' in metrics
+    assert 'lamina_aborted_requests_total{model="default"}' in metrics
+
+
+def test_32_concurrent_streaming_clients_complete(real_server):
+    async def one(client: openai.AsyncOpenAI, i: int) -> tuple[str, str | None]:
+        stream = await client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": f"Count to {i}."}], max_tokens=6, seed=i,
+            stream=True)
+        text, finish = "", None
+        async for chunk in stream:
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                finish = choice.finish_reason or finish
+        return text, finish
+
+    async def main() -> list[tuple[str, str | None]]:
+        async with openai.AsyncOpenAI(base_url=real_server + "/v1", api_key=API_KEY, max_retries=0, timeout=300) as c:
+            return await asyncio.gather(*(one(c, i) for i in range(32)))
+
+    results = asyncio.run(main())
+    assert len(results) == 32
+    assert all(finish in ("stop", "length") for _, finish in results), results
+    assert sum(bool(text) for text, _ in results) >= 30
+    s = stats(real_server)["default"]
+    assert s["num_free_blocks"] == s["num_total_blocks"]
+
+
+def test_metrics_exposition(real_server):
+    assert httpx.get(real_server + "/v1/models", timeout=10).status_code == 401
+    text = httpx.get(real_server + "/metrics", timeout=10).text
+    for name in ("lamina_requests_total", "lamina_prompt_tokens_total", "lamina_completion_tokens_total",
+                 "lamina_queue_depth", "lamina_kv_blocks_in_use", "lamina_request_latency_seconds_bucket",
+                 "lamina_time_to_first_token_seconds_count", "lamina_http_responses_total"):
+        assert name in text
+    assert 'lamina_http_responses_total{path="/v1/models",status="401"}' in text
+    assert 'lamina_queue_capacity 256' in text
+
+
+def test_queue_full_is_429_and_recovers(small_queue_server):
+    body = {"model": "small", "prompt": "Once upon a time", "max_tokens": 3000, "stream": True, "ignore_eos": True}
+    client = openai.OpenAI(base_url=small_queue_server + "/v1", api_key="unused", max_retries=0, timeout=60)
+    with httpx.Client(base_url=small_queue_server, timeout=60) as http:
+        with http.stream("POST", "/v1/completions", json=body) as held:
+            assert held.status_code == 200
+            lines = held.iter_lines()  # keep the iterator: dropping it closes the connection
+            assert next(lines).startswith("data: ")
+            with pytest.raises(openai.RateLimitError) as exc:
+                client.completions.create(model="small", prompt="hi", max_tokens=2)
+            assert exc.value.body["code"] == "queue_full" and exc.value.response.headers["retry-after"] == "1"
+            raw = http.post("/v1/chat/completions", json={"model": "small", "messages": MESSAGES, "max_tokens": 2})
+            assert raw.status_code == 429 and _error(raw)["type"] == "rate_limit_error"
+        deadline = time.monotonic() + 20
+        while http.get("/v1/internal/stats").json()["queue_depth"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    out = client.completions.create(model="small", prompt="hi", max_tokens=2)
+    assert out.choices[0].finish_reason in ("stop", "length")
