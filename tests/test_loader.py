@@ -21,21 +21,14 @@ from lamina.errors import ModelLoadError, UnsupportedModelError
 # ---------------------------------------------------------------- the real embedded model vs transformers
 
 
-@pytest.fixture(scope="module")
-def hf_gguf_model(real_model_path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(real_model_path.parent, gguf_file=real_model_path.name, dtype=torch.float32)
-
-
 def test_resolve_default_names_the_embedded_gguf(real_model_path):
     assert real_model_path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and real_model_path.is_file()
     assert resolve_model_path("smollm2-135m") == real_model_path
     assert resolve_model_path(str(real_model_path)) == real_model_path
 
 
-def test_real_gguf_weights_equal_transformers(real_loaded_model: LoadedModel, hf_gguf_model):
-    reference = hf_gguf_model.state_dict()
+def test_real_gguf_weights_equal_transformers(real_loaded_model: LoadedModel, hf_smollm2):
+    reference = hf_smollm2.state_dict()
     assert real_loaded_model.config.tie_word_embeddings
     assert set(real_loaded_model.weights) == set(reference) - {"lm_head.weight"}
     for name, tensor in real_loaded_model.weights.items():
@@ -43,8 +36,8 @@ def test_real_gguf_weights_equal_transformers(real_loaded_model: LoadedModel, hf
         assert torch.allclose(tensor, reference[name], rtol=0, atol=1e-6), name
 
 
-def test_real_gguf_config_equals_transformers(real_loaded_model: LoadedModel, hf_gguf_model):
-    ours, theirs = real_loaded_model.config, hf_gguf_model.config
+def test_real_gguf_config_equals_transformers(real_loaded_model: LoadedModel, hf_smollm2):
+    ours, theirs = real_loaded_model.config, hf_smollm2.config
     for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "head_dim", "rms_norm_eps", "max_position_embeddings", "tie_word_embeddings",
                   "attention_bias", "bos_token_id"):
