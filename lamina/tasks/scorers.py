@@ -31,13 +31,13 @@ class Scorer:
     extract: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
-    async def score(self, text: str, example: "Example") -> Score:
+    async def score(self, text: str, example: "Example", question: str = "") -> Score:
         if self.kind == "code":
             return await asyncio.to_thread(score_code, text, example, **self.options)
         if self.kind == "judge":
             from lamina.tasks.judge import judge_score
 
-            return await judge_score(text, example, **self.options)
+            return await judge_score(text, example, question=question, **self.options)
         answer = extract(text, self.extract, self.options.get("choices", "ABCD"))
         return Score(float(MATCHERS[self.kind](answer, example.reference)), answer)
 

@@ -1,0 +1,129 @@
+"""Score an architecture on a task: examples run concurrently, each result committed to the run store as it finishes,
+so an interrupted run resumes without redoing finished examples."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lamina.errors import BackendError, LaminaError
+from lamina.tasks.stats import RunSummary, summarize
+from lamina.tasks.store import ResultRow, RunStore
+from lamina.tasks.task import Example, Task
+
+
+@dataclass(slots=True)
+class EvalOptions:
+    split: str | None = None
+    limit: int | None = None
+    concurrency: int = 4
+    progress: bool = True
+    score_samples: bool = True  # score every first-layer sample too, for pass@k / coverage
+
+
+def arch_hash(arch: Any) -> str:
+    return hashlib.sha256(arch.spec.model_dump_json().encode()).hexdigest()[:16]
+
+
+def default_run_path(arch_name: str, task: Task, split: str, root: str | Path = "runs") -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{arch_name}__{task.name}__{split}").strip("-")
+    return Path(root) / f"{slug}.sqlite"
+
+
+def run_config(arch: Any, task: Task, options: EvalOptions) -> dict[str, Any]:
+    split = options.split or task.spec.default_split
+    return {"task": task.name, "task_hash": task.fingerprint(), "task_source": task.source, "split": split,
+            "limit": options.limit, "arch": arch.name, "arch_hash": arch_hash(arch),
+            "arch_spec": arch.spec.model_dump(mode="json"), "seed": arch.spec.seed,
+            "concurrency": options.concurrency}
+
+
+def first_layer_samples(trace: list[dict[str, Any]]) -> list[str]:
+    """The outputs of the first layer's model calls: the raw samples a sampling architecture drew."""
+    layer0 = next((e["components"] for e in trace if e.get("event") == "layer" and e.get("layer") == 0), [])
+    return [text for e in trace if e.get("event") == "call" and e.get("component") in layer0
+            for text in e.get("outputs", [])]
+
+
+class Evaluator:
+    def __init__(self, arch: Any, task: Task, store: RunStore, options: EvalOptions) -> None:
+        self.arch, self.task, self.store, self.options = arch, task, store, options
+        self.failures: list[tuple[str, str]] = []
+        self.scores: list[float] = []
+        self.attempt = 1
+
+    async def run(self) -> RunSummary:
+        examples = self.task.examples(self.options.split, self.options.limit)
+        self.attempt = self.store.begin(run_config(self.arch, self.task, self.options))
+        wanted = {e.id for e in examples}
+        done = [r for r in self.store.rows() if r.example_id in wanted]
+        finished = {r.example_id for r in done}
+        todo = [(i, e) for i, e in enumerate(examples) if e.id not in finished]
+        self.scores = [r.score for r in done]
+        bar = self._bar(len(examples), len(done))
+        slots = asyncio.Semaphore(max(1, self.options.concurrency))
+        try:
+            await asyncio.gather(*(self._guarded(slots, i, e, bar) for i, e in todo))
+        finally:
+            if bar is not None:
+                bar.close()
+        rows = [r for r in self.store.rows() if r.example_id in wanted]
+        return summarize(self.arch.name, rows)
+
+    def _bar(self, total: int, initial: int):
+        if not self.options.progress:
+            return None
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=initial, unit="ex", desc=f"{self.arch.name} on {self.task.name}",
+                   file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        self._postfix(bar)
+        return bar
+
+    def _postfix(self, bar) -> None:
+        if bar is not None and self.scores:
+            bar.set_postfix(acc=f"{sum(self.scores) / len(self.scores):.3f}", refresh=False)
+
+    async def _guarded(self, slots: asyncio.Semaphore, index: int, example: Example, bar) -> None:
+        async with slots:
+            try:
+                row = await self._one(index, example)
+            except (BackendError, OSError) as exc:  # transient: not stored, so a rerun retries it
+                self.failures.append((example.id, f"{type(exc).__name__}: {exc}"))
+                return
+            except LaminaError as exc:  # deterministic (budget, bad request): stored as a wrong answer
+                row = ResultRow(example.id, index, "", None, example.reference, 0.0,
+                                error=f"{type(exc).__name__}: {exc}", attempt=self.attempt)
+            self.store.add(row)
+            self.scores.append(row.score)
+            if bar is not None:
+                self._postfix(bar)
+                bar.update(1)
+
+    async def _one(self, index: int, example: Example) -> ResultRow:
+        start = time.perf_counter()
+        messages = self.task.messages(example)
+        question = messages[-1]["content"]
+        result = await self.arch.run(messages, tests=example.public_tests or None)
+        score = await self.task.scorer.score(result.answer, example, question)
+        sample_each = self.options.score_samples and self.task.scorer.kind != "judge"
+        samples = first_layer_samples(result.trace) if sample_each else []
+        sample_scores: list[float] = []
+        if len(samples) > 1:
+            scored = await asyncio.gather(*(self.task.scorer.score(s, example, question) for s in samples))
+            sample_scores = [s.value for s in scored]
+        return ResultRow(example.id, index, result.answer, score.extracted, example.reference, score.value,
+                         score.detail, sample_scores, result.usage.to_dict(), result.trace,
+                         seconds=time.perf_counter() - start, attempt=self.attempt)
+
+
+async def evaluate(arch: Any, task: Task, store: RunStore, options: EvalOptions | None = None) -> tuple[RunSummary, list]:
+    """Run (or resume) an eval; returns the summary and the examples that failed transiently (rerun to retry)."""
+    evaluator = Evaluator(arch, task, store, options or EvalOptions())
+    summary = await evaluator.run()
+    return summary, evaluator.failures

@@ -1,0 +1,76 @@
+"""Pairwise LLM judge against a baseline run's answers (Arena-Hard / AlpacaEval style win rate).
+
+Each example is judged twice with the answers in both orders, cancelling position bias:
+win = 1, tie = 0.5, loss = 0, averaged over the two orders.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lamina.errors import SpecError
+from lamina.tasks.scorers import Score
+
+if TYPE_CHECKING:
+    from lamina.tasks.task import Example
+
+JUDGE_PROMPT = """You are judging two answers to the same question.
+
+Question:
+{question}
+
+Answer A:
+{a}
+
+Answer B:
+{b}
+
+Which answer is more correct and helpful? Reply with exactly one of: A, B, tie."""
+
+_BASELINES: dict[str, dict[str, str]] = {}
+_BACKENDS: dict[tuple[str, str], Any] = {}
+
+
+def baseline_answers(path: str) -> dict[str, str]:
+    if path not in _BASELINES:
+        from lamina.tasks.store import RunStore
+
+        if not Path(path).is_file():
+            raise SpecError(f"judge scorer: baseline run {path!r} not found (run `lamina eval` for it first)")
+        with RunStore.open_existing(path) as store:
+            _BASELINES[path] = {r.example_id: r.prediction for r in store.rows()}
+    return _BASELINES[path]
+
+
+def parse_verdict(text: str) -> str | None:
+    match = re.search(r"\b(tie|A|B)\b", text.strip(), re.IGNORECASE)
+    return None if match is None else match.group(1).upper().replace("TIE", "tie")
+
+
+async def judge_score(text: str, example: "Example", *, baseline: str, question: str = "", model: str = "default",
+                      backend: str = "local", max_tokens: int = 8, **backend_opts: Any) -> Score:
+    base = baseline_answers(baseline).get(example.id)
+    if base is None:
+        raise SpecError(f"judge scorer: baseline run {baseline!r} has no answer for example {example.id!r}")
+    judge = _backend(backend, model, backend_opts)
+    from lamina.engine.sampling_params import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=0)
+    points, verdicts = 0.0, []
+    for a, b, ours in ((text, base, "A"), (base, text, "B")):
+        prompt = JUDGE_PROMPT.format(question=question or example.id, a=a, b=b)
+        out = await judge.complete([{"role": "user", "content": prompt}], None, params)
+        verdict = parse_verdict(out[0].text if out else "")
+        verdicts.append(verdict)
+        points += 1.0 if verdict == ours else 0.5 if verdict in ("tie", None) else 0.0
+    return Score(points / 2, text, f"verdicts={verdicts} (candidate was A, then B)")
+
+
+def _backend(kind: str, model: str, opts: dict[str, Any]):
+    key = (kind, model)
+    if key not in _BACKENDS:
+        from lamina.backends import get_backend
+
+        _BACKENDS[key] = get_backend(kind, model, **opts)
+    return _BACKENDS[key]
