@@ -45,8 +45,9 @@ class Architecture:
                 "layers": [[{"type": "generate", "model": "m"}]]}
         return cls.from_spec(data, f"single_model({model!r})", cache=cache)
 
-    async def run(self, messages: list[dict[str, str]] | str, *, tests: list[str] | None = None) -> ArchResult:
-        result = await self.runner.run(messages, tests)
+    async def run(self, messages: list[dict[str, str]] | str, *, tests: list[str] | None = None,
+                  seed: int | None = None) -> ArchResult:
+        result = await self.runner.run(messages, tests, seed)
         self.usage = self.usage + result.usage
         return result
 

@@ -70,15 +70,15 @@ class Caller:
         try:
             if hit is not None:
                 outs, prompt_tokens, spent = [c for c, _ in hit], hit[0][1], sum(c.num_tokens for c, _ in hit)
+                seconds = time.perf_counter() - start
             else:
                 got = await (backend.first_finish if first_finish else backend.complete)(messages, None, sp)
-                outs, prompt_tokens, spent = list(got), got.prompt_tokens, got.completion_tokens
+                outs, prompt_tokens, spent, seconds = list(got), got.prompt_tokens, got.completion_tokens, got.seconds
                 if self.cache is not None:
                     self.cache.put_many(backend.identity, list(zip(keys, outs)), prompt_tokens)
         except BaseException:
             self.guard.settle(need, 0, 0)
             raise
-        seconds = time.perf_counter() - start
         self.guard.settle(need, 1, prompt_tokens + spent)
         self.usage.add_call(component, prompt_tokens, spent, seconds, cached=hit is not None)
         self.trace.append({"event": "call", "component": component, "model": handle.alias, "backend": backend.identity,

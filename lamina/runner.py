@@ -63,9 +63,10 @@ class Runner:
             for layer, names in zip(spec.layers, component_names(spec))
         ]
 
-    async def run(self, messages: Any, tests: list[str] | None = None) -> ArchResult:
+    async def run(self, messages: Any, tests: list[str] | None = None, seed: int | None = None) -> ArchResult:
+        """`seed` varies the derived per-call seeds (e.g. to get n different runs of one query)."""
         messages = check_messages(messages)
-        query_key = derive_seed(messages, tests)
+        query_key = derive_seed(messages, tests) if seed is None else derive_seed(messages, tests, seed)
         budget = self.spec.budget
         caller = Caller(self.models, self.cache, BudgetGuard(budget.max_calls, budget.max_tokens), str(query_key),
                         self.spec.seed)
