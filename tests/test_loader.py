@@ -3,6 +3,7 @@ GGUF and safetensors round trips on tiny models, and every load error."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import struct
 from pathlib import Path
@@ -238,7 +239,8 @@ def qtype_for(hf: str, array: np.ndarray) -> Q:
     return next(q for key, q in TYPES.items() if key in hf)
 
 
-def write_gguf(path: Path, arch: str, weights: dict[str, np.ndarray], *, permute: bool, metadata=None, types=qtype_for) -> Path:
+def write_gguf(path: Path, arch: str, weights: dict[str, np.ndarray], *, permute: bool, metadata=None, types=qtype_for,
+               extra_tensors=None) -> Path:
     w = GGUFWriter(str(path), arch)
     w.add_block_count(LAYERS)
     w.add_context_length(256)
@@ -271,6 +273,8 @@ def write_gguf(path: Path, arch: str, weights: dict[str, np.ndarray], *, permute
             w.add_tensor(gguf_name(name), array.astype(np.float16))
         else:
             w.add_tensor(gguf_name(name), quants.quantize(array, qtype), raw_dtype=qtype)
+    for name, array in (extra_tensors or {}).items():
+        w.add_tensor(name, array)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -317,6 +321,46 @@ def test_gguf_rope_scaling_and_dtype(tmp_path):
     loaded = load_model(write_gguf(tmp_path / "yarn.gguf", "llama", weights, permute=True, metadata=meta), dtype=torch.bfloat16)
     assert loaded.config.rope_scaling == {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
     assert {t.dtype for t in loaded.weights.values()} == {torch.bfloat16}
+
+
+def llamacpp_rope_factors(theta: float, dim: int, factor: float, low: float, high: float, old_len: int) -> np.ndarray:
+    """What llama.cpp's convert_hf_to_gguf.py writes to 'rope_freqs.weight' for a Llama 3.1 rope_scaling."""
+    factors = []
+    for freq in 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim)):
+        wavelen = 2 * math.pi / freq
+        if wavelen < old_len / high:
+            factors.append(1.0)
+        elif wavelen > old_len / low:
+            factors.append(factor)
+        else:
+            smooth = (old_len / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, np.float32)
+
+
+def test_gguf_llama3_rope_freqs_become_llama3_scaling(tmp_path):
+    from gguf import GGUFValueType as V
+
+    from lamina.engine.models.llama import rope_inv_freq
+
+    head_dim, theta = HIDDEN // HEADS, 500000.0
+    factors = llamacpp_rope_factors(theta, head_dim, 8.0, 1.0, 4.0, 8192)
+    assert factors.min() == 1.0 and factors.max() == 8.0 and ((factors > 1) & (factors < 8)).any()  # all three regimes
+    meta = {"llama.rope.freq_base": (theta, V.FLOAT32)}
+    weights = random_hf_weights(len(byte_vocab()), True, False)
+    path = write_gguf(tmp_path / "l3.gguf", "llama", weights, permute=True, metadata=meta,
+                      extra_tensors={"rope_freqs.weight": factors})
+    loaded = load_model(path)
+    assert loaded.config.rope_scaling == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    assert "rope_freqs.weight" not in loaded.weights
+    inv_freq, _ = rope_inv_freq(loaded.config)
+    plain = 1.0 / theta ** (np.arange(0, head_dim, 2) / head_dim)
+    np.testing.assert_allclose(inv_freq.numpy(), plain / factors, rtol=1e-5)
+    odd = write_gguf(tmp_path / "odd.gguf", "llama", weights, permute=True, metadata=meta,
+                     extra_tensors={"rope_freqs.weight": np.linspace(1, 3, head_dim // 2, dtype=np.float32)})
+    with pytest.raises(UnsupportedModelError, match=r"odd\.gguf: tensor 'rope_freqs\.weight' does not match Llama 3"):
+        load_model(odd)
 
 
 def test_gguf_with_unsupported_tensor_type(tmp_path):

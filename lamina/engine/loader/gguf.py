@@ -125,13 +125,34 @@ def _rows(gguf: GGUFFile, name: str) -> int:
 def _rope_scaling(gguf: GGUFFile, arch: str, context: int) -> dict | None:
     kind = gguf.get(f"{arch}.rope.scaling.type")
     factor = gguf.get(f"{arch}.rope.scaling.factor")
+    original = gguf.get(f"{arch}.rope.scaling.original_context_length")
     if "rope_freqs.weight" in gguf.tensors:
-        raise UnsupportedModelError(f"{gguf.path}: per-frequency RoPE factors (tensor 'rope_freqs.weight', Llama 3.1 style) are not supported")
+        return _llama3_scaling(gguf, arch, original)
     if kind in (None, "none") or not factor:
         return None
-    original = int(gguf.get(f"{arch}.rope.scaling.original_context_length", context))
     if kind == "linear":
         return {"rope_type": "linear", "factor": float(factor)}
     if kind == "yarn":
-        return {"rope_type": "yarn", "factor": float(factor), "original_max_position_embeddings": original}
+        return {"rope_type": "yarn", "factor": float(factor), "original_max_position_embeddings": int(original or context)}
     raise UnsupportedModelError(f"{gguf.path}: unsupported rope scaling type {kind!r}; supported: linear, yarn")
+
+
+def _llama3_scaling(gguf: GGUFFile, arch: str, original: int | None) -> dict | None:
+    """Recover Llama 3 rope_scaling from the per-frequency factors llama.cpp stores in 'rope_freqs.weight'."""
+    stored = dequantize(gguf.path, gguf.tensors["rope_freqs.weight"]).reshape(-1).astype(np.float64)
+    if np.allclose(stored, 1.0):
+        return None
+    heads = int(gguf.get(f"{arch}.attention.head_count", 1))
+    dim = int(gguf.get(f"{arch}.rope.dimension_count", 0) or int(gguf.get(f"{arch}.embedding_length", 0)) // heads)
+    theta = float(gguf.get(f"{arch}.rope.freq_base", 10000.0))
+    wavelen = 2 * np.pi * theta ** (np.arange(0, dim, 2) / dim)
+    factor = float(stored.max())
+    for old_len in ([int(original)] if original else [8192, 4096, 2048, 16384, 32768, 65536, 131072]):
+        for low, high in ((1.0, 4.0), (1.0, 2.0), (1.0, 8.0)):
+            smooth = (old_len / wavelen - low) / (high - low)
+            mid = 1 / ((1 - smooth) / factor + smooth)
+            expected = np.where(wavelen < old_len / high, 1.0, np.where(wavelen > old_len / low, factor, mid))
+            if expected.shape == stored.shape and np.allclose(expected, stored, rtol=1e-4):
+                return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+                        "original_max_position_embeddings": old_len}
+    raise UnsupportedModelError(f"{gguf.path}: tensor 'rope_freqs.weight' does not match Llama 3 rope scaling; other per-frequency RoPE factors are not supported")
