@@ -60,9 +60,23 @@ def serve(*args: str, timeout_s: float = 180.0) -> Iterator[str]:
             proc.wait()
 
 
+ARCH_SPEC = """
+name: tiny_fuse
+models:
+  small: {model: default, params: {max_tokens: 6}}
+layers:
+  - - {type: generate, model: small, samples: 2, temperature: 0.8}
+  - - {type: fuse, model: small, max_tokens: 6}
+"""
+
+
 @pytest.fixture(scope="module")
-def real_server() -> Iterator[str]:
-    with serve("--model", "default", "--api-key", API_KEY, "--kv-cache-memory-gb", "0.25") as base:
+def real_server(tmp_path_factory) -> Iterator[str]:
+    """The embedded model as `default`, plus a two-layer architecture on it as `arch:tiny_fuse`."""
+    folder = tmp_path_factory.mktemp("serve")
+    (folder / "tiny_fuse.yaml").write_text(ARCH_SPEC)
+    with serve("--model", "default", "--api-key", API_KEY, "--kv-cache-memory-gb", "0.25",
+               "--arch", str(folder / "tiny_fuse.yaml"), "--arch-cache", str(folder / "calls.sqlite")) as base:
         yield base
 
 
@@ -91,9 +105,9 @@ def chat(client: openai.OpenAI, **kw):
 
 
 def test_models_lists_the_served_model(client):
-    ids = [m.id for m in client.models.list().data]
-    assert ids == ["default"]
-    assert client.models.retrieve("default").id == "default"
+    models = {m.id: m.model_extra["lamina"]["kind"] for m in client.models.list().data}
+    assert models == {"default": "model", "arch:tiny_fuse": "architecture"}
+    assert client.models.retrieve("arch:tiny_fuse").id == "arch:tiny_fuse"
 
 
 def test_chat_non_streaming(client):
@@ -258,6 +272,38 @@ def test_32_concurrent_streaming_clients_complete(real_server):
     assert sum(bool(text) for text, _ in results) >= 30
     s = stats(real_server)["default"]
     assert s["num_free_blocks"] == s["num_total_blocks"]
+
+
+def test_architecture_as_a_model_sums_inner_usage_and_returns_trace(client):
+    msgs = [{"role": "user", "content": "Give one fruit."}]
+    out = client.chat.completions.create(model="arch:tiny_fuse", messages=msgs, n=2, seed=40,
+                                         extra_body={"lamina": {"trace": True}})
+    lamina = out.model_extra["lamina"]
+    assert [c.index for c in out.choices] == [0, 1] and all(c.message.content for c in out.choices)
+    assert lamina["seeds"] == [40, 41] and len(lamina["trace"]) == 2
+    inner = lamina["usage"]
+    assert inner["calls"] + inner["cached_calls"] == 4  # generate (n=2 in one call) + fuse, for each of 2 runs
+    assert out.usage.prompt_tokens == inner["prompt_tokens"] and out.usage.completion_tokens == inner["completion_tokens"]
+    parts = inner["by_component"].values()
+    assert out.usage.completion_tokens == sum(p["completion_tokens"] for p in parts)
+    calls = [c for run in lamina["trace"] for c in run if "completion_tokens" in c]
+    assert sum(c["completion_tokens"] for c in calls) == out.usage.completion_tokens
+
+    again = client.chat.completions.create(model="arch:tiny_fuse", messages=msgs, seed=40)
+    assert again.choices[0].message.content == out.choices[0].message.content  # same seed, same answer
+    assert "trace" not in again.model_extra["lamina"] and again.model_extra["lamina"]["usage"]["cached_calls"] == 2
+
+    stream = client.chat.completions.create(model="arch:tiny_fuse", messages=msgs, seed=41, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == out.choices[1].message.content
+    assert chunks[-1].usage is not None
+
+
+def test_architecture_rejects_logprobs(client):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="arch:tiny_fuse", messages=MESSAGES, logprobs=True)
+    assert exc.value.body["param"] == "logprobs"
 
 
 def test_metrics_exposition(real_server):

@@ -59,7 +59,8 @@ class Server:
         else:
             self._check_arch(body, body.logprobs)
             call = self._call("chat", body, ChatFormat(str))
-            stream = target.generate(messages, body.n, tests=body.lamina.tests, trace=body.lamina.trace)
+            stream = target.generate(messages, body.n, seed=body.seed, tests=body.lamina.tests,
+                                     trace=body.lamina.trace)
         return await respond(call, stream, request, self.admission.acquire(), body.stream)
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
@@ -73,8 +74,8 @@ class Server:
         else:
             self._check_arch(body, body.logprobs is not None)
             call = self._call("completions", body, TextFormat(str))
-            stream = target.generate(arch_messages_from_prompts(prompts), body.n, tests=body.lamina.tests,
-                                     trace=body.lamina.trace)
+            stream = target.generate(arch_messages_from_prompts(prompts), body.n, seed=body.seed,
+                                     tests=body.lamina.tests, trace=body.lamina.trace)
         return await respond(call, stream, request, self.admission.acquire(), body.stream)
 
     def _call(self, endpoint: str, body: ChatCompletionRequest | CompletionRequest, fmt: ChatFormat) -> Call:

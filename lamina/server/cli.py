@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="'default' (the embedded SmolLM2-135M-Instruct), a .gguf file or a safetensors folder; "
                         "served as NAME, else as the given string (repeatable; default: 'default')")
     p.add_argument("--arch", action="append", default=[], metavar="SPEC",
-                   help="architecture spec file (YAML/JSON), served as arch:<its name> (repeatable)")
+                   help="architecture spec file (YAML/JSON), served as arch:<its name> (repeatable); its local "
+                        "models share the engines loaded by --model when the names match")
+    p.add_argument("--arch-cache", default=None, metavar="PATH|none",
+                   help="SQLite call cache for architectures (default: each spec's own, else "
+                        "~/.cache/lamina/calls.sqlite; 'none' disables it)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("LAMINA_API_KEY"),
@@ -53,16 +58,17 @@ def _engine_options(args: argparse.Namespace) -> dict[str, object]:
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
-def _load_architectures(paths: list[str]) -> dict[str, object]:
+def _load_architectures(paths: list[str], cache: str | None) -> dict[str, object]:
     if not paths:
         return {}
     from lamina.architecture import Architecture
 
+    option: str | bool | None = False if cache and cache.lower() == "none" else cache
     archs: dict[str, object] = {}
     for path in paths:
         if not Path(path).is_file():
             raise InvalidRequestError(f"--arch {path!r}: no such file")
-        arch = Architecture.from_file(path)
+        arch = Architecture.from_file(path, cache=option)
         if arch.name in archs:
             raise InvalidRequestError(f"--arch {path!r}: architecture name {arch.name!r} is served twice")
         archs[arch.name] = arch
@@ -72,19 +78,31 @@ def _load_architectures(paths: list[str]) -> dict[str, object]:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from lamina.backends.local import register_engine
     from lamina.engine.engine import AsyncEngine
     from lamina.server.app import create_app
 
     if args.max_queue < 1:
         raise InvalidRequestError(f"--max-queue {args.max_queue}: expected an integer >= 1")
-    engines = {name: AsyncEngine(model=source, **_engine_options(args)) for name, source in parse_models(args.model).items()}
-    archs = _load_architectures(args.arch)
+    models = parse_models(args.model)
+    archs = _load_architectures(args.arch, args.arch_cache)  # spec errors show before any model loads
+    engines = {}
+    for name, source in models.items():
+        engines[name] = AsyncEngine(model=source, **_engine_options(args))
+        for alias in {name, source}:
+            register_engine(alias, engines[name])  # architectures naming this model reuse the loaded engine
     app = create_app(engines, archs, api_key=args.api_key, max_queue=args.max_queue)
     names = ", ".join([*engines, *(f"arch:{a}" for a in archs)])
     print(f"lamina serve: http://{args.host}:{args.port}/v1 serving {names}", file=sys.stderr, flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     finally:
-        for engine in engines.values():
-            engine.shutdown()
+        asyncio.run(_close(archs, engines))
     return 0
+
+
+async def _close(archs: dict[str, object], engines: dict[str, object]) -> None:
+    for arch in archs.values():
+        await arch.aclose()  # type: ignore[attr-defined]
+    for engine in engines.values():
+        engine.shutdown()  # type: ignore[attr-defined]
