@@ -56,8 +56,8 @@ def extract_phrase(text: str) -> str | None:
     matches = list(_PHRASE.finditer(text))
     if not matches:
         return None
-    answer = matches[-1].group(1).strip()
-    answer = re.split(r"(?<=[^\d\s])\.\s|\.$|\n", answer)[0].strip()
+    answer = matches[-1].group(1).replace("**", "").strip()
+    answer = re.split(r"\.\s|\.$|\n", answer)[0].strip()
     answer = answer.strip("*$ ").rstrip(".").strip()
     boxed = extract_boxed(answer)
     return boxed or answer or None

@@ -44,8 +44,15 @@ def baseline_answers(path: str) -> dict[str, str]:
 
 
 def parse_verdict(text: str) -> str | None:
-    match = re.search(r"\b(tie|A|B)\b", text.strip(), re.IGNORECASE)
-    return None if match is None else match.group(1).upper().replace("TIE", "tie")
+    """'A', 'B' or 'tie' from the judge's reply: its first word if that is one, else a 'tie' or a capital A/B in it."""
+    text = text.strip()
+    first = re.match(r"\W*(tie|a|b)\b", text, re.IGNORECASE)
+    if first:
+        return "tie" if first.group(1).lower() == "tie" else first.group(1).upper()
+    if re.search(r"\btie\b", text, re.IGNORECASE):
+        return "tie"
+    letter = re.search(r"\b([AB])\b", text)
+    return letter.group(1) if letter else None
 
 
 async def judge_score(text: str, example: "Example", *, baseline: str, question: str = "", model: str = "default",

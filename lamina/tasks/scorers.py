@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import string
+import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -42,8 +44,11 @@ class Scorer:
         return Score(float(MATCHERS[self.kind](answer, example.reference)), answer)
 
 
+_PUNCT_TO_SPACE = str.maketrans(string.punctuation, " " * len(string.punctuation))
+
+
 def normalize(text: str) -> str:
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    text = text.lower().translate(_PUNCT_TO_SPACE)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
@@ -80,9 +85,11 @@ def math_match(answer: str | None, reference: str) -> bool:
         return True
     from math_verify import parse, verify
 
-    gold = parse(f"${reference}$", parsing_timeout=None)
-    pred = parse(answer if "$" in answer or "\\" in answer else f"${answer}$", parsing_timeout=None)
-    return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None  # its timeout uses SIGALRM
+    gold = parse(f"${reference}$", parsing_timeout=timeout)
+    pred = parse(answer if "$" in answer else f"${answer}$", parsing_timeout=timeout)
+    return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout))
 
 
 def choice_match(answer: str | None, reference: str) -> bool:

@@ -1,0 +1,92 @@
+"""Answer extraction: \\boxed{}, answer phrases, last number, code blocks, choices, grids."""
+from __future__ import annotations
+
+import pytest
+
+from lamina.tasks.extract import (extract, extract_boxed, extract_choice, extract_code, extract_grid, extract_number,
+                                  extract_phrase)
+
+
+@pytest.mark.parametrize("text, want", [
+    (r"so the result is \boxed{42}.", "42"),
+    (r"\boxed{\frac{1}{2}} then later \boxed{x^{2}+1}", "x^{2}+1"),
+    (r"\fbox{7}", "7"),
+    (r"\boxed{unclosed", None),
+    ("no box here", None),
+])
+def test_boxed(text, want):
+    assert extract_boxed(text) == want
+
+
+@pytest.mark.parametrize("text, want", [
+    ("Let me think. The answer is 17.", "17"),
+    ("The final answer is: **3.5** apples", "3.5 apples"),
+    ("Answer: B\nbecause reasons", "B"),
+    ("work...\n#### 1,234", "1,234"),
+    ("The answer is \\boxed{9}.", "9"),
+    ("I have no idea.", None),
+])
+def test_phrase(text, want):
+    assert extract_phrase(text) == want
+
+
+@pytest.mark.parametrize("text, want", [
+    ("7 + 5 = 12", "12"),
+    ("She pays $1,250.50 in total", "1250.50"),
+    ("It drops to -3 degrees, not 4.", "4"),
+    ("from 10 to −8", "-8"),
+    ("a ratio of 3/4", "3/4"),
+    ("version v2 has none", None),
+    ("nothing", None),
+])
+def test_last_number(text, want):
+    assert extract_number(text) == want
+
+
+def test_number_mode_prefers_the_stated_answer_over_trailing_numbers():
+    text = "The answer is 12. I checked it 3 times."
+    assert extract(text, "number") == "12"
+    assert extract("work: 2 + 3 = 5, \\boxed{5} (step 7)", "number") == "5"
+
+
+def test_auto_chain():
+    assert extract("x \\boxed{8} y 9") == "8"
+    assert extract("The answer is 6. Step 9") == "6"
+    assert extract("It is 4 then 5") == "5"
+    assert extract("  plain words ") == "plain words"
+    assert extract("   ") is None
+
+
+def test_code_blocks():
+    text = "Here:\n```python\ndef f(x):\n    return x + 1\n```\nand usage\n```\nf(2)\n```"
+    assert extract_code(text) == "def f(x):\n    return x + 1"
+    two = "```python\ndef a():\n    pass\n```\nbetter:\n```py\ndef b():\n    return 1\n```"
+    assert extract_code(two) == "def b():\n    return 1"
+    assert extract_code("```python\ndef g(x):\n    return x") == "def g(x):\n    return x"  # unterminated fence
+    assert extract_code("def h(y):\n    return y * 2") == "def h(y):\n    return y * 2"
+    assert extract_code("No code at all.") is None
+    assert extract_code("```js\nconsole.log(1)\n```") == "console.log(1)"
+
+
+@pytest.mark.parametrize("text, want", [
+    ("The answer is (C).", "C"),
+    ("Answer: d", "D"),
+    ("I pick \\boxed{B}", "B"),
+    ("Option B looks wrong, so the answer is A", "A"),
+    ("Between the choices I choose:\nC", "C"),
+    ("none of these", None),
+])
+def test_choice(text, want):
+    assert extract_choice(text) == want
+
+
+def test_grid():
+    text = "Output:\n```\n1 2 3\n4 5 6\n```\ndone"
+    assert extract_grid(text) == "1 2 3\n4 5 6"
+    assert extract_grid("[[1, 0], [0, 1]] then\n7 7\n8 8") == "7 7\n8 8"
+    assert extract_grid("no grid") is None
+
+
+def test_unknown_extractor_raises():
+    with pytest.raises(ValueError, match="unknown extractor"):
+        extract("x", "nope")

@@ -1,0 +1,94 @@
+"""Scorers on known right and wrong answers; code is really executed in the sandbox."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lamina.errors import SpecError
+from lamina.tasks.judge import parse_verdict
+from lamina.tasks.scorers import (choice_match, code_program, exact_match, make_scorer, math_match, normalized_match,
+                                  numeric_match, parse_number)
+from lamina.tasks.task import Example
+
+
+def score(kind, text, example):
+    return asyncio.run(make_scorer(kind).score(text, example))
+
+
+def test_exact_and_normalized():
+    assert exact_match(" Paris ", "Paris") and not exact_match("paris", "Paris") and not exact_match(None, "x")
+    assert normalized_match("The  Eiffel-Tower!", "eiffel tower")
+    assert not normalized_match("Eiffel", "eiffel tower")
+
+
+@pytest.mark.parametrize("answer, reference, ok", [
+    ("12", "12", True), ("12.0", "12", True), ("1,234", "1234", True), ("$18", "18", True),
+    ("0.5", "1/2", True), ("-3", "3", False), ("13", "12", False), ("twelve", "12", False), (None, "1", False),
+])
+def test_numeric(answer, reference, ok):
+    assert numeric_match(answer, reference) is ok
+
+
+def test_parse_number():
+    assert parse_number("3/4") == parse_number("0.75")
+    assert parse_number("1/0") is None and parse_number("abc") is None
+
+
+@pytest.mark.parametrize("answer, reference, ok", [
+    ("\\frac{1}{2}", "0.5", True), ("\\sqrt{4}", "2", True), ("2x+2", "2(x+1)", True), ("70", "70", True),
+    ("\\frac{1}{3}", "0.5", False), ("x^2", "2x", False), (None, "1", False),
+])
+def test_math_equivalence(answer, reference, ok):
+    assert math_match(answer, reference) is ok
+
+
+def test_choice():
+    assert choice_match("b", "B") and not choice_match("C", "B") and not choice_match(None, "B")
+    ex = Example("q", {}, "C")
+    assert score({"type": "choice"}, "Thinking... The answer is (C).", ex).value == 1.0
+    assert score({"type": "choice"}, "The answer is A", ex).value == 0.0
+
+
+def test_numeric_scorer_extracts_then_compares():
+    ex = Example("q", {}, "12")
+    right = score("numeric", "7 + 5 = 12", ex)
+    assert (right.value, right.extracted) == (1.0, "12")
+    assert score("numeric", "7 + 5 = 13", ex).value == 0.0
+    assert score("numeric", "I don't know", ex).value == 0.0
+
+
+CODE_EX = Example("c", {"entry_point": "double"}, "", ["assert double(2) == 4", "assert double(-1) == -2"])
+
+
+def test_code_scorer_executes_tests():
+    good = score("code", "Sure:\n```python\ndef double(x):\n    return 2 * x\n```", CODE_EX)
+    assert good.value == 1.0 and good.detail.startswith("passed 2/2")
+    half = score("code", "```python\ndef double(x):\n    return x + 2\n```", CODE_EX)
+    assert half.value == 0.0 and half.detail.startswith("passed 1/2")
+    broken = score("code", "```python\ndef double(x) return\n```", CODE_EX)
+    assert broken.value == 0.0 and "SyntaxError" in broken.detail
+    none = score("code", "I cannot write code.", CODE_EX)
+    assert none.value == 0.0 and none.detail == "no code found"
+
+
+def test_code_program_completes_humaneval_style_bodies():
+    ex = Example("h", {"prompt": "from typing import List\n\ndef inc(xs: List[int]) -> List[int]:\n",
+                       "entry_point": "inc"}, "", ["assert inc([1]) == [2]"])
+    body = "    return [x + 1 for x in xs]\n"
+    assert code_program(body, ex).startswith("from typing import List")
+    assert score({"type": "code"}, body, ex).value == 1.0
+    full = "```python\ndef inc(xs: List[int]) -> List[int]:\n    return [x + 1 for x in xs]\n```"
+    program = code_program(full, ex)
+    assert program.splitlines()[0] == "from typing import List" and score("code", full, ex).value == 1.0
+
+
+def test_judge_verdict_parsing():
+    assert parse_verdict("A") == "A" and parse_verdict(" b.") == "B"
+    assert parse_verdict("It's a tie") == "tie" and parse_verdict("neither") is None
+
+
+def test_make_scorer_errors_name_the_source():
+    with pytest.raises(SpecError, match="my.yaml: scorer.type"):
+        make_scorer({"type": "bogus"}, source="my.yaml")
+    assert make_scorer("code").extract == "code" and make_scorer({"type": "choice"}).extract == "choice"
