@@ -1,0 +1,182 @@
+"""Every technique on a tiny random Llama through the real local engine (structure, calls, fallbacks), plus
+unit_test executing real candidate programs in the sandbox and vote on known answers."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lamina.architecture import Architecture
+from lamina.calls import Caller
+from lamina.budget import BudgetGuard
+from lamina.spec import UnitTestSpec, VoteSpec
+from lamina.techniques import Candidate, State
+from lamina.techniques.unit_test import UnitTest
+from lamina.techniques.vote import Vote
+
+QUESTION = [{"role": "user", "content": "What is 2 + 2?"}]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_llama_dir):
+    alias = {"model": str(tiny_llama_dir), "engine": {"num_kv_blocks": 1024, "block_size": 8},
+             "params": {"max_tokens": 6}}
+    return {"tiny": alias, "tiny2": dict(alias)}
+
+
+def run_arch(models, *layers, tests=None, **extra):
+    arch = Architecture.from_spec({"name": "t", "models": models, "layers": list(layers), **extra}, cache=False)
+
+    async def go():
+        try:
+            return await arch.run(QUESTION, tests=tests)
+        finally:
+            await arch.aclose()
+
+    return asyncio.run(go())
+
+
+def calls(result, component=None):
+    return [e for e in result.trace if e["event"] == "call" and (component is None or e["component"] == component)]
+
+
+def notes(result):
+    return [e for e in result.trace if e["event"] == "note"]
+
+
+def test_generate_sends_the_samples_of_each_model_as_one_request(tiny_models):
+    result = run_arch(tiny_models, [{"type": "generate", "models": ["tiny", "tiny2"], "samples": 3, "name": "gen"}])
+    assert len(result.candidates) == 6
+    made = calls(result, "gen")
+    assert len(made) == 2 and [c["params"]["n"] for c in made] == [3, 3] and [len(c["outputs"]) for c in made] == [3, 3]
+    assert result.usage.calls == 2 and result.usage.by_component["gen"].calls == 2
+    assert result.usage.completion_tokens == 6 * 6  # 6 samples x max_tokens (a random model rarely stops early)
+    assert made[0]["prompt_tokens"] > 0 and made[0]["params"]["seed"] is not None
+    assert made[0]["params"]["seed"] != made[1]["params"]["seed"]
+
+
+def test_generate_with_logprobs_fills_logprob_and_entropy(tiny_models):
+    result = run_arch(tiny_models, [{"type": "generate", "model": "tiny", "samples": 2, "logprobs": 3}])
+    assert all(c.mean_logprob is not None and c.mean_logprob < 0 for c in result.final)
+    assert all(c.mean_entropy is not None and c.mean_entropy > 0 for c in result.final)
+
+
+def test_first_finish_keeps_one_sample(tiny_models):
+    result = run_arch(tiny_models, [{"type": "first_finish", "model": "tiny", "samples": 3, "name": "ff"}])
+    assert len(result.candidates) == 1
+    (call,) = calls(result, "ff")
+    assert call["params"]["n"] == 3 and len(call["outputs"]) == 1
+    assert call["completion_tokens"] >= 6  # what all samples generated before the first finished
+
+
+@pytest.mark.parametrize("method,expected_calls", [("listwise", 1), ("pairwise", 6), ("reward", 4)])
+def test_rank_keeps_top_k_of_the_input(tiny_models, method, expected_calls):
+    result = run_arch(tiny_models, [{"type": "generate", "model": "tiny", "samples": 4, "name": "gen"}],
+                      [{"type": "rank", "model": "tiny", "method": method, "top_k": 2, "name": "rank"}])
+    generated = calls(result, "gen")[0]["outputs"]
+    assert len(result.candidates) == 2 and set(result.candidates) <= set(generated)
+    assert len(calls(result, "rank")) == expected_calls
+
+
+def test_rank_by_logprob_reward_scores_probabilities(tiny_models):
+    result = run_arch(tiny_models, [{"type": "generate", "model": "tiny", "samples": 3}],
+                      [{"type": "rank", "model": "tiny", "method": "reward", "reward_mode": "logprob"}])
+    scores = [c.score for c in result.final]
+    assert len(scores) == 3
+    assert all(s is None or 0.0 <= s <= 1.0 for s in scores)
+    known = [s for s in scores if s is not None]
+    assert known == sorted(known, reverse=True)
+
+
+def test_critique_then_fuse(tiny_models):
+    result = run_arch(tiny_models, [{"type": "generate", "model": "tiny", "samples": 2}],
+                      [{"type": "critique", "model": "tiny", "name": "crit"}],
+                      [{"type": "fuse", "model": "tiny", "samples": 2, "name": "fuse"}])
+    assert len(calls(result, "crit")) == 2
+    (fuse_call,) = calls(result, "fuse")
+    prompt = fuse_call["messages"][0]["content"]
+    assert "Critique of [1]" in prompt and "Critique of [2]" in prompt
+    assert len(result.candidates) == 2 and all(c.source == "fuse" for c in result.final)
+
+
+def test_verify_keeps_a_subset_and_never_empties_with_keep_all(tiny_models):
+    result = run_arch(tiny_models, [{"type": "generate", "model": "tiny", "samples": 3, "name": "gen"}],
+                      [{"type": "verify", "model": "tiny", "name": "verify"}])
+    generated = calls(result, "gen")[0]["outputs"]
+    assert 1 <= len(result.candidates) <= 3 and set(result.candidates) <= set(generated)
+    assert len(calls(result, "verify")) == 3
+
+
+def test_reward_judge_and_vote_run_on_the_model(tiny_models):
+    result = run_arch(tiny_models, [{"type": "generate", "model": "tiny", "samples": 3}],
+                      [{"type": "reward", "model": "tiny", "top_k": 2}], [{"type": "vote", "keep": "all"}])
+    assert 1 <= len(result.candidates) <= 2
+    assert all(c.score is None or 1 <= c.score <= 10 for c in result.final)
+
+
+def test_unit_test_judged_by_the_model_for_prose_checks(tiny_models):
+    result = run_arch(tiny_models, [{"type": "generate", "model": "tiny", "samples": 2}],
+                      [{"type": "unit_test", "model": "tiny", "mode": "auto", "name": "ut"}],
+                      tests=["mentions the number four", "is polite"])
+    assert len(calls(result, "ut")) == 4  # 2 candidates x 2 checks, no test generation (the task gave them)
+    rates = [c.pass_rate for c in result.final]
+    assert all(r in (0.0, 0.5, 1.0) for r in rates) and rates == sorted(rates, reverse=True)
+
+
+def test_unit_test_without_usable_generated_tests_falls_back(tiny_models):
+    result = run_arch(tiny_models, [{"type": "generate", "model": "tiny", "samples": 2}],
+                      [{"type": "unit_test", "model": "tiny", "source": "generate", "name": "ut"}])
+    assert len(calls(result, "ut")) == 1  # the test-writing call; a random model writes no asserts
+    assert any(n.get("fallback") == "no tests" for n in notes(result)) and len(result.candidates) == 2
+
+
+PROGRAMS = {
+    "wrong": "```python\ndef add(a, b):\n    return a - b\n```",
+    "right": "Here you go:\n```python\ndef add(a, b):\n    return a + b\n```",
+    "loops": "```python\ndef add(a, b):\n    while True:\n        pass\n```",
+    "half": "```python\ndef add(a, b):\n    return 5\n```",
+}
+TESTS = ["assert add(2, 3) == 5", "assert add(-1, 1) == 0"]
+
+
+def direct_state(arch: Architecture, texts: list[str], tests: list[str] | None) -> State:
+    caller = Caller(arch.models, None, BudgetGuard(), "direct")
+    return State(QUESTION, caller, [Candidate(t, "given") for t in texts], tests)
+
+
+def test_unit_test_executes_candidates_in_the_sandbox_and_sorts_by_pass_rate(tiny_models):
+    arch = Architecture.from_spec({"name": "t", "models": tiny_models, "layers": [[{"type": "generate"}]]}, cache=False)
+    state = direct_state(arch, list(PROGRAMS.values()), TESTS)
+    spec = UnitTestSpec(type="unit_test", timeout_s=1.0)
+    kept = asyncio.run(UnitTest(spec, "ut").run(state))
+    assert [c.text for c in kept] == [PROGRAMS["right"], PROGRAMS["half"], PROGRAMS["wrong"], PROGRAMS["loops"]]
+    assert [c.pass_rate for c in kept] == [1.0, 0.5, 0.0, 0.0]
+    assert state.calls.usage.calls == 0  # tests came from the task: nothing asked of a model
+    best = asyncio.run(UnitTest(UnitTestSpec(type="unit_test", keep="passing", timeout_s=1.0), "ut").run(state))
+    assert [c.text for c in best] == [PROGRAMS["right"]]
+
+
+def vote(texts, method="majority", keep="winner", **fields):
+    """Vote needs no model: a Caller with no models proves it makes no call."""
+    cands = [Candidate(t, "given", **{k: v[i] for k, v in fields.items()}) for i, t in enumerate(texts)]
+    state = State(QUESTION, Caller({"none": None}, None, BudgetGuard(), "v"), cands, None)  # type: ignore[dict-item]
+    return asyncio.run(Vote(VoteSpec(type="vote", method=method, keep=keep, extract="number"), "vote").run(state))
+
+
+def test_majority_vote_and_tie_break():
+    texts = ["so 4", "The answer is 5.", "I get 4", "it is 5", "answer: 4.0"]
+    assert [c.text for c in vote(texts)] == ["so 4", "I get 4", "answer: 4.0"]
+    assert [c.answer for c in vote(texts, keep="all")] == ["4", "4", "4", "5", "5"]
+    assert vote(["7", "8"])[0].text == "7"  # a tie goes to the answer seen first
+
+
+def test_best_of_majority_picks_the_best_scored_member():
+    out = vote(["4 a", "4 b", "5", "4 c"], method="best_of_majority", score=[0.1, 0.9, 1.0, 0.5])
+    assert [c.text for c in out] == ["4 b", "4 c", "4 a"]
+
+
+def test_inverse_entropy_vote_lets_confident_samples_win():
+    texts = ["5", "4", "4"]
+    assert vote(texts)[0].answer == "4"
+    out = vote(texts, method="inverse_entropy", mean_entropy=[0.05, 1.0, 1.0])
+    assert out[0].answer == "5"
