@@ -104,9 +104,8 @@ async def _merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[t
 
 @dataclass(slots=True)
 class ArchitectureModel:
-    """An architecture served as one model. Its runs are seeded from the spec's seed and the query, so the request's
-    `seed` replaces the spec's, and `n` runs it n times concurrently with seeds seed, seed+1, ...; usage sums every
-    inner call of every run."""
+    """An architecture served as one model: `n` runs it n times concurrently, run i with seed `seed + i` (without a
+    seed: the architecture's own seeding, then 1, 2, ...); usage sums every inner call of every run."""
 
     name: str
     arch: Any  # lamina.architecture.Architecture
@@ -114,25 +113,17 @@ class ArchitectureModel:
 
     async def generate(self, messages: Messages, n: int, *, seed: int | None, tests: list[str] | None,
                        trace: bool) -> AsyncIterator[Generation]:
-        base = self.arch.spec.seed if seed is None else seed
-        results = await asyncio.gather(*(self._run(messages, tests, base + i) for i in range(n)))
+        seeds = [None if seed is None and i == 0 else (seed or 0) + i for i in range(n)]
+        results = await asyncio.gather(*(self.arch.run(messages, tests=tests, seed=s) for s in seeds))
         usage = results[0].usage
         for result in results[1:]:
             usage = usage + result.usage
         outputs = [CompletionOutput(i, r.answer, [], None, "stop") for i, r in enumerate(results)]
-        lamina: dict[str, Any] = {"architecture": self.arch.name, "seeds": [base + i for i in range(n)],
-                                  "usage": usage.to_dict(), "candidates": [list(r.candidates) for r in results]}
+        lamina: dict[str, Any] = {"architecture": self.arch.name, "seeds": seeds, "usage": usage.to_dict(),
+                                  "candidates": [list(r.candidates) for r in results]}
         if trace:
             lamina["trace"] = json.loads(json.dumps([r.trace for r in results], default=str))
         yield Generation(outputs, True, usage.prompt_tokens, usage.completion_tokens, lamina=lamina)
-
-    async def _run(self, messages: Messages, tests: list[str] | None, seed: int) -> Any:
-        if seed == self.arch.spec.seed:
-            return await self.arch.run(messages, tests=tests)
-        from lamina.runner import Runner
-
-        spec = self.arch.spec.model_copy(update={"seed": seed})
-        return await Runner(spec, self.arch.models, self.arch.cache).run(messages, tests)
 
 
 def arch_messages_from_prompts(prompts: list[str | list[int]]) -> Messages:
