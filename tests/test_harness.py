@@ -1,0 +1,162 @@
+"""Eval harness: run store, statistics, concurrent evaluation on a tiny real model, kill -9 resume, report."""
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lamina.errors import SpecError
+from lamina.tasks.harness import EvalOptions, evaluate, first_layer_samples
+from lamina.tasks.stats import pass_at_k, summarize, wilson_interval
+from lamina.tasks.store import ResultRow, RunStore
+from lamina.tasks.task import load_task
+
+
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = wilson_interval(5, 10)
+    assert (low, high) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    assert wilson_interval(0, 0) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("n, c, k", [(10, 3, 1), (10, 3, 4), (16, 1, 8), (5, 0, 2), (4, 4, 4), (8, 5, 4)])
+def test_pass_at_k_matches_combinatorial_definition(n, c, k):
+    assert pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k))
+
+
+def test_summary_with_samples_and_components():
+    rows = [ResultRow(f"e{i}", i, "p", "p", "r", float(i < 2), sample_scores=[1.0, 0.0, 0.0, float(i == 0)],
+                      usage={"calls": 2, "prompt_tokens": 10, "completion_tokens": 30,
+                             "by_component": {"gen": {"calls": 1, "prompt_tokens": 10, "completion_tokens": 30}}},
+                      seconds=1.0) for i in range(4)]
+    s = summarize("x", rows)
+    assert (s.examples, s.accuracy, s.calls, s.tokens, s.samples) == (4, 0.5, 2.0, 40.0, 4)
+    assert s.pass_at[1] == pytest.approx((0.5 + 0.25 * 3) / 4) and s.pass_at[4] == 1.0
+    assert s.by_component["gen"]["completion_tokens"] == 30.0
+
+
+def test_store_records_attempts_and_refuses_a_different_run(tmp_path):
+    path = tmp_path / "r.sqlite"
+    config = {"task": "t", "task_hash": "h", "split": "dev", "arch_hash": "a", "seed": 0}
+    with RunStore(path) as store:
+        assert store.begin(config) == 1
+        store.add(ResultRow("e1", 0, "pred", "1", "1", 1.0, usage={"calls": 1}, trace=[{"event": "call"}]))
+    with RunStore(path) as store:
+        assert store.begin({**config, "limit": 5}) == 2
+        assert store.finished_ids() == {"e1"}
+        row = store.rows(with_trace=True)[0]
+        assert (row.prediction, row.score, row.usage, row.trace) == ("pred", 1.0, {"calls": 1}, [{"event": "call"}])
+        with pytest.raises(SpecError, match="holds a different run .*arch_hash"):
+            store.begin({**config, "arch_hash": "other"})
+    with pytest.raises(SpecError, match="no such run file"):
+        RunStore.open_existing(tmp_path / "nope.sqlite")
+
+
+def test_first_layer_samples_reads_the_trace():
+    trace = [{"event": "call", "component": "gen", "outputs": ["a", "b"]},
+             {"event": "layer", "layer": 0, "components": ["gen"]},
+             {"event": "call", "component": "fuse", "outputs": ["c"]},
+             {"event": "layer", "layer": 1, "components": ["fuse"]}]
+    assert first_layer_samples(trace) == ["a", "b"]
+
+
+@pytest.fixture(scope="module")
+def tiny_arch_spec(tiny_llama_dir):
+    return {"name": "tiny-sample3", "models": {"m": {"model": str(tiny_llama_dir)}},
+            "layers": [[{"type": "generate", "model": "m", "samples": 3, "temperature": 1.0, "max_tokens": 8}]]}
+
+
+def test_evaluate_concurrently_then_resume_without_recomputing(tmp_path, tiny_arch_spec):
+    from lamina.architecture import Architecture
+
+    task = load_task("arith-1")
+
+    async def run(limit):
+        arch = Architecture.from_spec(tiny_arch_spec, cache=False)
+        try:
+            with RunStore(tmp_path / "run.sqlite") as store:
+                return await evaluate(arch, task, store, EvalOptions(limit=limit, concurrency=2, progress=False))
+        finally:
+            await arch.aclose()
+
+    summary, failures = asyncio.run(run(3))
+    assert failures == [] and summary.examples == 3 and summary.samples == 3 and set(summary.pass_at) == {1, 2, 3}
+    assert summary.calls == 1.0 and summary.completion_tokens > 0
+    with RunStore(tmp_path / "run.sqlite") as store:
+        first = {r.example_id: (r.finished_at, r.attempt) for r in store.rows()}
+        assert all(len(r.sample_scores) == 3 and r.trace == [] for r in store.rows())
+        assert all(len(r.trace) >= 2 for r in store.rows(with_trace=True))
+    summary, _ = asyncio.run(run(5))
+    assert summary.examples == 5
+    with RunStore(tmp_path / "run.sqlite") as store:
+        rows = store.rows()
+        assert {r.example_id: (r.finished_at, r.attempt) for r in rows if r.example_id in first} == first
+        assert sorted(r.attempt for r in rows) == [1, 1, 1, 2, 2]
+        assert [r.idx for r in rows] == [0, 1, 2, 3, 4]
+
+
+def _rows(path: Path) -> list[tuple]:
+    if not path.exists():
+        return []
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT example_id, finished_at, attempt, prediction FROM results ORDER BY idx").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+
+
+def test_kill_9_mid_run_then_rerun_finishes_without_redoing(tmp_path, tiny_llama_dir):
+    out = tmp_path / "killed.sqlite"
+    cmd = [sys.executable, "-m", "lamina", "eval", "--model", str(tiny_llama_dir), "--task", "arith-2", "--limit", "12",
+           "--concurrency", "1", "--max-tokens", "48", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    while len(_rows(out)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    before = _rows(out)
+    assert 3 <= len(before) < 12, "the run should have been killed mid-way"
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = _rows(out)
+    assert len(after) == 12 and len({r[0] for r in after}) == 12
+    kept = {r[0]: r for r in after}
+    assert all(kept[r[0]] == r for r in before), "a finished example was recomputed"
+    assert sum(r[2] == 2 for r in after) == 12 - len(before)
+    assert "accuracy" in done.stdout and " 12 " in done.stdout
+
+
+def test_report_cli_prints_table_and_writes_png(tmp_path):
+    from lamina.cli import main
+
+    for name, scores in (("a", [1, 0, 0, 1]), ("b", [1, 1, 1, 0])):
+        with RunStore(tmp_path / f"{name}.sqlite") as store:
+            store.begin({"task": "t", "split": "dev", "arch": f"arch-{name}"})
+            for i, s in enumerate(scores):
+                store.add(ResultRow(f"e{i}", i, "x", "x", "x", float(s),
+                                    usage={"calls": 1, "prompt_tokens": 10 * (i + 1), "completion_tokens": 5}))
+    png = tmp_path / "plot.png"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["report", str(tmp_path), "--plot", str(png)]) == 0
+    text = buf.getvalue()
+    assert "arch-a [t/dev]" in text and "0.500" in text and "0.750" in text and "accuracy" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["report", str(tmp_path / "missing.sqlite"), "--plot", str(png)]) == 2
