@@ -1,0 +1,80 @@
+"""SQLite call cache: a second identical run makes zero model calls and returns identical answers."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lamina.architecture import Architecture
+from lamina.backends.base import Completion, TokenLP
+from lamina.cache import CallCache, call_key
+from lamina.engine.sampling_params import SamplingParams
+
+QUESTION = [{"role": "user", "content": "What is 3 + 4?"}]
+
+
+@pytest.fixture(scope="module")
+def spec(tiny_llama_dir):
+    return {"name": "cached", "models": {"tiny": {"model": str(tiny_llama_dir), "params": {"max_tokens": 5},
+                                                  "engine": {"num_kv_blocks": 1024, "block_size": 8}}},
+            "layers": [[{"type": "generate", "samples": 3}], [{"type": "critique"}], [{"type": "rank", "top_k": 2}],
+                       [{"type": "fuse"}]]}
+
+
+def run_once(spec, cache, messages=QUESTION):
+    arch = Architecture.from_spec(spec, cache=cache)
+
+    async def go():
+        try:
+            return await arch.run(messages)
+        finally:
+            await arch.aclose()
+
+    return asyncio.run(go())
+
+
+def test_replay_makes_zero_calls_and_returns_identical_answers(spec, tmp_path):
+    path = tmp_path / "calls.sqlite"
+    first = run_once(spec, path)
+    assert first.usage.calls == 6 and first.usage.cached_calls == 0  # generate, 3 critiques, rank, fuse
+    second = run_once(spec, path)  # a new Architecture, the same file
+    assert second.usage.calls == 0 and second.usage.cached_calls == 6
+    assert second.usage.prompt_tokens == 0 and second.usage.completion_tokens == 0
+    assert second.answer == first.answer and second.candidates == first.candidates
+    assert all(e["cached"] for e in second.trace if e["event"] == "call")
+    assert second.usage.by_component["L1.0.critique"].cached_calls == 3
+    assert len(CallCache(path)) == 3 + 3 + 1 + 1  # one row per sample
+
+
+def test_a_different_query_or_seed_misses(spec, tmp_path):
+    path = tmp_path / "calls.sqlite"
+    run_once(spec, path)
+    other = run_once(spec, path, [{"role": "user", "content": "What is 5 + 6?"}])
+    assert other.usage.cached_calls == 0 and other.usage.calls == 6
+    reseeded = run_once({**spec, "seed": 1}, path)
+    assert reseeded.usage.calls == 6
+
+
+def test_no_cache_always_calls(spec):
+    assert run_once(spec, False).usage.calls == 6
+
+
+def test_key_covers_backend_messages_params_seed_and_index(tmp_path):
+    params = SamplingParams(temperature=0.7, seed=1, max_tokens=8)
+    base = call_key("local:default", QUESTION, None, params, 0)
+    assert base == call_key("local:default", QUESTION, None, params.replace(n=4), 0)  # n is not part of a sample's key
+    variants = [call_key("local:other", QUESTION, None, params, 0),
+                call_key("local:default", [{"role": "user", "content": "x"}], None, params, 0),
+                call_key("local:default", QUESTION, None, params.replace(temperature=0.8), 0),
+                call_key("local:default", QUESTION, None, params.replace(seed=2), 0),
+                call_key("local:default", QUESTION, None, params, 1),
+                call_key("local:default", QUESTION, None, params, 0, mode="first_finish")]
+    assert len({base, *variants}) == 7
+
+
+def test_rows_round_trip_with_logprobs(tmp_path):
+    cache = CallCache(tmp_path / "c.sqlite")
+    item = Completion("hi", 2, [TokenLP("h", -0.1, {"h": -0.1, "x": -2.5})], "stop")
+    cache.put_many("local:m", [("k1", item)], prompt_tokens=11)
+    assert cache.get_many(["k1"]) == [(item, 11)]
+    assert cache.get_many(["k1", "k2"]) is None
