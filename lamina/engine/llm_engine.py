@@ -142,6 +142,7 @@ class LLMEngine:
                 self.scheduler.finish(seq)
         return self._output(request)
 
+    @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()
         if batch.is_empty:
