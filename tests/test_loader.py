@@ -198,9 +198,9 @@ HEADS, KV_HEADS, HIDDEN, FFN, LAYERS = 4, 2, 64, 96, 2
 
 
 def byte_vocab() -> list[str]:
-    from lamina.engine.loader.gguf_tokenizer import _byte_alphabet
+    from lamina.engine.tokenizer import byte_to_unicode
 
-    return TOKENS + sorted(_byte_alphabet().values()) + ["Ġt", "he", "Ġthe"]
+    return TOKENS + sorted(byte_to_unicode().values()) + ["Ġt", "he", "Ġthe"]
 
 
 def llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -70,6 +70,12 @@ def test_special_ids_and_vocab(tok, hf_tok):
     assert tok.id_to_token(2) == "<|im_end|>"
 
 
+@pytest.mark.parametrize("text", TEXTS)
+def test_token_bytes_concatenate_to_utf8(tok, text):
+    ids = tok.encode(text)
+    assert b"".join(tok.token_bytes(i) for i in ids) == text.encode("utf-8")
+
+
 def test_chat_errors_are_clear(tok):
     no_template = Tokenizer(tok.backend, chat_template=None, bos_token=None, eos_token=None, source="m.gguf")
     with pytest.raises(LaminaError, match=r"m\.gguf: the model has no chat template"):
@@ -179,5 +185,7 @@ def test_sentencepiece_gguf_equals_transformers(spm_gguf, text):
     assert ids == hf.encode(text, add_special_tokens=False)
     assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=True)
     assert "".join(stream(ours, ids)) == ours.decode(ids)
+    prefixed = text if text.startswith(("<s>", " ")) else " " + text  # Metaspace adds "▁" unless one is there
+    assert b"".join(ours.token_bytes(i) for i in ids).decode() == prefixed
     if not text.startswith("<s>"):  # transformers would add a second BOS; we do not
         assert ours.encode(text, add_special_tokens=True) == hf.encode(text)

@@ -1,6 +1,7 @@
 """Tokenizer: a `tokenizers` backend plus chat template, stop tokens and an incremental detokenizer."""
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -10,12 +11,13 @@ if TYPE_CHECKING:
     import jinja2
     from tokenizers import Tokenizer as Backend
 
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|eom_id|>", "<|endoftext|>")
 
 
 class Tokenizer:
     __slots__ = ("backend", "chat_template", "bos_token", "eos_token", "bos_token_id", "eos_token_ids",
-                 "add_bos_token", "source", "_template", "_display")
+                 "add_bos_token", "source", "_template", "_display", "_special_ids", "_byte_level")
 
     def __init__(self, backend: "Backend", *, chat_template: str | None, bos_token: str | None, eos_token: str | None,
                  extra_eos_ids: list[int] = (), add_bos_token: bool = False, source: str = "<tokenizer>") -> None:
@@ -28,6 +30,8 @@ class Tokenizer:
         self.eos_token_ids = self._stop_ids(extra_eos_ids)
         self._template: "jinja2.Template | None" = None
         self._display: dict[int, str] = {}
+        self._special_ids = frozenset(backend.get_added_tokens_decoder())
+        self._byte_level = type(backend.decoder).__name__ == "ByteLevel"
 
     def _stop_ids(self, extra: list[int]) -> list[int]:
         ids = [self.backend.token_to_id(self.eos_token)] if self.eos_token else []
@@ -56,6 +60,19 @@ class Tokenizer:
         if text is None:
             text = self._display[token_id] = self.backend.decode([token_id], skip_special_tokens=False)
         return text
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for (a byte-level piece may be part of a UTF-8 character)."""
+        piece = self.backend.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if token_id in self._special_ids:
+            return piece.encode("utf-8")
+        to_byte = unicode_to_byte()
+        if self._byte_level and all(c in to_byte for c in piece):
+            return bytes(to_byte[c] for c in piece)
+        match = _BYTE_PIECE.fullmatch(piece)
+        return bytes([int(match.group(1), 16)]) if match else piece.replace("\u2581", " ").encode("utf-8")
 
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
@@ -108,6 +125,22 @@ class Detokenizer:
         self.prefix_offset = self.read_offset = len(self.ids)
         self.text += delta
         return delta
+
+
+@lru_cache(maxsize=1)
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: every byte spelled as a printable character."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping, extra = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b], extra = chr(256 + extra), extra + 1
+    return mapping
+
+
+@lru_cache(maxsize=1)
+def unicode_to_byte() -> dict[str, int]:
+    return {c: b for b, c in byte_to_unicode().items()}
 
 
 def _check_messages(messages: Any) -> None:

@@ -1,14 +1,12 @@
 """Build a `tokenizers` backend from GGUF tokenizer metadata (byte-level BPE "gpt2" and sentencepiece BPE "llama")."""
 from __future__ import annotations
 
-from functools import lru_cache
-
 from tokenizers import AddedToken, Regex, decoders, pre_tokenizers
 from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
 from lamina.engine.loader.gguf_reader import GGUFFile
-from lamina.engine.tokenizer import Tokenizer
+from lamina.engine.tokenizer import Tokenizer, byte_to_unicode
 from lamina.errors import ModelLoadError, UnsupportedModelError
 
 CONTROL, USER_DEFINED = 3, 4
@@ -48,18 +46,8 @@ def tokenizer_from_gguf(gguf: GGUFFile) -> Tokenizer:
                      add_bos_token=bool(add_bos), source=str(gguf.path))
 
 
-@lru_cache(maxsize=1)
-def _byte_alphabet() -> dict[int, str]:
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping, extra = {b: chr(b) for b in printable}, 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b], extra = chr(256 + extra), extra + 1
-    return mapping
-
-
 def _byte_level(tokens: list[str], merges: list[str], pre: str | None) -> Backend:
-    spelling = _byte_alphabet()
+    spelling = byte_to_unicode()
     alphabet = set(spelling.values())
     vocab = {(t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8"))): i for i, t in enumerate(tokens)}
     backend = Backend(BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], dropout=None,
@@ -98,7 +86,7 @@ def _merges_from_scores(vocab: dict[str, int], scores: list[float]) -> list[tupl
 
 
 def _add_special(backend: Backend, tokens: list[str], types: list[int], byte_level: bool) -> None:
-    alphabet = set(_byte_alphabet().values()) if byte_level else None
+    alphabet = set(byte_to_unicode().values()) if byte_level else None
     control = [AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types)
                if k == CONTROL and (alphabet is None or set(t) <= alphabet)]
     user = [AddedToken(t, normalized=False, special=False) for t, k in zip(tokens, types)
