@@ -100,6 +100,13 @@ def stats(base: str) -> dict:
     return httpx.get(base + "/v1/internal/stats", headers=auth(), timeout=10).json()["models"]
 
 
+def metric(base: str, series: str) -> float:
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def chat(client: openai.OpenAI, **kw):
     return client.chat.completions.create(model="default", messages=MESSAGES, **{"max_tokens": 8, **kw})
 
@@ -248,6 +255,34 @@ def test_disconnect_aborts_and_frees_kv_blocks(real_server):
         metrics = http.get("/metrics").text
     assert 'lamina_kv_blocks_in_use{model="default"} 0' in metrics
     assert 'lamina_aborted_requests_total{model="default"}' in metrics
+
+
+def test_non_streaming_client_timeout_frees_kv_blocks(real_server):
+    body = {"model": "default", "messages": MESSAGES, "max_tokens": 4000, "ignore_eos": True}
+    aborted = 'lamina_requests_total{endpoint="chat",model="default",outcome="aborted"}'
+    before = metric(real_server, aborted)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(real_server + "/v1/chat/completions", json=body, headers=auth(), timeout=2)
+    deadline = time.monotonic() + 20
+    while (s := stats(real_server)["default"])["num_free_blocks"] != s["num_total_blocks"]:
+        assert time.monotonic() < deadline, f"KV blocks not freed after the client left: {s}"
+        time.sleep(0.1)
+    assert metric(real_server, aborted) == before + 1
+
+
+def test_completions_stream_several_prompts(client):
+    prompts = ["Roses are", "The sky is"]
+    whole = client.completions.create(model="default", prompt=prompts, max_tokens=5, temperature=0, n=2)
+    text: dict[int, str] = {}
+    finish: dict[int, str] = {}
+    for chunk in client.completions.create(model="default", prompt=prompts, max_tokens=5, temperature=0, n=2,
+                                           stream=True):
+        for c in chunk.choices:
+            text[c.index] = text.get(c.index, "") + c.text
+            if c.finish_reason:
+                finish[c.index] = c.finish_reason
+    assert text == {c.index: c.text for c in whole.choices}
+    assert finish == {c.index: c.finish_reason for c in whole.choices}
 
 
 def test_32_concurrent_streaming_clients_complete(real_server):

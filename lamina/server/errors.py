@@ -8,7 +8,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from lamina.errors import BackendError, BudgetExceededError, InvalidRequestError, LaminaError, SpecError
+from lamina.errors import (BackendError, BudgetExceededError, InvalidRequestError, LaminaError, ModelLoadError,
+                           SandboxError, SpecError)
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           405: "invalid_request_error", 429: "rate_limit_error", 500: "internal_error",
@@ -41,7 +42,9 @@ def from_lamina(exc: LaminaError) -> APIError:
         return APIError(400, str(exc), code="budget_exceeded")
     if isinstance(exc, BackendError):
         return APIError(502, str(exc))
-    return APIError(500, str(exc))
+    if isinstance(exc, (ModelLoadError, SandboxError)):
+        return APIError(500, str(exc))
+    return APIError(400, str(exc))  # a plain LaminaError names what in the request it cannot serve
 
 
 def from_exception(exc: BaseException) -> APIError:
