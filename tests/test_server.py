@@ -162,8 +162,9 @@ def test_chat_logprobs(client):
         assert tops == sorted(tops, reverse=True)
         assert entry.logprob == pytest.approx(tops[0], abs=1e-5)  # greedy picks the most likely token
         assert entry.top_logprobs[0].token == entry.token
-    joined = "".join(e.token for e in content)
-    assert joined.startswith(out.choices[0].message.content) or out.choices[0].finish_reason == "stop"
+    streamed = [e for chunk in chat(client, temperature=0, logprobs=True, top_logprobs=3, stream=True)
+                for c in chunk.choices if c.logprobs for e in c.logprobs.content]
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [(e.token, round(e.logprob, 4)) for e in content]
 
 
 def test_completions_batch_prompts_and_logprobs(client):
