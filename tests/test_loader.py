@@ -517,3 +517,29 @@ def test_unsupported_gguf_architecture(tmp_path):
     w.close()
     message = _error(UnsupportedModelError, path)
     assert "gpt2.gguf" in message and "unsupported architecture 'gpt2'" in message
+
+
+def test_corrupt_safetensors_missing_tokenizer_and_missing_shard(tmp_path, tiny_llama_dir):
+    shutil.copy(tiny_llama_dir / "config.json", tmp_path / "config.json")
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    message = _error(ModelLoadError, tmp_path)
+    assert "model.safetensors: cannot read safetensors" in message
+    shutil.copy(tiny_llama_dir / "model.safetensors", tmp_path / "model.safetensors")
+    message = _error(ModelLoadError, tmp_path)
+    assert str(tmp_path) in message and "no tokenizer.json" in message
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00002-of-00002.safetensors"}}))
+    message = _error(ModelLoadError, tmp_path)
+    assert "model.safetensors.index.json" in message and "model-00002-of-00002.safetensors" in message
+
+
+def test_gguf_without_vocabulary(tmp_path):
+    path = tmp_path / "novocab.gguf"
+    w = GGUFWriter(str(path), "llama")
+    for k, v in (("block_count", 1), ("embedding_length", 32), ("feed_forward_length", 32), ("attention.head_count", 2)):
+        w.add_uint32(f"llama.{k}", v)
+    w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert "novocab.gguf: GGUF has no tokenizer" in _error(ModelLoadError, path)

@@ -80,13 +80,27 @@ def test_chat_errors_are_clear(tok):
     no_template = Tokenizer(tok.backend, chat_template=None, bos_token=None, eos_token=None, source="m.gguf")
     with pytest.raises(LaminaError, match=r"m\.gguf: the model has no chat template"):
         no_template.apply_chat_template([{"role": "user", "content": "hi"}])
-    for bad in ([], "hi", [{"content": "no role"}], [{"role": "user"}]):
+    for bad in ([], "hi", [{"content": "no role"}], [{"role": "user"}], [{"role": "user", "content": [{"type": "image_url"}]}]):
         with pytest.raises(InvalidRequestError, match="messages"):
             tok.apply_chat_template(bad)
     raising = Tokenizer(tok.backend, chat_template="{{ raise_exception('roles must alternate') }}", bos_token=None,
                         eos_token=None, source="m.gguf")
     with pytest.raises(InvalidRequestError, match="roles must alternate"):
         raising.apply_chat_template([{"role": "user", "content": "hi"}])
+    broken = Tokenizer(tok.backend, chat_template="{% for m in messages %}", bos_token=None, eos_token=None, source="m.gguf")
+    with pytest.raises(LaminaError, match=r"m\.gguf: invalid chat template \(line 1\)"):
+        broken.apply_chat_template([{"role": "user", "content": "hi"}])
+    typed = Tokenizer(tok.backend, chat_template="{{ messages[0]['content'] + 1 }}", bos_token=None, eos_token=None, source="m.gguf")
+    with pytest.raises(InvalidRequestError, match="chat template rejected the messages"):
+        typed.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_content_parts_and_none_content(tok):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "What is "}, {"type": "text", "text": "2+2?"}]},
+             {"role": "assistant", "content": None}]
+    messages = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": ""}]
+    assert tok.apply_chat_template(parts) == tok.apply_chat_template(messages)
+    assert parts[1]["content"] is None  # the caller's messages are not modified
 
 
 def test_folder_tokenizer_equals_gguf_tokenizer(tok, tiny_llama_dir, tiny_qwen2_dir):

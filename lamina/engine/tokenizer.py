@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lamina.errors import InvalidRequestError, LaminaError
@@ -20,7 +21,7 @@ class Tokenizer:
                  "add_bos_token", "source", "_template", "_display", "_special_ids", "_byte_level")
 
     def __init__(self, backend: "Backend", *, chat_template: str | None, bos_token: str | None, eos_token: str | None,
-                 extra_eos_ids: list[int] = (), add_bos_token: bool = False, source: str = "<tokenizer>") -> None:
+                 extra_eos_ids: Sequence[int] = (), add_bos_token: bool = False, source: str = "<tokenizer>") -> None:
         self.backend = backend
         self.chat_template = chat_template
         self.bos_token, self.eos_token = bos_token, eos_token
@@ -33,9 +34,9 @@ class Tokenizer:
         self._special_ids = frozenset(backend.get_added_tokens_decoder())
         self._byte_level = type(backend.decoder).__name__ == "ByteLevel"
 
-    def _stop_ids(self, extra: list[int]) -> list[int]:
+    def _stop_ids(self, extra: Sequence[int]) -> list[int]:
         ids = [self.backend.token_to_id(self.eos_token)] if self.eos_token else []
-        ids += [i for i in extra]
+        ids += list(extra)
         template = self.chat_template or ""
         ids += [self.backend.token_to_id(t) for t in TURN_END_TOKENS if t in template]
         return list(dict.fromkeys(i for i in ids if i is not None))
@@ -80,16 +81,25 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any) -> str:
         import jinja2
 
-        _check_messages(messages)
+        messages = _plain_messages(messages)
+        template = self._compiled()
+        try:
+            return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                   bos_token=self.bos_token or "", eos_token=self.eos_token or "", **extra)
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise InvalidRequestError(f"{self.source}: chat template rejected the messages: {exc}") from None
+
+    def _compiled(self) -> "jinja2.Template":
+        import jinja2
+
         if self._template is None:
             if not self.chat_template:
                 raise LaminaError(f"{self.source}: the model has no chat template; send a plain prompt instead of messages")
-            self._template = _environment().from_string(self.chat_template)
-        try:
-            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token or "", eos_token=self.eos_token or "", **extra)
-        except jinja2.TemplateError as exc:
-            raise InvalidRequestError(f"{self.source}: chat template rejected the messages: {exc}") from None
+            try:
+                self._template = _environment().from_string(self.chat_template)
+            except jinja2.TemplateSyntaxError as exc:
+                raise LaminaError(f"{self.source}: invalid chat template (line {exc.lineno}): {exc.message}") from None
+        return self._template
 
     def detokenizer(self) -> "Detokenizer":
         return Detokenizer(self)
@@ -143,12 +153,25 @@ def unicode_to_byte() -> dict[str, int]:
     return {c: b for b, c in byte_to_unicode().items()}
 
 
-def _check_messages(messages: Any) -> None:
+def _plain_messages(messages: Any) -> list[dict[str, Any]]:
+    """Validated copies; OpenAI content-part lists become their joined text, None content becomes ""."""
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r:.80}")
+    plain = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
             raise InvalidRequestError(f"messages[{i}] must be a dict with string 'role' and 'content', got {m!r:.80}")
+        plain.append({**m, "content": _text(m["content"], i)})
+    return plain
+
+
+def _text(content: Any, i: int) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                                         for p in content):
+        return "".join(p["text"] for p in content)
+    raise InvalidRequestError(f"messages[{i}].content must be a string or a list of text parts, got {content!r:.80}")
 
 
 @lru_cache(maxsize=1)
