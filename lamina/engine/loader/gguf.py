@@ -54,8 +54,7 @@ def hf_name(path: Path, name: str) -> str | None:
     if match is None or match.group(2) not in _BLOCK:
         raise UnsupportedModelError(f"{path}: unsupported tensor {name!r} (not part of a Llama/Qwen2 model)")
     layer, part, kind = match.groups()
-    suffix = "weight" if part.endswith("norm") else kind
-    return f"model.layers.{layer}.{_BLOCK[part]}.{suffix}"
+    return f"model.layers.{layer}.{_BLOCK[part]}.{kind}"
 
 
 def dequantize(path: Path, tensor: GGUFTensor) -> np.ndarray:
@@ -92,8 +91,8 @@ def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
         return value
 
     heads, hidden = int(key("attention.head_count")), int(key("embedding_length"))
-    tokens = meta.get("tokenizer.ggml.tokens") or []
-    vocab = int(key("vocab_size", 0)) or len(tokens) or _rows(gguf, "token_embd.weight")
+    embedding = gguf.tensors.get("token_embd.weight")
+    vocab = embedding.shape[0] if embedding is not None else int(key("vocab_size", 0)) or len(meta.get("tokenizer.ggml.tokens") or [])
     eos = meta.get("tokenizer.ggml.eos_token_id")
     context = int(key("context_length", 2048))
     return ModelConfig(
@@ -114,12 +113,6 @@ def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_ids=[] if eos is None else [int(eos)],
     )
-
-
-def _rows(gguf: GGUFFile, name: str) -> int:
-    if name not in gguf.tensors:
-        raise ModelLoadError(f"{gguf.path}: GGUF has neither a vocabulary nor tensor {name!r}")
-    return gguf.tensors[name].shape[0]
 
 
 def _rope_scaling(gguf: GGUFFile, arch: str, context: int) -> dict | None:
