@@ -206,7 +206,7 @@ def _grid(grid: list[list[int]]) -> str:
 
 
 def arc_agi_1() -> list[Record]:
-    return _arc("arc1.json")
+    return _arc("arcagi_aa922be.json")
 
 
 def arc_agi_2() -> list[Record]:
