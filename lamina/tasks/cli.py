@@ -50,6 +50,7 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise SpecError(f"--limit must be at least 1, got {args.limit}")
     task = load_task(args.task)
+    task.examples(args.split, args.limit)  # a bad split fails here, before any store or model is opened
     if args.baseline:
         task.scorer.kind, task.scorer.options = "judge", {"baseline": args.baseline, "model": args.judge_model}
     cache = args.cache or False
