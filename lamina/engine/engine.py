@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from lamina.engine.llm_engine import LLMEngine, Request
 from lamina.engine.outputs import RequestOutput
 from lamina.engine.sampling_params import SamplingParams
-from lamina.errors import InvalidRequestError
+from lamina.errors import InvalidRequestError, LaminaError
 
 Messages = list[dict[str, str]]
 
@@ -47,6 +47,10 @@ class LLM:
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        if self.engine.driver is not None:
+            for request_id in request_ids:
+                self.engine.abort(request_id)
+            raise LaminaError("this LLM's engine is driven by an AsyncEngine now; generate through that instead")
         finished: dict[str, RequestOutput] = {}
         bar = _progress(len(request_ids)) if use_tqdm else None
         tokens, start = 0, time.perf_counter()
@@ -94,6 +98,9 @@ class AsyncEngine:
         return self
 
     def _start(self, engine: LLMEngine) -> None:
+        if engine.driver is not None:
+            raise LaminaError("this engine is already driven by another AsyncEngine")
+        engine.driver = self
         self.engine = engine
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
@@ -148,6 +155,7 @@ class AsyncEngine:
         self._stopped = True
         self._wake.set()
         self._thread.join(timeout=10)
+        self.engine.driver = None
 
     def _send(self, command: tuple[str, object]) -> None:
         self._commands.put(command)

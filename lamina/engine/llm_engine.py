@@ -74,6 +74,7 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.cache, cfg.block_size)
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(mc.eos_token_ids)
         self.requests: dict[str, Request] = {}
+        self.driver: object | None = None  # the AsyncEngine stepping this engine on its thread, if any
         self._ids = itertools.count()
         self._arrivals = itertools.count()
 
