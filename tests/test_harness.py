@@ -160,3 +160,28 @@ def test_report_cli_prints_table_and_writes_png(tmp_path):
     assert "arch-a [t/dev]" in text and "0.500" in text and "0.750" in text and "accuracy" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["report", str(tmp_path / "missing.sqlite"), "--plot", str(png)]) == 2
+
+
+def test_judge_scorer_compares_against_a_baseline_run(tmp_path, tiny_llama_dir):
+    from lamina.architecture import Architecture
+
+    async def run(path, judge_baseline=None):
+        task = load_task("arith-1")
+        if judge_baseline:
+            task.scorer.kind = "judge"
+            task.scorer.options = {"baseline": str(judge_baseline), "model": str(tiny_llama_dir)}
+        arch = Architecture.single_model(str(tiny_llama_dir), cache=False, max_tokens=6, temperature=0.0)
+        try:
+            with RunStore(path) as store:
+                return await evaluate(arch, task, store, EvalOptions(limit=2, progress=False))
+        finally:
+            await arch.aclose()
+
+    asyncio.run(run(tmp_path / "base.sqlite"))
+    summary, failures = asyncio.run(run(tmp_path / "judged.sqlite", tmp_path / "base.sqlite"))
+    assert failures == [] and summary.examples == 2
+    with RunStore(tmp_path / "judged.sqlite") as store:
+        rows = store.rows()
+    assert all(r.detail.startswith("verdicts=") and r.score in (0.0, 0.25, 0.5, 0.75, 1.0) for r in rows)
+    with pytest.raises(SpecError, match="baseline run .* not found"):
+        asyncio.run(run(tmp_path / "j2.sqlite", tmp_path / "missing.sqlite"))

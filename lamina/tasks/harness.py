@@ -59,6 +59,7 @@ class Evaluator:
 
     async def run(self) -> RunSummary:
         examples = self.task.examples(self.options.split, self.options.limit)
+        self.task.scorer.prepare()
         self.attempt = self.store.begin(run_config(self.arch, self.task, self.options))
         wanted = {e.id for e in examples}
         done = [r for r in self.store.rows() if r.example_id in wanted]

@@ -33,6 +33,15 @@ class Scorer:
     extract: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
+    def prepare(self) -> None:
+        """Fail before a run starts when the scorer cannot work (e.g. the judge's baseline run is missing)."""
+        if self.kind == "judge":
+            from lamina.tasks.judge import baseline_answers
+
+            if "baseline" not in self.options:
+                raise SpecError("the judge scorer needs `baseline`: a previous run's SQLite file")
+            baseline_answers(str(self.options["baseline"]))
+
     async def score(self, text: str, example: "Example", question: str = "") -> Score:
         if self.kind == "code":
             return await asyncio.to_thread(score_code, text, example, **self.options)
