@@ -82,7 +82,11 @@ def plot(results: dict[str, list[RunSummary]], path: Path) -> None:
     for ax, (task, summaries) in zip(axes[0], results.items()):
         xs, ys = [s.tokens for s in summaries], [s.accuracy for s in summaries]
         err = [[s.accuracy - s.ci_low for s in summaries], [s.ci_high - s.accuracy for s in summaries]]
-        ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=4)
+        ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=4, label="accuracy of the final answer")
+        sampled = [s for s in summaries if s.pass_at]
+        if sampled:
+            ax.plot([s.tokens for s in sampled], [s.pass_at[max(s.pass_at)] for s in sampled], "x--", color="gray",
+                    label="coverage: any sample correct (pass@N)")
         for s in summaries:
             ax.annotate(s.name, (s.tokens, s.accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.set_xscale("log")
@@ -91,6 +95,7 @@ def plot(results: dict[str, list[RunSummary]], path: Path) -> None:
         ax.set_xlabel("mean tokens per example (log)")
         ax.set_ylabel("accuracy (95% Wilson CI)")
         ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
