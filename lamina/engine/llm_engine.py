@@ -202,6 +202,8 @@ class LLMEngine:
                 seq.logprobs.append(TokenLogprob(token, self.tokenizer.id_to_token(token), result.logprobs[row], top))
             self._check_stop(seq, token)
             if seq.finish_reason is not None:
+                if not isinstance(seq.stop_reason, str):
+                    seq.text += seq.detokenizer.flush()
                 self.scheduler.finish(seq)
 
     def _check_stop(self, seq: Sequence, token: int) -> None:

@@ -1,0 +1,110 @@
+"""`lamina generate`, `lamina chat` and `lamina bench`: the engine from the command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
+    parser.add_argument("--model", default="default", help="model name (default, smollm2-135m), .gguf file or HF folder")
+    parser.add_argument("-n", type=int, default=1, help="samples per prompt")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=-1)
+    parser.add_argument("--min-p", type=float, default=0.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--max-tokens", type=int, default=max_tokens)
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    gen = sub.add_parser("generate", help="complete prompts with a local model")
+    gen.add_argument("prompts", nargs="+", help="prompt text (use - to read one prompt from stdin)")
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
+    _sampling_args(gen, max_tokens=128)
+    gen.set_defaults(func=generate_command)
+
+    chat = sub.add_parser("chat", help="chat with a local model (interactive, or one message with --message)")
+    chat.add_argument("--message", "-m", help="send this one message, print the reply and exit")
+    chat.add_argument("--system", help="system message")
+    _sampling_args(chat, max_tokens=256)
+    chat.set_defaults(func=chat_command)
+
+    bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (engine, serve, eval_scaling)")
+    bench.add_argument("name", nargs="?", default="engine")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    bench.set_defaults(func=bench_command)
+
+
+def _params(args: argparse.Namespace):
+    from lamina.engine.sampling_params import SamplingParams
+
+    return SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                          min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                          max_tokens=args.max_tokens, stop=args.stop)
+
+
+def _llm(args: argparse.Namespace):
+    from lamina.engine.engine import LLM
+
+    return LLM(args.model, num_threads=args.threads)
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    prompts = [sys.stdin.read() if p == "-" else p for p in args.prompts]
+    params = _params(args)
+    llm = _llm(args)
+    if args.chat:
+        outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=len(prompts) > 1)
+    else:
+        outs = llm.generate(prompts, params, use_tqdm=len(prompts) > 1)
+    for out in outs:
+        for completion in out.outputs:
+            label = f"[{out.request_id} #{completion.index}]" if len(prompts) > 1 or params.n > 1 else ""
+            if label:
+                print(label, file=sys.stderr)
+            print(completion.text if args.chat else (out.prompt or "") + completion.text)
+        tokens = sum(len(c.token_ids) for c in out.outputs)
+        print(f"usage: prompt_tokens={len(out.prompt_token_ids)} completion_tokens={tokens} "
+              f"cached_prompt_tokens={out.num_cached_tokens}", file=sys.stderr)
+    return 0
+
+
+def chat_command(args: argparse.Namespace) -> int:
+    llm = _llm(args)
+    params = _params(args)
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    if args.message is not None:
+        history.append({"role": "user", "content": args.message})
+        print(llm.chat(history, params)[0].outputs[0].text.strip())
+        return 0
+    print("lamina chat: empty line or Ctrl-D to quit", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            return 0
+        if not line:
+            return 0
+        history.append({"role": "user", "content": line})
+        reply = llm.chat(history, params)[0].outputs[0].text.strip()
+        history.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}")
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    import runpy
+
+    from lamina.errors import LaminaError
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    script = root / f"{args.name}.py"
+    if not script.exists():
+        known = ", ".join(sorted(p.stem for p in root.glob("*.py"))) or "none"
+        raise LaminaError(f"no benchmark {args.name!r} in {root}; known: {known}")
+    sys.argv = [str(script), *args.args]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
