@@ -30,11 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=256,
                    help="most generation requests in flight at once; beyond it requests get 429 (default 256)")
     engine = p.add_argument_group("engine")
-    engine.add_argument("--kv-cache-memory-gb", type=float, default=None)
-    engine.add_argument("--num-kv-blocks", type=int, default=None)
-    engine.add_argument("--max-num-seqs", type=int, default=None)
-    engine.add_argument("--max-model-len", type=int, default=None)
-    engine.add_argument("--num-threads", type=int, default=None)
+    engine.add_argument("--kv-cache-memory-gb", type=float, default=None, help="KV pool size per model (default 1.0)")
+    engine.add_argument("--num-kv-blocks", type=int, default=None, help="KV pool size in blocks (overrides the GB)")
+    engine.add_argument("--max-num-seqs", type=int, default=None, help="most sequences decoded per step (default 128)")
+    engine.add_argument("--max-model-len", type=int, default=None, help="context limit (default: the model's)")
+    engine.add_argument("--num-threads", "--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=serve)
 
