@@ -57,22 +57,30 @@ class Backend:
     def __init__(self, model: str, max_concurrency: int = 8) -> None:
         self.model = model
         self.usage = Usage()
-        self._slots = asyncio.Semaphore(max_concurrency)
         self.max_concurrency = max_concurrency
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def slots(self) -> asyncio.Semaphore:
+        """The concurrency limit of this backend, made anew for each event loop that uses it."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._loop is not loop:
+            self._slots, self._loop = asyncio.Semaphore(self.max_concurrency), loop
+        return self._slots
 
     @property
     def identity(self) -> str:
         return f"{self.kind}:{self.model}"
 
     async def complete(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> Completions:
-        async with self._slots:
+        async with self.slots():
             out = await self._complete(messages, prompt, params)
         self.usage.add_call(self.identity, out.prompt_tokens, out.completion_tokens, out.seconds, cached=False)
         return out
 
     async def first_finish(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> Completions:
         """The first of `params.n` samples to finish; the others are cancelled."""
-        async with self._slots:
+        async with self.slots():
             out = await self._first_finish(messages, prompt, params)
         self.usage.add_call(self.identity, out.prompt_tokens, out.completion_tokens, out.seconds, cached=False)
         return out

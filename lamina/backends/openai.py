@@ -28,6 +28,7 @@ class OpenAIBackend(Backend):
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
         self.supports_n = supports_n  # None: try n, fall back to parallel calls if the server refuses
         self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def identity(self) -> str:
@@ -42,8 +43,10 @@ class OpenAIBackend(Backend):
         return {"Authorization": f"Bearer {key}"}
 
     def client(self) -> httpx.AsyncClient:
-        if self._client is None:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:  # a client's pool belongs to one event loop
             self._client = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout_s, headers=self._headers())
+            self._client_loop = loop
         return self._client
 
     async def aclose(self) -> None:

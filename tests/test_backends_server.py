@@ -1,0 +1,119 @@
+"""The openai backend, and an architecture using it, against a real `lamina serve` subprocess on 127.0.0.1."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lamina.architecture import Architecture
+from lamina.backends import get_backend
+from lamina.engine.sampling_params import SamplingParams
+from lamina.errors import BackendError
+
+pytestmark = pytest.mark.slow
+KEY_ENV = "LAMINA_TEST_SERVER_KEY"
+MESSAGES = [{"role": "user", "content": "What is 3 + 4?"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lamina", "serve", "--model", "default", "--host", "127.0.0.1",
+                                 "--port", str(port), "--api-key", "secret", "--kv-cache-memory-gb", "0.25"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, f"lamina serve exited:\n{Path(log).read_text()[-2000:]}"
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"lamina serve never became healthy:\n{Path(log).read_text()[-2000:]}"
+            time.sleep(0.3)
+        yield base + "/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "secret")
+
+
+def test_complete_with_n_and_seed_against_lamina_serve(server, key):
+    backend = get_backend("openai", "default", base_url=server, api_key_env=KEY_ENV)
+
+    async def go():
+        try:
+            one = await backend.complete(MESSAGES, None, SamplingParams(n=3, seed=11, temperature=0.9, max_tokens=6))
+            two = await backend.complete(MESSAGES, None, SamplingParams(n=3, seed=11, temperature=0.9, max_tokens=6))
+            text = await backend.complete(None, "The capital of France is", SamplingParams(max_tokens=4, temperature=0))
+            return one, two, text
+        finally:
+            await backend.aclose()
+
+    one, two, text = asyncio.run(go())
+    assert len(one) == 3 and backend.supports_n is True
+    assert [c.text for c in one] == [c.text for c in two]  # seeded sampling is reproducible over HTTP
+    assert one.prompt_tokens > 0 and 0 < one.completion_tokens <= 18
+    assert text[0].text and text[0].num_tokens <= 4
+
+
+def test_a_wrong_key_is_a_clear_backend_error(server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "wrong")
+    backend = get_backend("openai", "default", base_url=server, api_key_env=KEY_ENV)
+
+    async def go():
+        try:
+            await backend.complete(MESSAGES, None, SamplingParams(max_tokens=2))
+        finally:
+            await backend.aclose()
+
+    with pytest.raises(BackendError, match="HTTP 401"):
+        asyncio.run(go())
+
+
+def test_architecture_over_http_replays_from_cache(server, key, tmp_path):
+    spec = {"name": "remote", "models": {"srv": {"backend": "openai", "model": "default", "base_url": server,
+                                                 "api_key_env": KEY_ENV, "params": {"max_tokens": 8}}},
+            "layers": [[{"type": "generate", "samples": 3}], [{"type": "vote", "extract": "number", "keep": "all"}]]}
+
+    def once():
+        arch = Architecture.from_spec(spec, cache=tmp_path / "calls.sqlite")
+
+        async def go():
+            try:
+                return await arch.run(MESSAGES)
+            finally:
+                await arch.aclose()
+
+        return asyncio.run(go())
+
+    first, second = once(), once()
+    assert first.usage.calls == 1 and len(first.candidates) == 3 and first.usage.completion_tokens > 0
+    assert second.usage.calls == 0 and second.usage.cached_calls == 1 and second.candidates == first.candidates
