@@ -1,12 +1,13 @@
 """Server overhead: N concurrent streaming clients over loopback vs the same workload on AsyncEngine in-process.
 
     python benchmarks/serve.py [--model default] [--concurrency 1 8 32] [--requests-per-client 2] [--max-tokens 32]
+                               [--repeats 2]      (or: lamina bench serve ...)
 
 Each client sends `requests-per-client` streaming chat requests one after another (max_tokens tokens each,
 ignore_eos so every request generates the same count). The server runs as a `lamina serve` subprocess on
 127.0.0.1, driven with raw httpx SSE; the direct run calls `AsyncEngine.generate` with the same prompts and
-SamplingParams. Both are loaded up front; per concurrency level the server runs, then the engine
-(never both at once; the idle one only waits). Prints a table with server/direct ratios
+SamplingParams. Both are loaded up front; per concurrency level they take turns for --repeats rounds
+(never both at once; the idle one only waits) and each mode's rounds are pooled. Prints a table with server/direct ratios
 and writes a PNG plot and JSON next to it (--out).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,12 +89,14 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "lamina", "serve", "--model", args.model, "--host", "127.0.0.1", "--port", str(port),
            "--kv-cache-memory-gb", str(args.kv_cache_memory_gb), "--max-queue", "1024"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = Path(tempfile.gettempdir()) / f"lamina-bench-serve-{port}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"lamina serve exited: {proc.stderr.read()[-2000:]}")
+            raise SystemExit(f"lamina serve exited ({log}): {log.read_text()[-2000:]}")
         try:
             if httpx.get(base + "/health", timeout=1).status_code == 200:
                 return proc, base
@@ -197,6 +201,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds per level, pooled")
     parser.add_argument("--kv-cache-memory-gb", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve"))
     args = parser.parse_args()
@@ -208,15 +213,18 @@ def main() -> None:
     rows: list[Row] = []
     proc, base = start_server(args)
     engine = AsyncEngine(args.model, kv_cache_memory_gb=args.kv_cache_memory_gb)
-    total = 2 * sum(args.concurrency) * args.requests_per_client
+    total = 2 * args.repeats * sum(args.concurrency) * args.requests_per_client
     try:
         with tqdm(total=total, desc="serve bench", unit="req", dynamic_ncols=True) as bar:
-            for n in args.concurrency:  # the two modes alternate per level, so background load drifts hit both
-                for mode in ("server", "direct"):
-                    phase = server_phase(base, args, n, bar) if mode == "server" else direct_phase(engine, args, n, bar)
-                    samples, seconds = asyncio.run(phase)
-                    rows.append(summarise(mode, n, samples, seconds))
-                    bar.set_postfix_str(f"{mode} {rows[-1].tok_per_s:.0f} tok/s at {n} clients")
+            for n in args.concurrency:
+                pooled: dict[str, tuple[list[Sample], float]] = {"server": ([], 0.0), "direct": ([], 0.0)}
+                for rep in range(args.repeats):  # modes alternate (and swap order) so background load hits both
+                    for mode in ("server", "direct") if rep % 2 == 0 else ("direct", "server"):
+                        phase = server_phase(base, args, n, bar) if mode == "server" else direct_phase(engine, args, n, bar)
+                        samples, seconds = asyncio.run(phase)
+                        pooled[mode] = (pooled[mode][0] + samples, pooled[mode][1] + seconds)
+                        bar.set_postfix_str(f"{mode} {sum(x.tokens for x in samples) / seconds:.0f} tok/s at {n} clients")
+                rows += [summarise(mode, n, samples, seconds) for mode, (samples, seconds) in pooled.items()]
     finally:
         engine.shutdown()
         proc.terminate()
