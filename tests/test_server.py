@@ -115,6 +115,7 @@ def test_models_lists_the_served_model(client):
     models = {m.id: m.model_extra["lamina"]["kind"] for m in client.models.list().data}
     assert models == {"default": "model", "arch:tiny_fuse": "architecture"}
     assert client.models.retrieve("arch:tiny_fuse").id == "arch:tiny_fuse"
+    assert client.models.retrieve("default").model_extra["lamina"]["max_model_len"] == 8192
 
 
 def test_chat_non_streaming(client):

@@ -45,8 +45,10 @@ class Server:
         return target
 
     def model_card(self, target: Target) -> dict[str, Any]:
-        return {"id": target.name, "object": "model", "created": self.created, "owned_by": "lamina",
-                "lamina": {"kind": target.kind}}
+        info: dict[str, Any] = {"kind": target.kind}
+        if isinstance(target, LocalModel):
+            info["max_model_len"] = target.max_model_len
+        return {"id": target.name, "object": "model", "created": self.created, "owned_by": "lamina", "lamina": info}
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         body.check_supported()
