@@ -75,4 +75,5 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     num_threads: int | None = None
     dtype: str = "float32"
+    quantization: str | None = None  # None (exact fp32) or "int8" (CPU: int8 GEMMs, faster, slightly lossy)
     device: str = "cpu"

@@ -12,6 +12,7 @@ from lamina.engine.config import EngineConfig
 from lamina.engine.kv_cache import BlockManager, KVCache
 from lamina.engine.model_runner import ModelRunner
 from lamina.engine.models.llama import LlamaForCausalLM
+from lamina.engine.models.quant import quantize_linears
 from lamina.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from lamina.engine.sampler import SampleResult, sample
 from lamina.engine.sampling_params import SamplingParams
@@ -20,6 +21,7 @@ from lamina.engine.sequence import Sequence
 from lamina.errors import InvalidRequestError
 
 _GOLDEN = 0x9E3779B97F4A7C15
+QUANTIZATIONS = (None, "int8")
 
 
 @dataclass(slots=True, eq=False)
@@ -45,7 +47,14 @@ def engine_config(config: dict) -> EngineConfig:
     unknown = sorted(set(config) - known)
     if unknown:
         raise InvalidRequestError(f"unknown engine option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return EngineConfig(**config)
+    cfg = EngineConfig(**config)
+    if cfg.quantization not in QUANTIZATIONS:
+        raise InvalidRequestError(f"engine option quantization={cfg.quantization!r}: expected one of {QUANTIZATIONS}")
+    if cfg.quantization and cfg.device != "cpu":
+        raise InvalidRequestError("engine option quantization='int8' runs on the CPU only")
+    if not hasattr(torch, cfg.dtype) or not isinstance(getattr(torch, cfg.dtype), torch.dtype):
+        raise InvalidRequestError(f"engine option dtype={cfg.dtype!r}: expected a torch dtype name such as 'float32'")
+    return cfg
 
 
 class LLMEngine:
@@ -65,6 +74,8 @@ class LLMEngine:
         self.model.load_hf_weights(loaded.weights)
         self.model.to(dtype=dtype)
         self.model.rope.to(torch.float32)
+        if cfg.quantization == "int8":
+            quantize_linears(self.model)
         del loaded
         per_block = KVCache.bytes_per_block(mc.num_hidden_layers, cfg.block_size, mc.num_key_value_heads, mc.head_dim, dtype)
         num_blocks = cfg.num_kv_blocks or max(16, int(cfg.kv_cache_memory_gb * 2**30) // per_block)
