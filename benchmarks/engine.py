@@ -1,0 +1,106 @@
+"""Engine throughput on the embedded model: Lamina vs transformers' generate, same model, same threads, one run.
+
+Prints a table of tokens/s for a single stream and for n = 1, 8, 32, 64 samples of one prompt, the ratio to
+transformers, and how many KV blocks the prompt occupies when n = 32 samples share it.
+
+    python benchmarks/engine.py [--threads 2] [--tokens 64] [--ns 1,8,32,64] [--markdown]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from lamina import LLM, SamplingParams
+
+PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
+
+
+def lamina_run(llm: LLM, prompt_ids: list[int], n: int, tokens: int) -> float:
+    params = SamplingParams(n=n, temperature=0.8, top_p=0.95, seed=0, max_tokens=tokens, ignore_eos=True)
+    start = time.perf_counter()
+    out = llm.generate(prompt_ids, params)[0]
+    elapsed = time.perf_counter() - start
+    assert sum(len(c.token_ids) for c in out.outputs) == n * tokens
+    return n * tokens / elapsed
+
+
+def hf_run(model, prompt_ids: list[int], n: int, tokens: int) -> float:
+    ids = torch.tensor([prompt_ids])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.8, top_p=0.95,
+                             num_return_sequences=n, max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=0)
+    elapsed = time.perf_counter() - start
+    assert out.shape == (n, len(prompt_ids) + tokens)
+    return n * tokens / elapsed
+
+
+def prompt_blocks(llm: LLM, prompt_ids: list[int], n: int) -> tuple[int, int]:
+    """Distinct KV blocks held by all n samples right after the shared prefill, and the count for one copy."""
+    engine = llm.engine
+    request_id = engine.add_request(prompt_ids, SamplingParams(n=n, temperature=0.8, max_tokens=2, ignore_eos=True))
+    while len(engine.requests[request_id].seqs) < n:
+        engine.step()
+    used = len({b for s in engine.requests[request_id].seqs for b in s.block_table})
+    while engine.has_unfinished_requests():
+        engine.step()
+    return used, -(-len(prompt_ids) // engine.blocks.block_size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--tokens", type=int, default=64, help="tokens generated per sample for n > 1")
+    parser.add_argument("--single-tokens", type=int, default=128, help="tokens for the single-stream row")
+    parser.add_argument("--ns", default="1,8,32,64")
+    parser.add_argument("--skip-peer", action="store_true", help="measure Lamina only")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ns = [int(x) for x in args.ns.split(",")]
+
+    llm = LLM("default", num_threads=args.threads)
+    prompt_ids = llm.tokenizer.encode(llm.tokenizer.apply_chat_template(PROMPT))
+    hf = None
+    if not args.skip_peer:
+        import transformers
+
+        from lamina.engine.loader import resolve_model_path
+
+        transformers.logging.set_verbosity_error()
+        path = resolve_model_path("default")
+        hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        hf.eval()
+
+    rows = [("single stream", 1, args.single_tokens)] + [(f"n={n}", n, args.tokens) for n in ns]
+    lamina_run(llm, prompt_ids, 2, 4)  # warm-up
+    if hf is not None:
+        hf_run(hf, prompt_ids, 2, 4)
+    results = []
+    for label, n, tokens in rows:
+        ours = lamina_run(llm, prompt_ids, n, tokens)
+        peer = hf_run(hf, prompt_ids, n, tokens) if hf is not None else float("nan")
+        results.append((label, tokens, ours, peer))
+        print(f"  {label}: lamina {ours:.1f} tok/s, transformers {peer:.1f} tok/s", flush=True)
+    used, one_copy = prompt_blocks(llm, prompt_ids, 32)
+
+    print(f"\nEngine throughput, embedded SmolLM2-135M-Instruct (fp32 compute), {args.threads} threads, "
+          f"prompt {len(prompt_ids)} tokens, temperature 0.8, top_p 0.95")
+    header = ("workload", "tokens/sample", "lamina tok/s", "transformers tok/s", "ratio")
+    lines = [header] + [(label, str(t), f"{o:.1f}", f"{p:.1f}", f"{o / p:.2f}x") for label, t, o, p in results]
+    if args.markdown:
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for line in lines[1:]:
+            print("| " + " | ".join(line) + " |")
+    else:
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        for line in lines:
+            print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+    print(f"KV blocks held by the prompt with n=32 samples: {used} (one copy: {one_copy})")
+
+
+if __name__ == "__main__":
+    main()
