@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per sample for n > 1")
     parser.add_argument("--single-tokens", type=int, default=128, help="tokens for the single-stream row")
     parser.add_argument("--ns", default="1,8,32,64")
+    parser.add_argument("--quantization", choices=["int8"], help="also measure Lamina with int8 linears (lossy)")
     parser.add_argument("--skip-peer", action="store_true", help="measure Lamina only")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()

@@ -13,6 +13,9 @@ from torch import Tensor
 from lamina.engine.sequence import Sequence
 
 
+TOP_P_CANDIDATES = 256
+
+
 @dataclass(slots=True)
 class SampleResult:
     token_ids: list[int]
@@ -42,16 +45,38 @@ def _filter(logits: Tensor, seqs: list[Sequence]) -> Tensor:
         kth = logits.topk(int(ks.max()), dim=-1).values.gather(1, (ks - 1).unsqueeze(1))
         logits = logits.masked_fill(logits < kth, float("-inf"))
     top_ps = torch.tensor([s.params.top_p for s in seqs], dtype=logits.dtype)
-    if bool((top_ps < 1).any()):
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = (cum - sorted_logits.softmax(-1)) >= top_ps.unsqueeze(1)
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+    rows = (top_ps < 1).nonzero().squeeze(1)
+    if len(rows):
+        logits[rows] = _top_p(logits[rows], top_ps[rows])
     min_ps = torch.tensor([s.params.min_p for s in seqs], dtype=logits.dtype)
     if bool((min_ps > 0).any()):
         probs = logits.softmax(-1)
         logits = logits.masked_fill(probs < min_ps.unsqueeze(1) * probs.max(-1, keepdim=True).values, float("-inf"))
     return logits
+
+
+def _top_p(logits: Tensor, top_ps: Tensor) -> Tensor:
+    """Keep each row's smallest set of most likely tokens whose mass reaches its top_p (nucleus).
+
+    The nucleus is looked for among the row's TOP_P_CANDIDATES most likely tokens first (a partial sort); only a
+    row whose candidates hold less than top_p of the mass is sorted in full. Either way the result of a row
+    depends on that row alone.
+    """
+    probs = logits.softmax(-1)
+    values, order = probs.topk(min(TOP_P_CANDIDATES, logits.shape[-1]), dim=-1)
+    dropped = _outside_nucleus(probs, values, order, top_ps)
+    wide = (values.sum(-1) < top_ps).nonzero().squeeze(1)
+    if len(wide):
+        values, order = probs[wide].sort(dim=-1, descending=True)
+        dropped[wide] = _outside_nucleus(probs[wide], values, order, top_ps[wide])
+    return logits.masked_fill(dropped, float("-inf"))
+
+
+def _outside_nucleus(probs: Tensor, values: Tensor, order: Tensor, top_ps: Tensor) -> Tensor:
+    """values/order: each row's probabilities in descending order (all, or a leading part that holds top_p)."""
+    cum = values.cumsum(-1)
+    keep = (cum - values) < top_ps.unsqueeze(1)
+    return torch.ones_like(probs, dtype=torch.bool).scatter_(1, order, ~keep)
 
 
 def _inverse_cdf(probs: Tensor, generators: list[torch.Generator]) -> Tensor:
