@@ -86,7 +86,8 @@ def test_fork_shares_every_block_and_copies_the_partial_tail_on_write():
 
 def test_kv_cache_copy_blocks_copies_contents():
     cache = KVCache(num_layers=2, num_blocks=4, block_size=2, kv_heads=1, head_dim=3)
-    cache.k[1][2].fill_(5.0)
-    cache.v[0][2].fill_(7.0)
+    cache.k[1][:, 2].fill_(5.0)
+    cache.v[0][:, 2].fill_(7.0)
     cache.copy_blocks([(2, 0)])
-    assert torch.equal(cache.k[1][0], cache.k[1][2]) and torch.equal(cache.v[0][0], cache.v[0][2])
+    assert bool((cache.k[1][:, 0] == 5.0).all()) and bool((cache.v[0][:, 0] == 7.0).all())
+    assert bool((cache.k[1][:, 1] == 0).all()) and bool((cache.k[0][:, 0] == 0).all())

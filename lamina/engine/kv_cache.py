@@ -25,11 +25,15 @@ class Block:
 
 
 class KVCache:
-    """The tensors: per layer, keys and values of shape [num_blocks, block_size, kv_heads, head_dim]."""
+    """The tensors: per layer, keys and values of shape [kv_heads, num_blocks, block_size, head_dim].
+
+    Head-major, so that gathering a batch's slots (`slots(layer_cache)[:, slot_ids]`) yields each head's keys
+    contiguous in one copy, ready for a batched matmul.
+    """
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
-        shape = (num_blocks, block_size, kv_heads, head_dim)
+        shape = (kv_heads, num_blocks, block_size, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
 
@@ -39,7 +43,7 @@ class KVCache:
         src = torch.tensor([s for s, _ in pairs], device=self.k[0].device)
         dst = torch.tensor([d for _, d in pairs], device=self.k[0].device)
         for cache in (*self.k, *self.v):
-            cache[dst] = cache[src]
+            cache[:, dst] = cache[:, src]
 
     @staticmethod
     def bytes_per_block(num_layers: int, block_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

@@ -59,7 +59,7 @@ class ModelRunner:
         for row, (seq, _) in enumerate(decodes):
             tables[row, : len(seq.block_table)] = torch.tensor(seq.block_table)
             lengths[row] = len(seq.token_ids)
+        meta.decode_block_tables = tables
         visible = torch.arange(width * self.block_size).unsqueeze(0) < lengths.unsqueeze(1)
         mask = torch.zeros(visible.shape, dtype=self.cache.k[0].dtype).masked_fill_(~visible, float("-inf"))
-        meta.decode_block_tables = tables
-        meta.decode_mask = mask[:, None, None, :]
+        meta.decode_mask = mask[None, :, None, :]

@@ -46,7 +46,9 @@ def _filter(logits: Tensor, seqs: list[Sequence]) -> Tensor:
         logits = logits.masked_fill(logits < kth, float("-inf"))
     top_ps = torch.tensor([s.params.top_p for s in seqs], dtype=logits.dtype)
     rows = (top_ps < 1).nonzero().squeeze(1)
-    if len(rows):
+    if len(rows) == len(logits):
+        logits = _top_p(logits, top_ps)
+    elif len(rows):
         logits[rows] = _top_p(logits[rows], top_ps[rows])
     min_ps = torch.tensor([s.params.min_p for s in seqs], dtype=logits.dtype)
     if bool((min_ps > 0).any()):
@@ -81,9 +83,9 @@ def _outside_nucleus(probs: Tensor, values: Tensor, order: Tensor, top_ps: Tenso
 
 def _inverse_cdf(probs: Tensor, generators: list[torch.Generator]) -> Tensor:
     """One uniform draw per row from that row's own generator; the first token whose cumulative mass exceeds it."""
-    cdf = probs.double().cumsum(-1)
+    cdf = probs.cumsum(-1)
     draws = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
-    targets = (draws * cdf[:, -1]).unsqueeze(1)
+    targets = (draws * cdf[:, -1]).to(cdf.dtype).unsqueeze(1)
     return torch.searchsorted(cdf, targets, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
@@ -91,9 +93,12 @@ def sample(logits: Tensor, seqs: list[Sequence]) -> SampleResult:
     """logits [B, vocab] (float32), one row per sequence in `seqs`."""
     logits = apply_repetition_penalty(logits.float(), seqs)
     greedy = [s.params.greedy for s in seqs]
-    chosen = logits.argmax(-1)
     rows = [row for row, g in enumerate(greedy) if not g]
-    if rows:
+    if len(rows) == len(seqs):
+        chosen = _inverse_cdf(_filter(logits, seqs).softmax(-1), [s.generator for s in seqs])
+    else:
+        chosen = logits.argmax(-1)
+    if rows and len(rows) < len(seqs):
         index = torch.tensor(rows)
         probs = _filter(logits[index], [seqs[r] for r in rows]).softmax(-1)
         chosen[index] = _inverse_cdf(probs, [seqs[r].generator for r in rows])
