@@ -75,5 +75,6 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     num_threads: int | None = None
     dtype: str = "float32"
+    pack_weights: bool = True  # CPU fp32: linear weights pre-packed for oneDNN (faster, batch-invariant rows)
     quantization: str | None = None  # None (exact fp32) or "int8" (CPU: int8 GEMMs, faster, slightly lossy)
     device: str = "cpu"
