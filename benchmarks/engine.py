@@ -64,6 +64,7 @@ def main() -> None:
     ns = [int(x) for x in args.ns.split(",")]
 
     llm = LLM("default", num_threads=args.threads)
+    quantized = LLM("default", num_threads=args.threads, quantization=args.quantization) if args.quantization else None
     prompt_ids = llm.tokenizer.encode(llm.tokenizer.apply_chat_template(PROMPT))
     hf = None
     if not args.skip_peer:
@@ -78,20 +79,27 @@ def main() -> None:
 
     rows = [("single stream", 1, args.single_tokens)] + [(f"n={n}", n, args.tokens) for n in ns]
     lamina_run(llm, prompt_ids, 2, 4)  # warm-up
+    if quantized is not None:
+        lamina_run(quantized, prompt_ids, 2, 4)
     if hf is not None:
         hf_run(hf, prompt_ids, 2, 4)
     results = []
     for label, n, tokens in rows:
         ours = lamina_run(llm, prompt_ids, n, tokens)
+        quant = lamina_run(quantized, prompt_ids, n, tokens) if quantized is not None else float("nan")
         peer = hf_run(hf, prompt_ids, n, tokens) if hf is not None else float("nan")
-        results.append((label, tokens, ours, peer))
-        print(f"  {label}: lamina {ours:.1f} tok/s, transformers {peer:.1f} tok/s", flush=True)
+        results.append((label, tokens, ours, peer, quant))
+        print(f"  {label}: lamina {ours:.1f} tok/s, lamina {args.quantization} {quant:.1f} tok/s, "
+              f"transformers {peer:.1f} tok/s", flush=True)
     used, one_copy = prompt_blocks(llm, prompt_ids, 32)
 
     print(f"\nEngine throughput, embedded SmolLM2-135M-Instruct (fp32 compute), {args.threads} threads, "
           f"prompt {len(prompt_ids)} tokens, temperature 0.8, top_p 0.95")
     header = ("workload", "tokens/sample", "lamina tok/s", "transformers tok/s", "ratio")
-    lines = [header] + [(label, str(t), f"{o:.1f}", f"{p:.1f}", f"{o / p:.2f}x") for label, t, o, p in results]
+    lines = [header] + [(label, str(t), f"{o:.1f}", f"{p:.1f}", f"{o / p:.2f}x") for label, t, o, p, _ in results]
+    if quantized is not None:
+        header += (f"lamina {args.quantization} tok/s", f"{args.quantization} ratio")
+        lines = [header] + [line + (f"{q:.1f}", f"{q / p:.2f}x") for line, (*_, p, q) in zip(lines[1:], results)]
     if args.markdown:
         print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
         for line in lines[1:]:

@@ -12,8 +12,7 @@ from lamina.engine.config import EngineConfig
 from lamina.engine.kv_cache import BlockManager, KVCache
 from lamina.engine.model_runner import ModelRunner
 from lamina.engine.models.llama import LlamaForCausalLM
-from lamina.engine.models.packed import pack_linears, packing_available
-from lamina.engine.models.quant import quantize_linears
+from lamina.engine.models.cpu_linear import Int8Linear, PackedLinear, packing_available, replace_linears
 from lamina.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from lamina.engine.sampler import SampleResult, sample
 from lamina.engine.sampling_params import SamplingParams
@@ -76,9 +75,9 @@ class LLMEngine:
         self.model.to(dtype=dtype)
         self.model.rope.to(torch.float32)
         if cfg.quantization == "int8":
-            quantize_linears(self.model)
+            replace_linears(self.model, Int8Linear)
         elif cfg.device == "cpu" and dtype == torch.float32 and cfg.pack_weights and packing_available():
-            pack_linears(self.model)
+            replace_linears(self.model, PackedLinear)
         del loaded
         per_block = KVCache.bytes_per_block(mc.num_hidden_layers, cfg.block_size, mc.num_key_value_heads, mc.head_dim, dtype)
         num_blocks = cfg.num_kv_blocks or max(16, int(cfg.kv_cache_memory_gb * 2**30) // per_block)
