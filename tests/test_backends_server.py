@@ -2,15 +2,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
 from lamina.architecture import Architecture
@@ -18,46 +11,17 @@ from lamina.backends import get_backend
 from lamina.engine.sampling_params import SamplingParams
 from lamina.errors import BackendError
 
+from tests.serving import serve
+
 pytestmark = pytest.mark.slow
 KEY_ENV = "LAMINA_TEST_SERVER_KEY"
 MESSAGES = [{"role": "user", "content": "What is 3 + 4?"}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lamina", "serve", "--model", "default", "--host", "127.0.0.1",
-                                 "--port", str(port), "--api-key", "secret", "--kv-cache-memory-gb", "0.25"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, f"lamina serve exited:\n{Path(log).read_text()[-2000:]}"
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"lamina serve never became healthy:\n{Path(log).read_text()[-2000:]}"
-            time.sleep(0.3)
+def server() -> Iterator[str]:
+    with serve("--model", "default", "--api-key", "secret", "--kv-cache-memory-gb", "0.25", timeout_s=240) as base:
         yield base + "/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
