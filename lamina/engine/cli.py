@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _sampling_args(chat, max_tokens=256)
     chat.set_defaults(func=chat_command)
 
-    bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (engine, serve, eval_scaling)")
+    bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (engine, loader, serve, architectures, eval_scaling)")
     bench.add_argument("name", nargs="?", default="engine")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     bench.set_defaults(func=bench_command)

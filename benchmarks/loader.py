@@ -1,6 +1,6 @@
 """Loader and detokenizer speed against transformers, measured in the same run.
 
-    python benchmarks/bench_loader.py [--model default] [--repeats 3] [--tokens 2000]
+    python benchmarks/loader.py [--model default] [--repeats 3] [--tokens 2000]
 
 Rows: loading the GGUF (weights + config + tokenizer) with Lamina vs transformers' GGUF path;
 streaming detokenisation of N tokens with Lamina's windowed Detokenizer vs decoding the whole sequence per token.
