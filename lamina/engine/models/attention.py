@@ -46,8 +46,9 @@ def _slots(cache: Tensor) -> Tensor:
 
 
 def _gather(cache: Tensor, tables: Tensor) -> Tensor:
-    """The blocks of `tables` [..., n] (one index_select, the fastest gather on CPU) -> [kv_heads, ..., n * block_size, dim]."""
-    kv_heads, _, block_size, dim = cache.shape
+    """The blocks of `tables` [..., n] -> [kv_heads, ..., n * block_size, dim], in one index_select (the fastest
+    gather on CPU; advanced indexing is ~6x slower here)."""
+    kv_heads, dim = cache.shape[0], cache.shape[-1]
     return cache.index_select(1, tables.flatten()).view(kv_heads, *tables.shape[:-1], -1, dim)
 
 
