@@ -8,8 +8,11 @@ transformers, and how many KV blocks the prompt occupies when n = 32 samples sha
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -50,6 +53,27 @@ def prompt_blocks(llm: LLM, prompt_ids: list[int], n: int) -> tuple[int, int]:
     return used, -(-len(prompt_ids) // engine.blocks.block_size)
 
 
+def plot(results: list[tuple], quantization: str | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [("lamina fp32", 2), ("transformers fp32", 3)] + ([(f"lamina {quantization}", 4)] if quantization else [])
+    series = [(name, col) for name, col in series if not all(math.isnan(r[col]) for r in results)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(series)
+    for k, (name, col) in enumerate(series):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(results))]
+        ax.bar(xs, [r[col] for r in results], width, label=name)
+    ax.set_xticks(range(len(results)), [r[0] for r in results])
+    ax.set_ylabel("aggregate tokens/s")
+    ax.set_title("Decode throughput, SmolLM2-135M-Instruct on CPU")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -59,6 +83,7 @@ def main() -> None:
     parser.add_argument("--quantization", choices=["int8"], help="also measure Lamina with int8 linears (lossy)")
     parser.add_argument("--skip-peer", action="store_true", help="measure Lamina only")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine"), help="writes OUT.json, OUT.png")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ns = [int(x) for x in args.ns.split(",")]
@@ -109,6 +134,13 @@ def main() -> None:
         for line in lines:
             print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
     print(f"KV blocks held by the prompt with n=32 samples: {used} (one copy: {one_copy})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    keys = ("workload", "tokens_per_sample", "lamina_tok_s", "transformers_tok_s", "quantized_tok_s")
+    record = {"threads": args.threads, "quantization": args.quantization, "prompt_blocks_n32": used,
+              "prompt_blocks_one_copy": one_copy, "rows": [dict(zip(keys, r)) for r in results]}
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, allow_nan=True))
+    plot(results, args.quantization, args.out.with_suffix(".png"))
+    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
