@@ -297,6 +297,11 @@ def test_architecture_as_a_model_sums_inner_usage_and_returns_trace(client):
     again = client.chat.completions.create(model="arch:tiny_fuse", messages=msgs, seed=40)
     assert again.choices[0].message.content == out.choices[0].message.content  # same seed, same answer
     assert "trace" not in again.model_extra["lamina"] and again.model_extra["lamina"]["usage"]["cached_calls"] == 2
+    assert out.model_extra["lamina"]["ignored_params"] == []
+    tuned = client.chat.completions.create(model="arch:tiny_fuse", messages=msgs, seed=40, temperature=0.1,
+                                           max_tokens=3, stop=["x"])
+    assert tuned.model_extra["lamina"]["ignored_params"] == ["max_tokens", "stop", "temperature"]
+    assert tuned.choices[0].message.content == out.choices[0].message.content  # the spec's sampling, not the request's
 
     stream = client.chat.completions.create(model="arch:tiny_fuse", messages=msgs, seed=41, stream=True,
                                             stream_options={"include_usage": True})

@@ -62,7 +62,7 @@ class Server:
             self._check_arch(body, body.logprobs)
             call = self._call("chat", body, ChatFormat(str))
             stream = target.generate(messages, body.n, seed=body.seed, tests=body.lamina.tests,
-                                     trace=body.lamina.trace)
+                                     trace=body.lamina.trace, ignored=body.sampling_fields_set())
         return await respond(call, stream, request, self.admission.acquire(), body.stream)
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
@@ -77,7 +77,8 @@ class Server:
             self._check_arch(body, body.logprobs is not None)
             call = self._call("completions", body, TextFormat(str))
             stream = target.generate(arch_messages_from_prompts(prompts), body.n, seed=body.seed,
-                                     tests=body.lamina.tests, trace=body.lamina.trace)
+                                     tests=body.lamina.tests, trace=body.lamina.trace,
+                                     ignored=body.sampling_fields_set())
         return await respond(call, stream, request, self.admission.acquire(), body.stream)
 
     def _call(self, endpoint: str, body: ChatCompletionRequest | CompletionRequest, fmt: ChatFormat) -> Call:

@@ -49,6 +49,10 @@ class LaminaOptions(BaseModel):
     tests: list[str] | None = None  # architectures: unit tests handed to `Architecture.run(..., tests=)`
 
 
+_SAMPLING_FIELDS = frozenset({"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "ignore_eos",
+                              "max_tokens", "max_completion_tokens", "stop", "presence_penalty", "frequency_penalty"})
+
+
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
@@ -76,6 +80,10 @@ class _Sampling(BaseModel):
         if len(stops) > 16 or not all(stops):
             raise ValueError("expected up to 16 non-empty strings")
         return stops
+
+    def sampling_fields_set(self) -> list[str]:
+        """Sampling fields the client set; an architecture's spec decides its own sampling and reports these back."""
+        return sorted(self.model_fields_set & _SAMPLING_FIELDS)
 
     def check_supported(self) -> None:
         extra = self.model_extra or {}

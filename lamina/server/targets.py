@@ -105,14 +105,16 @@ async def _merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[t
 @dataclass(slots=True)
 class ArchitectureModel:
     """An architecture served as one model: `n` runs it n times concurrently, run i with seed `seed + i` (without a
-    seed: the architecture's own seeding, then 1, 2, ...); usage sums every inner call of every run."""
+    seed: the architecture's own seeding, then 1, 2, ...); usage sums every inner call of every run. Its spec sets
+    every component's sampling: request fields such as temperature or max_tokens are listed back in
+    `lamina.ignored_params` instead of being applied."""
 
     name: str
     arch: Any  # lamina.architecture.Architecture
     kind: str = "architecture"
 
     async def generate(self, messages: Messages, n: int, *, seed: int | None, tests: list[str] | None,
-                       trace: bool) -> AsyncIterator[Generation]:
+                       trace: bool, ignored: list[str] = ()) -> AsyncIterator[Generation]:
         seeds = [None if seed is None and i == 0 else (seed or 0) + i for i in range(n)]
         results = await asyncio.gather(*(self.arch.run(messages, tests=tests, seed=s) for s in seeds))
         usage = results[0].usage
@@ -120,7 +122,8 @@ class ArchitectureModel:
             usage = usage + result.usage
         outputs = [CompletionOutput(i, r.answer, [], None, "stop") for i, r in enumerate(results)]
         lamina: dict[str, Any] = {"architecture": self.arch.name, "seeds": seeds, "usage": usage.to_dict(),
-                                  "candidates": [list(r.candidates) for r in results]}
+                                  "candidates": [list(r.candidates) for r in results],
+                                  "ignored_params": list(ignored)}
         if trace:
             lamina["trace"] = json.loads(json.dumps([r.trace for r in results], default=str))
         yield Generation(outputs, True, usage.prompt_tokens, usage.completion_tokens, lamina=lamina)
