@@ -24,6 +24,7 @@ MESSAGES = [{"role": "user", "content": "hello there"}]
 class StubState:
     script: list[int] = field(default_factory=list)  # statuses to answer before succeeding
     refuse_n: bool = False
+    ignore_n: bool = False  # answer one choice whatever n asks, as some servers do
     delay_s: float = 0.0
     requests: list[dict] = field(default_factory=list)
     in_flight: int = 0
@@ -75,6 +76,8 @@ class StubServer:
                         return self._send(status, {"error": {"message": f"injected {status}"}}, {"Retry-After": "0"})
                     if st.refuse_n and body.get("n", 1) > 1:
                         return self._send(400, {"error": {"message": "n > 1 is not supported", "param": "n"}})
+                    if st.ignore_n:
+                        body = {**body, "n": 1}
                     self._send(200, reply(body, self.path.endswith("/chat/completions")))
                 finally:
                     with st.lock:
@@ -188,6 +191,26 @@ def test_n_is_emulated_by_parallel_calls_when_refused(stub):
     assert len(st.requests) == 7 and b.supports_n is False  # remembered: no second refusal
     assert [c.text for c in second] == [c.text for c in first]
     assert seconds < 0.5  # the three calls ran in parallel (3 x 0.2 s sequentially)
+
+
+def test_a_server_that_ignores_n_keeps_its_answer_counted_and_is_asked_only_for_the_rest(stub):
+    st = stub.reset(ignore_n=True)
+    b = backend(stub)
+
+    async def go():
+        try:
+            return await b.complete(MESSAGES, None, SamplingParams(n=3, seed=7))
+        finally:
+            await b.aclose()
+
+    out = run(go())
+    assert len(out) == 3 and len(st.requests) == 3  # the n=3 request (1 choice kept) + 2 single requests
+    assert [r["body"]["n"] for r in st.requests] == [3, 1, 1]
+    assert [r["body"].get("seed") for r in st.requests[1:]] == [8, 9]
+    assert b.supports_n is False
+    words = len(MESSAGES[-1]["content"].split())  # the stub counts a prompt token per word, 4 per completion
+    assert out.prompt_tokens == 3 * words and out.completion_tokens == 3 * 4  # all three requests are counted
+    assert b.usage.calls == 1 and b.usage.prompt_tokens == 3 * words and b.usage.completion_tokens == 12
 
 
 def test_completions_endpoint_and_logprobs(stub):

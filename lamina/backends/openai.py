@@ -56,19 +56,24 @@ class OpenAIBackend(Backend):
 
     async def _complete(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> Completions:
         start = time.perf_counter()
-        if params.n > 1 and self.supports_n is not False:
-            try:
-                data = await self._post(messages, prompt, params)
-                if len(data.get("choices", [])) == params.n:
-                    self.supports_n = True
-                    return self._parse(data, messages is not None, start)
-            except _NRefused:
-                pass
-            self.supports_n = False
+        chat = messages is not None
         if params.n == 1:
-            return self._parse(await self._post(messages, prompt, params), messages is not None, start)
-        parts = await asyncio.gather(*(self._post(messages, prompt, _single(params, i)) for i in range(params.n)))
-        return _join([self._parse(p, messages is not None, start) for p in parts], start)
+            return self._parse(await self._post(messages, prompt, params), chat, start)
+        parts: list[Completions] = []
+        if self.supports_n is not False:
+            try:
+                first = self._parse(await self._post(messages, prompt, params), chat, start)
+            except _NRefused:
+                first = Completions()
+            if len(first) == params.n:
+                self.supports_n = True
+                return first
+            self.supports_n = False
+            if first:  # a server that ignores n answered fewer samples: keep (and count) them, ask only for the rest
+                parts.append(Completions(first[: params.n], first.prompt_tokens, first.seconds, first.completion_tokens))
+        have = len(parts[0]) if parts else 0
+        rest = await asyncio.gather(*(self._post(messages, prompt, _single(params, i)) for i in range(have, params.n)))
+        return _join(parts + [self._parse(r, chat, start) for r in rest], start)
 
     async def _first_finish(self, messages: Messages | None, prompt: str | None,
                             params: SamplingParams) -> Completions:
