@@ -44,6 +44,16 @@ def test_summary_with_samples_and_components():
     assert s.by_component["gen"]["completion_tokens"] == 30.0
 
 
+def test_pass_at_k_survives_an_errored_example():
+    rows = [ResultRow(f"e{i}", i, "p", "p", "r", float(i == 0), sample_scores=[1.0, float(i == 0)]) for i in range(3)]
+    rows.append(ResultRow("e3", 3, "", None, "r", 0.0, error="BudgetError: over budget"))  # no samples
+    s = summarize("x", rows)
+    assert (s.examples, s.errors, s.samples, s.pass_at_examples) == (4, 1, 2, 3)
+    assert s.pass_at[1] == pytest.approx((1.0 + 0.5 + 0.5) / 3) and s.pass_at[2] == 1.0
+    assert s.to_dict()["pass_at_k_examples"] == 3
+    assert summarize("y", [rows[3]]).pass_at == {}
+
+
 def test_store_records_attempts_and_refuses_a_different_run(tmp_path):
     path = tmp_path / "r.sqlite"
     config = {"task": "t", "task_hash": "h", "split": "dev", "arch_hash": "a", "seed": 0}

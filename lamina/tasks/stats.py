@@ -42,6 +42,7 @@ class RunSummary:
     by_component: dict[str, dict[str, float]] = field(default_factory=dict)
     pass_at: dict[int, float] = field(default_factory=dict)
     samples: int = 0
+    pass_at_examples: int = 0  # examples pass@k is computed over (those with samples; errored ones have none)
 
     @property
     def tokens(self) -> float:
@@ -52,7 +53,8 @@ class RunSummary:
                 "errors": self.errors, "calls_per_example": self.calls, "prompt_tokens_per_example": self.prompt_tokens,
                 "completion_tokens_per_example": self.completion_tokens, "tokens_per_example": self.tokens,
                 "seconds_per_example": self.seconds, "by_component": self.by_component,
-                "pass_at_k": {str(k): v for k, v in self.pass_at.items()}, "samples_per_example": self.samples}
+                "pass_at_k": {str(k): v for k, v in self.pass_at.items()}, "samples_per_example": self.samples,
+                "pass_at_k_examples": self.pass_at_examples}
 
 
 def summarize(name: str, rows: list[ResultRow]) -> RunSummary:
@@ -76,12 +78,15 @@ def _components(rows: list[ResultRow]) -> dict[str, dict[str, float]]:
     return {name: {k: v / n for k, v in acc.items()} for name, acc in totals.items()}
 
 
-def _pass_at(rows: list[ResultRow]) -> tuple[dict[int, float], int]:
-    """pass@k over the first layer's samples, for k = 1, 2, 4, ... up to the fewest samples any example has."""
+def _pass_at(rows: list[ResultRow]) -> tuple[dict[int, float], int, int]:
+    """pass@k over the first layer's samples, for k = 1, 2, 4, ... up to the fewest samples any sampled example has.
+
+    Computed over the examples that have samples: one that errored (e.g. a budget error) has none and is left out,
+    rather than hiding pass@k for the whole run; the third value says how many examples were used."""
     sampled = [r.sample_scores for r in rows if len(r.sample_scores) > 1]
-    if not sampled or len(sampled) < len(rows):
-        return {}, 0
+    if not sampled:
+        return {}, 0, 0
     n_min = min(len(s) for s in sampled)
     ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n_min} | {n_min})
     return {k: sum(pass_at_k(len(s), int(sum(x >= 1.0 for x in s)), k) for s in sampled) / len(sampled)
-            for k in ks}, n_min
+            for k in ks}, n_min, len(sampled)
