@@ -54,6 +54,26 @@ def test_pass_at_k_survives_an_errored_example():
     assert summarize("y", [rows[3]]).pass_at == {}
 
 
+def test_resume_with_a_different_scorer_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from lamina.tasks.harness import run_config
+
+    spec = SimpleNamespace(model_dump_json=lambda: "{}", model_dump=lambda mode: {}, seed=0)
+    arch, task, options = SimpleNamespace(name="a", spec=spec), load_task("arith-1"), EvalOptions(limit=2)
+    with RunStore(tmp_path / "r.sqlite") as store:
+        assert store.begin(run_config(arch, task, options)) == 1
+        assert store.begin(run_config(arch, task, options)) == 2  # same scorer: resumes
+        task.scorer.kind, task.scorer.options = "judge", {"baseline": "base.sqlite", "model": "default"}
+        with pytest.raises(SpecError, match="holds a different run .*scorer: stored .*'type': 'numeric'.*'judge'"):
+            store.begin(run_config(arch, task, options))
+    with RunStore(tmp_path / "j.sqlite") as store:
+        assert store.begin(run_config(arch, task, options)) == 1
+        task.scorer.options = {"baseline": "base.sqlite", "model": "other-judge"}
+        with pytest.raises(SpecError, match="scorer: .*'default'.* vs now .*'other-judge'"):
+            store.begin(run_config(arch, task, options))
+
+
 def test_store_records_attempts_and_refuses_a_different_run(tmp_path):
     path = tmp_path / "r.sqlite"
     config = {"task": "t", "task_hash": "h", "split": "dev", "arch_hash": "a", "seed": 0}

@@ -40,7 +40,7 @@ def run_config(arch: Any, task: Task, options: EvalOptions) -> dict[str, Any]:
     return {"task": task.name, "task_hash": task.fingerprint(), "task_source": task.source, "split": split,
             "limit": options.limit, "arch": arch.name, "arch_hash": arch_hash(arch),
             "arch_spec": arch.spec.model_dump(mode="json"), "seed": arch.spec.seed,
-            "concurrency": options.concurrency}
+            "concurrency": options.concurrency, "scorer": task.scorer.identity()}
 
 
 def first_layer_samples(trace: list[dict[str, Any]]) -> list[str]:

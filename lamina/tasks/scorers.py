@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import string
@@ -32,6 +33,12 @@ class Scorer:
     kind: str
     extract: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """What a run's scores depend on (type, extractor and options, e.g. the judge's baseline and model), as JSON:
+        part of the run identity, so a resumed store never mixes scores from different scorers."""
+        return json.loads(json.dumps({"type": self.kind, "extract": self.extract, **self.options}, sort_keys=True,
+                                     default=str))
 
     def prepare(self) -> None:
         """Fail before a run starts when the scorer cannot work (e.g. the judge's baseline run is missing)."""

@@ -19,7 +19,9 @@ CREATE TABLE IF NOT EXISTS results (
   error TEXT, seconds REAL NOT NULL DEFAULT 0, attempt INTEGER NOT NULL DEFAULT 1, finished_at REAL NOT NULL
 );
 """
-IDENTITY_KEYS = ("task", "task_hash", "split", "arch_hash", "seed")
+# What a resumed run must match; "scorer" (type + options, e.g. a judge's baseline and model) keeps scores unmixed.
+# A key the stored config lacks (a store from before it was recorded) is not compared.
+IDENTITY_KEYS = ("task", "task_hash", "split", "arch_hash", "seed", "scorer")
 
 
 @dataclass(slots=True)
