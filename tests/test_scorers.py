@@ -43,6 +43,35 @@ def test_math_equivalence(answer, reference, ok):
     assert math_match(answer, reference) is ok
 
 
+def test_math_verify_off_the_main_thread_has_a_deadline(monkeypatch):
+    """math-verify's own timeout needs SIGALRM (main thread only); elsewhere a stuck comparison must not hang."""
+    import threading
+
+    import math_verify
+
+    from lamina.tasks import scorers
+
+    release = threading.Event()
+
+    def stuck_verify(*args, **kwargs):
+        release.wait(30)
+        return True
+
+    monkeypatch.setattr(math_verify, "verify", stuck_verify)
+    monkeypatch.setattr(scorers, "MATH_TIMEOUT_S", 0.1, raising=False)
+    out = []
+    worker = threading.Thread(target=lambda: out.append(score("math", "The answer is $x^2$", Example("q", {}, "y^2"))))
+    try:
+        worker.start()
+        worker.join(5)
+        assert out, "math scoring hung off the main thread"
+        assert out[0].value == 0.0 and "timed out" in out[0].detail
+    finally:
+        release.set()
+        worker.join()
+    assert math_match("12.0", "12")  # the numeric fast path never reaches math-verify
+
+
 def test_choice():
     assert choice_match("b", "B") and not choice_match("C", "B") and not choice_match(None, "B")
     ex = Example("q", {}, "C")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import string
 import threading
@@ -57,6 +58,9 @@ class Scorer:
 
             return await judge_score(text, example, question=question, **self.options)
         answer = extract(text, self.extract, self.options.get("choices", "ABCD"))
+        if self.kind == "math":
+            equal, detail = math_compare(answer, example.reference)
+            return Score(float(equal), answer, detail)
         return Score(float(MATCHERS[self.kind](answer, example.reference)), answer)
 
 
@@ -94,18 +98,52 @@ def numeric_match(answer: str | None, reference: str, rel_tol: float = 1e-6) -> 
     return abs(got - want) <= rel_tol * max(1, abs(want))
 
 
-def math_match(answer: str | None, reference: str) -> bool:
+MATH_TIMEOUT_S = 5  # per math-verify step; math-verify's own timeout is whole seconds (SIGALRM)
+
+
+def math_compare(answer: str | None, reference: str, timeout_s: float | None = None) -> tuple[bool, str]:
+    """Equal as numbers, else by math-verify (sympy); a comparison that runs past the timeout counts as not equal.
+
+    math-verify's timeout uses SIGALRM, which only works on the main thread; elsewhere the comparison runs in a
+    daemon thread joined with a deadline, so one pathological answer cannot hang an eval (the runaway thread is
+    abandoned). Returns (equal, detail)."""
     if answer is None:
-        return False
+        return False, ""
     if numeric_match(answer, reference):
-        return True
+        return True, ""
+    timeout = MATH_TIMEOUT_S if timeout_s is None else timeout_s
+    if threading.current_thread() is threading.main_thread():
+        return _math_verify(answer, reference, max(1, math.ceil(timeout))), ""
+    outcome: list[tuple[bool, BaseException | None]] = []
+
+    def work() -> None:
+        try:
+            outcome.append((_math_verify(answer, reference, None), None))
+        except BaseException as exc:  # re-raised on the caller's thread
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=work, name="math-verify", daemon=True)
+    worker.start()
+    worker.join(2 * timeout)  # parse and verify, each allowed `timeout` on the main thread
+    if not outcome:
+        return False, f"math-verify timed out after {2 * timeout:g}s; scored as not equal"
+    equal, error = outcome[0]
+    if error is not None:
+        raise error
+    return equal, ""
+
+
+def _math_verify(answer: str, reference: str, timeout: int | None) -> bool:
     from math_verify import parse, verify
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None  # its timeout uses SIGALRM
     gold = parse(f"${reference}$", parsing_timeout=timeout)
     pred = parse(answer if "$" in answer else f"${answer}$", parsing_timeout=timeout)
     return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout))
+
+
+def math_match(answer: str | None, reference: str) -> bool:
+    return math_compare(answer, reference)[0]
 
 
 def choice_match(answer: str | None, reference: str) -> bool:
