@@ -141,3 +141,58 @@ def test_looping_test_times_out_others_still_pass():
 def test_bad_limits_raise_sandbox_error():
     with pytest.raises(SandboxError, match="timeout_s"):
         run_code("pass", timeout_s=0)
+
+
+@pytest.mark.parametrize("exit_code", ["import sys\nsys.exit(0)", "exit()", "quit()", "raise SystemExit",
+                                       "import os\nos._exit(0)"])
+def test_program_that_exits_early_fails_its_tests(exit_code):
+    report = execute_tests("def f():\n    return 1\n" + exit_code + "\n", ["assert f() == 1", "assert False"])
+    assert report.passed == 0 and report.pass_rate == 0.0
+    assert all("exited before the tests" in r.error for r in report.results)
+
+
+def test_test_that_exits_early_fails():
+    report = execute_tests("def f():\n    return 1\n", ["assert f() == 1", "import sys\nsys.exit(0)\nassert False",
+                                                       "import os\nos._exit(0)"])
+    assert [r.passed for r in report.results] == [True, False, False]
+    assert "test exited before finishing" in report.results[1].error
+    assert "exited before the tests finished" in report.results[2].error
+
+
+def test_printed_output_cannot_fake_completion():
+    program = "import sys\nprint('x' * 100)\nprint('ok', file=sys.stderr)\nsys.stdout.flush()\nimport os\nos._exit(0)"
+    assert execute_tests(program, ["pass"]).passed == 0
+    assert run_code("print(1)").completed and not run_code("import os\nos._exit(0)").completed
+
+
+def test_ctypes_cannot_write_outside_temp_dir(tmp_path_factory):
+    target = tmp_path_factory.mktemp("outside") / "ctypes.txt"
+    libc_write = (f"import ctypes\nlibc = ctypes.CDLL(None)\nfd = libc.open({str(target).encode()!r}, 0o101, 0o644)\n"
+                  "libc.write(fd, b'pwned', 5)\nlibc.close(fd)\nprint('wrote')")
+    result = run_code(libc_write)
+    assert result.returncode != 0 and "wrote" not in result.stdout and "sandbox" in result.stderr
+    # reaching _ctypes without the import statement still trips the ctypes.* audit events
+    sneaky = ("import importlib.util\nm = importlib.util.module_from_spec(importlib.util.find_spec('_ctypes'))\n"
+              "m.dlopen(None, 0)\nprint('loaded')")
+    result = run_code(sneaky)
+    assert result.returncode != 0 and "loaded" not in result.stdout and "sandbox" in result.stderr
+    assert not target.exists()
+
+
+def test_other_escape_hatches_are_refused(tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside")
+    target, victim = outside / "evil.txt", outside / "victim.txt"
+    victim.write_text("keep")
+    victim.chmod(0o644)
+    attempts = [
+        f"import os\nd = os.open({str(outside)!r}, os.O_RDONLY)\n"
+        "os.close(os.open('evil.txt', os.O_WRONLY | os.O_CREAT, dir_fd=d))",
+        f"import os\nfd = os.open({str(victim)!r}, os.O_RDONLY)\nos.fchmod(fd, 0o777)",
+        "import _posixsubprocess\n_posixsubprocess.fork_exec()",
+        "import os\nos.system('true')",
+    ]
+    for code in attempts:
+        result = run_code(code)
+        assert result.returncode != 0 and "PermissionError" in result.stderr, (code, result.stderr)
+    assert not target.exists() and victim.read_text() == "keep" and victim.stat().st_mode & 0o777 == 0o644
+    assert run_code("import subprocess\nprint('imported')").stdout == "imported\n"

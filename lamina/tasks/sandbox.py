@@ -5,6 +5,7 @@ import json
 import math
 import os
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -33,6 +34,7 @@ class SandboxResult:
     timed_out: bool
     memory_exceeded: bool
     seconds: float
+    completed: bool = False  # every code part ran to its end (the child echoed this run's nonce)
 
 
 @dataclass(slots=True)
@@ -63,7 +65,8 @@ def run_code(code: str, *, stdin: str = "", timeout_s: float = 5.0, memory_mb: i
 def execute_tests(program: str, tests: list[str], *, timeout_s: float = 5.0, memory_mb: int = 512) -> TestReport:
     def one(test: str) -> TestResult:
         result = _run_parts([("<program>", program), ("<test>", test)], "", timeout_s, memory_mb)
-        return TestResult(test, result.returncode == 0 and not result.timed_out, _error_line(result))
+        passed = result.completed and result.returncode == 0 and not result.timed_out
+        return TestResult(test, passed, "" if passed else _error_line(result))
 
     with ThreadPoolExecutor(min(MAX_TEST_WORKERS, max(1, len(tests)))) as pool:
         results = list(pool.map(one, tests))
@@ -77,7 +80,7 @@ def _error_line(result: SandboxResult) -> str:
     if result.memory_exceeded:
         return "memory limit exceeded"
     if result.returncode == 0:
-        return ""
+        return "" if result.completed else "program exited before the tests finished (exit code 0)"
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else f"exit code {result.returncode}"
 
@@ -96,22 +99,42 @@ def _run_parts(parts: list[tuple[str, str]], stdin: str, timeout_s: float, memor
 
 
 def _spawn(base: Path, work: Path, stdin: str, timeout_s: float, memory_mb: int) -> SandboxResult:
-    cmd = [*_netns_prefix(), sys.executable, "-I", "-B", str(CHILD), str(work), str(base / "parts.json")]
+    # The nonce reaches the child through a pipe it reads and closes before candidate code runs; the child writes
+    # it to the status file only after the last part finished, so an early exit cannot look like a pass.
+    nonce = secrets.token_hex(16).encode()
+    nonce_r, nonce_w = os.pipe()
+    try:
+        os.write(nonce_w, nonce)
+    finally:
+        os.close(nonce_w)
     start = time.monotonic()
-    with open(base / "stdout", "wb+") as out, open(base / "stderr", "wb+") as err:
-        try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=work,
-                                    env=_child_env(work), start_new_session=True,
-                                    preexec_fn=_limits(timeout_s, memory_mb))
-        except OSError as exc:
-            raise SandboxError(f"cannot start sandbox process {cmd[0]!r}: {exc}") from exc
-        timed_out = _wait(proc, stdin, timeout_s)
-        seconds = time.monotonic() - start
-        stdout, stderr = _read(out), _read(err)
+    try:
+        with open(base / "stdout", "wb+") as out, open(base / "stderr", "wb+") as err, \
+                open(base / "status", "wb+") as status:
+            cmd = [*_netns_prefix(), sys.executable, "-I", "-B", str(CHILD), str(work), str(base / "parts.json"),
+                   str(nonce_r), str(status.fileno())]
+            try:
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=work,
+                                        env=_child_env(work), start_new_session=True,
+                                        pass_fds=(nonce_r, status.fileno()),
+                                        preexec_fn=_limits(timeout_s, memory_mb))
+            except OSError as exc:
+                raise SandboxError(f"cannot start sandbox process {cmd[0]!r}: {exc}") from exc
+            finally:
+                os.close(nonce_r)
+                nonce_r = -1
+            timed_out = _wait(proc, stdin, timeout_s)
+            seconds = time.monotonic() - start
+            stdout, stderr = _read(out), _read(err)
+            status.seek(0)
+            completed = status.read(len(nonce) + 1) == nonce
+    finally:
+        if nonce_r >= 0:
+            os.close(nonce_r)
     code = proc.returncode
     timed_out = timed_out or code == -signal.SIGXCPU
     memory = code == MEMORY_EXIT or "MemoryError" in stderr[-2000:]
-    return SandboxResult(code, stdout, stderr, timed_out, memory, seconds)
+    return SandboxResult(code, stdout, stderr, timed_out, memory, seconds, completed and code == 0 and not timed_out)
 
 
 def _wait(proc: subprocess.Popen, stdin: str, timeout_s: float) -> bool:
