@@ -109,9 +109,9 @@ def test_verify_keeps_a_subset_and_never_empties_with_keep_all(tiny_models):
 
 def test_reward_judge_and_vote_run_on_the_model(tiny_models):
     result = run_arch(tiny_models, [{"type": "generate", "model": "tiny", "samples": 3}],
-                      [{"type": "reward", "model": "tiny", "top_k": 2}], [{"type": "vote", "keep": "all"}])
+                      [{"type": "reward", "model": "tiny", "top_k": 2, "name": "rw"}], [{"type": "vote", "keep": "all"}])
     assert 1 <= len(result.candidates) <= 2
-    assert all(c.score is None or 1 <= c.score <= 10 for c in result.final)
+    assert len(calls(result, "rw")) == 3  # every candidate was rated before the top 2 were kept
 
 
 def test_unit_test_judged_by_the_model_for_prose_checks(tiny_models):

@@ -85,6 +85,65 @@ def test_unit_test_writes_its_own_tests_with_the_model():
     assert len(calls(result, "ut")) == 1
     written = [e for e in result.trace if e["event"] == "note" and e.get("component") == "ut"]
     tests = next((e["tests"] for e in written if "tests" in e), None)
-    fallback = any(e.get("fallback") == "no tests" for e in written)
-    assert fallback or (tests and all(t.startswith("assert") for t in tests))
+    assert not any(e.get("fallback") == "no tests" for e in written), written
+    assert tests and len(tests) <= 3 and any("add(" in t for t in tests)  # the model wrote asserts about add()
+    (executed,) = [e for e in written if "pass_rates" in e]
+    assert executed["executed"] is True and len(executed["pass_rates"]) == 2
     assert len(result.candidates) == 2
+
+
+MATH = [{"role": "user", "content": "What is 3 + 4? Answer with a number."}]
+
+
+@pytest.mark.parametrize("method,rank_calls", [("pairwise", 3), ("reward", 3)])
+def test_rank_pairwise_and_by_reward_on_the_real_model(method, rank_calls):
+    spec = {"name": "rank", "models": REAL, "layers": [
+        [{"type": "generate", "samples": 3, "temperature": 0.9, "name": "gen"}],
+        [{"type": "rank", "method": method, "top_k": 2, "name": "rank"}]]}
+    result = run(spec, MATH)
+    generated = calls(result, "gen")[0]["outputs"]
+    assert len(result.candidates) == 2 and set(result.candidates) <= set(generated)
+    assert len(calls(result, "rank")) == rank_calls
+
+
+def test_reward_by_verdict_logprob_scores_every_candidate_on_the_real_model():
+    spec = {"name": "lp", "models": REAL, "layers": [
+        [{"type": "generate", "samples": 3, "temperature": 0.9}],
+        [{"type": "reward", "mode": "logprob", "name": "rw"}]]}
+    result = run(spec, MATH)
+    scores = [c.score for c in result.final]
+    assert len(scores) == 3 and all(s is not None and 0.0 < s < 1.0 for s in scores)  # SmolLM2 says yes/no
+    assert scores == sorted(scores, reverse=True)
+    assert all(call["params"]["max_tokens"] == 1 for call in calls(result, "rw"))
+
+
+def test_reward_judge_rates_on_the_real_model():
+    spec = {"name": "judge", "models": REAL, "layers": [
+        [{"type": "generate", "samples": 2, "temperature": 0.9}],
+        [{"type": "reward", "mode": "judge", "name": "rw", "max_tokens": 8}]]}
+    result = run(spec, MATH)
+    assert len(calls(result, "rw")) == 2 and len(result.final) == 2
+    rated = [c.score for c in result.final if c.score is not None]
+    assert rated == sorted(rated, reverse=True)
+
+
+@pytest.mark.parametrize("method", ["best_of_majority", "inverse_entropy"])
+def test_weighted_votes_on_real_samples(method):
+    spec = {"name": "vote", "models": REAL, "layers": [
+        [{"type": "generate", "samples": 4, "temperature": 0.8, "name": "gen", "logprobs": 1}],
+        [{"type": "vote", "method": method, "extract": "number", "keep": "all"}]]}
+    result = run(spec, MATH)
+    generated = calls(result, "gen")[0]["outputs"]
+    assert result.candidates and set(result.candidates) <= set(generated)
+    if method == "inverse_entropy":
+        assert all(c.mean_entropy is not None and c.mean_entropy > 0 for c in result.final)
+
+
+def test_unit_test_judged_by_the_real_model_for_prose():
+    spec = {"name": "prose", "models": REAL, "layers": [
+        [{"type": "generate", "samples": 2, "temperature": 0.9}],
+        [{"type": "unit_test", "mode": "auto", "name": "ut", "max_tokens": 4}]]}
+    result = run(spec, MATH, ["mentions the number 7", "is one sentence"])
+    assert len(calls(result, "ut")) == 4  # 2 candidates x 2 given checks, judged (not executed)
+    rates = [c.pass_rate for c in result.final]
+    assert all(r in (0.0, 0.5, 1.0) for r in rates) and rates == sorted(rates, reverse=True)
