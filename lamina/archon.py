@@ -1,7 +1,6 @@
 """Convert an Archon config (its `layers` form or the older flat `models` form) into a Lamina spec dict."""
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,15 +154,11 @@ def convert_archon(config: Any, source: str = "<archon>") -> Conversion:
 
 
 def import_archon_file(path: str | Path) -> Conversion:
+    from lamina.spec import parse_spec, read_spec_file
+
     path = Path(path)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read Archon config ({exc.strerror or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    config = read_spec_file(path, "Archon config")
     conversion = convert_archon(config, str(path))
-    from lamina.spec import parse_spec
 
     parse_spec(conversion.spec, f"{path} (converted)")
     return conversion

@@ -212,12 +212,13 @@ def _check_aliases(spec: ArchSpec, source: str) -> None:
                                     f"expected one of {known}")
 
 
-def read_spec_file(path: str | Path) -> Any:
+def read_spec_file(path: str | Path, what: str = "architecture spec") -> Any:
+    """A YAML (or, by suffix, JSON) file's data; errors name the file and, for syntax errors, line and column."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SpecError(f"{path}: cannot read architecture spec ({exc.strerror or exc})") from None
+        raise SpecError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)

@@ -10,10 +10,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lamina.errors import SpecError
+from lamina.spec import read_spec_file
 from lamina.tasks import datasets, generated
 from lamina.tasks.extract import EXTRACTORS
 from lamina.tasks.scorers import Scorer, make_scorer
@@ -88,13 +88,7 @@ class Task:
     @classmethod
     def from_file(cls, path: str | Path) -> "Task":
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise SpecError(f"{path}: cannot read task spec ({exc.strerror or exc})") from None
-        except yaml.YAMLError as exc:
-            raise SpecError(f"{path}: invalid YAML: {exc}") from None
-        return cls.from_spec(data, str(path), path.parent)
+        return cls.from_spec(read_spec_file(path, "task spec"), str(path), path.parent)
 
     @property
     def name(self) -> str:
