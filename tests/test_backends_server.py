@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from lamina.architecture import Architecture
 from lamina.backends import get_backend
 from lamina.engine.sampling_params import SamplingParams
 from lamina.errors import BackendError
 
+from tests.archs import run_spec
 from tests.serving import serve
 
 pytestmark = pytest.mark.slow
@@ -67,17 +67,6 @@ def test_architecture_over_http_replays_from_cache(server, key, tmp_path):
                                                  "api_key_env": KEY_ENV, "params": {"max_tokens": 8}}},
             "layers": [[{"type": "generate", "samples": 3}], [{"type": "vote", "extract": "number", "keep": "all"}]]}
 
-    def once():
-        arch = Architecture.from_spec(spec, cache=tmp_path / "calls.sqlite")
-
-        async def go():
-            try:
-                return await arch.run(MESSAGES)
-            finally:
-                await arch.aclose()
-
-        return asyncio.run(go())
-
-    first, second = once(), once()
+    first, second = (run_spec(spec, MESSAGES, cache=tmp_path / "calls.sqlite") for _ in range(2))
     assert first.usage.calls == 1 and len(first.candidates) == 3 and first.usage.completion_tokens > 0
     assert second.usage.calls == 0 and second.usage.cached_calls == 1 and second.candidates == first.candidates

@@ -1,14 +1,13 @@
 """SQLite call cache: a second identical run makes zero model calls and returns identical answers."""
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from lamina.architecture import Architecture
 from lamina.backends.base import Completion, TokenLP
 from lamina.cache import CallCache, call_key
 from lamina.engine.sampling_params import SamplingParams
+
+from tests.archs import run_spec
 
 QUESTION = [{"role": "user", "content": "What is 3 + 4?"}]
 
@@ -22,15 +21,7 @@ def spec(tiny_llama_dir):
 
 
 def run_once(spec, cache, messages=QUESTION):
-    arch = Architecture.from_spec(spec, cache=cache)
-
-    async def go():
-        try:
-            return await arch.run(messages)
-        finally:
-            await arch.aclose()
-
-    return asyncio.run(go())
+    return run_spec(spec, messages, cache=cache)
 
 
 def test_replay_makes_zero_calls_and_returns_identical_answers(spec, tmp_path):

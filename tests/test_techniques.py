@@ -14,6 +14,8 @@ from lamina.techniques import Candidate, State
 from lamina.techniques.unit_test import UnitTest
 from lamina.techniques.vote import Vote
 
+from tests.archs import run_spec
+
 QUESTION = [{"role": "user", "content": "What is 2 + 2?"}]
 
 
@@ -25,15 +27,7 @@ def tiny_models(tiny_llama_dir):
 
 
 def run_arch(models, *layers, tests=None, **extra):
-    arch = Architecture.from_spec({"name": "t", "models": models, "layers": list(layers), **extra}, cache=False)
-
-    async def go():
-        try:
-            return await arch.run(QUESTION, tests=tests)
-        finally:
-            await arch.aclose()
-
-    return asyncio.run(go())
+    return run_spec({"name": "t", "models": models, "layers": list(layers), **extra}, QUESTION, tests=tests)
 
 
 def calls(result, component=None):

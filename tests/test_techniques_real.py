@@ -1,13 +1,13 @@
 """Every technique, and every shipped example spec, on the real embedded SmolLM2-135M (short max_tokens)."""
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
-from lamina.architecture import Architecture
 from lamina.spec import read_spec_file
+
+from tests.archs import run_spec
 
 pytestmark = pytest.mark.slow
 
@@ -18,15 +18,7 @@ ADD_TESTS = ["assert add(2, 3) == 5", "assert add(-1, 1) == 0"]
 
 
 def run(spec: dict, messages, tests=None):
-    arch = Architecture.from_spec(spec, cache=False)
-
-    async def go():
-        try:
-            return await arch.run(messages, tests=tests)
-        finally:
-            await arch.aclose()
-
-    return asyncio.run(go())
+    return run_spec(spec, messages, tests=tests)
 
 
 def calls(result, component):

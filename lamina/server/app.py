@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -16,7 +17,7 @@ from lamina.server.metrics import Metrics
 from lamina.server.middleware import HTTPCounter
 from lamina.server.protocol import ChatCompletionRequest, CompletionRequest
 from lamina.server.responses import Call, respond
-from lamina.server.targets import ArchitectureModel, LocalModel, arch_messages_from_prompts
+from lamina.server.targets import ArchitectureModel, Generation, LocalModel, arch_messages_from_prompts
 
 ARCH_PREFIX = "arch:"
 Target = LocalModel | ArchitectureModel
@@ -59,10 +60,8 @@ class Server:
             call = self._call("chat", body, ChatFormat(target.token_text))
             stream = target.generate([target.chat_prompt(messages)], params, call.id)
         else:
-            self._check_arch(body, body.logprobs)
+            stream = self._arch_generate(target, body, messages, wants_logprobs=body.logprobs)
             call = self._call("chat", body, ChatFormat(str))
-            stream = target.generate(messages, body.n, seed=body.seed, tests=body.lamina.tests,
-                                     trace=body.lamina.trace, ignored=body.sampling_fields_set())
         return await respond(call, stream, request, self.admission.acquire(), body.stream)
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
@@ -74,11 +73,9 @@ class Server:
             call = self._call("completions", body, TextFormat(target.token_text))
             stream = target.generate(prompts, params, call.id)
         else:
-            self._check_arch(body, body.logprobs is not None)
+            stream = self._arch_generate(target, body, arch_messages_from_prompts(prompts),
+                                         wants_logprobs=body.logprobs is not None)
             call = self._call("completions", body, TextFormat(str))
-            stream = target.generate(arch_messages_from_prompts(prompts), body.n, seed=body.seed,
-                                     tests=body.lamina.tests, trace=body.lamina.trace,
-                                     ignored=body.sampling_fields_set())
         return await respond(call, stream, request, self.admission.acquire(), body.stream)
 
     def _call(self, endpoint: str, body: ChatCompletionRequest | CompletionRequest, fmt: ChatFormat) -> Call:
@@ -86,9 +83,12 @@ class Server:
         return Call(call_id, body.model, endpoint, fmt, self.metrics, include_usage=body.include_usage)
 
     @staticmethod
-    def _check_arch(body: ChatCompletionRequest | CompletionRequest, wants_logprobs: bool) -> None:
+    def _arch_generate(target: ArchitectureModel, body: ChatCompletionRequest | CompletionRequest,
+                       messages: list[dict[str, str]], wants_logprobs: bool) -> AsyncIterator[Generation]:
         if wants_logprobs:
             raise bad_request(f"model {body.model!r} is an architecture: logprobs are not available", "logprobs")
+        return target.generate(messages, body.n, seed=body.seed, tests=body.lamina.tests, trace=body.lamina.trace,
+                               ignored=body.sampling_fields_set())
 
 
 def create_app(models: dict[str, Any], architectures: dict[str, Any], *, api_key: str | None = None,
