@@ -106,8 +106,10 @@ def test_seeded_sample_independent_of_batch(real_llm):
     others = [f"Question {i}: name a colour." for i in range(31)]
     crowd = real_llm.generate(others[:15] + ["Write a short poem about the sea."] + others[15:],
                               [SamplingParams(temperature=1.0, seed=i, max_tokens=16) for i in range(15)]
-                              + [params] + [SamplingParams(temperature=0.7, max_tokens=8) for _ in range(16)])
-    assert crowd[15].outputs[0].token_ids == alone
+                              + [params] + [SamplingParams(temperature=0.0, max_tokens=8) for _ in range(16)])
+    assert crowd[15].outputs[0].token_ids == alone  # drawn among sampled and greedy batch mates
+    greedy_alone = real_llm.generate(others[15], SamplingParams(temperature=0.0, max_tokens=8))[0]
+    assert crowd[16].outputs[0].token_ids == greedy_alone.outputs[0].token_ids
 
 
 def test_n_with_seed_is_reproducible(real_llm):

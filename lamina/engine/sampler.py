@@ -89,19 +89,22 @@ def _inverse_cdf(probs: Tensor, generators: list[torch.Generator]) -> Tensor:
     return torch.searchsorted(cdf, targets, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
+def _draw(logits: Tensor, seqs: list[Sequence]) -> Tensor:
+    """A sampled token per row, each row filtered by its own parameters and drawn from its own generator."""
+    return _inverse_cdf(_filter(logits, seqs).softmax(-1), [s.generator for s in seqs])
+
+
 def sample(logits: Tensor, seqs: list[Sequence]) -> SampleResult:
     """logits [B, vocab] (float32), one row per sequence in `seqs`."""
     logits = apply_repetition_penalty(logits.float(), seqs)
-    greedy = [s.params.greedy for s in seqs]
-    rows = [row for row, g in enumerate(greedy) if not g]
+    rows = [row for row, seq in enumerate(seqs) if not seq.params.greedy]
     if len(rows) == len(seqs):
-        chosen = _inverse_cdf(_filter(logits, seqs).softmax(-1), [s.generator for s in seqs])
+        chosen = _draw(logits, seqs)
     else:
         chosen = logits.argmax(-1)
-    if rows and len(rows) < len(seqs):
-        index = torch.tensor(rows)
-        probs = _filter(logits[index], [seqs[r] for r in rows]).softmax(-1)
-        chosen[index] = _inverse_cdf(probs, [seqs[r].generator for r in rows])
+        if rows:
+            index = torch.tensor(rows)
+            chosen[index] = _draw(logits[index], [seqs[r] for r in rows])
     result = SampleResult(chosen.tolist())
     want = [s.params.logprobs for s in seqs]
     if any(w is not None for w in want):
