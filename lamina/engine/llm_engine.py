@@ -5,12 +5,15 @@ import itertools
 import os
 import random
 from dataclasses import dataclass, field, fields
+from types import ModuleType
 
 import torch
 
 from lamina.engine.config import EngineConfig
 from lamina.engine.kv_cache import BlockManager, KVCache
 from lamina.engine.model_runner import ModelRunner
+from lamina.engine.kernels import native_kernels
+from lamina.engine.models.block_quant import use_block_quant_linears
 from lamina.engine.models.llama import LlamaForCausalLM
 from lamina.engine.models.cpu_linear import Int8Linear, PackedLinear, packing_available, replace_linears
 from lamina.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
@@ -74,22 +77,43 @@ class LLMEngine:
         self.model.load_hf_weights(loaded.weights)
         self.model.to(dtype=dtype)
         self.model.rope.to(torch.float32)
-        if cfg.quantization == "int8":
-            replace_linears(self.model, Int8Linear)
-        elif cfg.device == "cpu" and dtype == torch.float32 and cfg.pack_weights and packing_available():
-            replace_linears(self.model, PackedLinear)
+        self.linear_backend = self._choose_linears(loaded.quantized, dtype)
         del loaded
         per_block = KVCache.bytes_per_block(mc.num_hidden_layers, cfg.block_size, mc.num_key_value_heads, mc.head_dim, dtype)
         num_blocks = cfg.num_kv_blocks or max(16, int(cfg.kv_cache_memory_gb * 2**30) // per_block)
         self.cache = KVCache(mc.num_hidden_layers, num_blocks, cfg.block_size, mc.num_key_value_heads, mc.head_dim, dtype, cfg.device)
         self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_num_batched_tokens)
-        self.runner = ModelRunner(self.model, self.cache, cfg.block_size)
+        self.runner = ModelRunner(self.model, self.cache, cfg.block_size, self._attention_kernels(dtype))
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(mc.eos_token_ids)
         self.requests: dict[str, Request] = {}
         self.driver: object | None = None  # the AsyncEngine stepping this engine on its thread, if any
         self._ids = itertools.count()
         self._arrivals = itertools.count()
+
+    def _choose_linears(self, quantized: dict, dtype: torch.dtype) -> str:
+        """Swap the model's linears for the fastest exact CPU kind available; returns a line saying which."""
+        cfg = self.config
+        if cfg.quantization == "int8":
+            replace_linears(self.model, Int8Linear)
+            return "int8 (fbgemm, lossy)"
+        if cfg.device != "cpu" or dtype != torch.float32:
+            return f"torch {dtype} on {cfg.device}"
+        kinds = []
+        kernel = native_kernels() if cfg.native_kernels and quantized else None
+        if kernel is not None:
+            swapped = use_block_quant_linears(self.model, quantized, kernel)
+            kinds.append(f"{swapped} from the file's quantized blocks (native kernel)")
+        if cfg.pack_weights and packing_available():
+            replace_linears(self.model, PackedLinear)
+            kinds.append("the rest fp32 packed for oneDNN")
+        return "; ".join(kinds) or "fp32 torch"
+
+    def _attention_kernels(self, dtype: torch.dtype) -> ModuleType | None:
+        cfg, mc = self.config, self.model_config
+        if not cfg.native_kernels or cfg.device != "cpu" or dtype != torch.float32 or mc.head_dim % 8:
+            return None
+        return native_kernels()
 
     @property
     def num_free_blocks(self) -> int:

@@ -1,6 +1,8 @@
 """Turns a scheduled batch into tensors, runs the model and returns the logits of the rows that sample."""
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 from torch import Tensor
 
@@ -12,10 +14,12 @@ from lamina.engine.sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, cache: KVCache, block_size: int) -> None:
+    def __init__(self, model: LlamaForCausalLM, cache: KVCache, block_size: int,
+                 kernels: ModuleType | None = None) -> None:
         self.model = model
         self.cache = cache
         self.block_size = block_size
+        self.kernels = kernels  # native decode attention when set (CPU, fp32, head_dim a multiple of 8)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, copies: list[tuple[int, int]]) -> tuple[list[Sequence], Tensor | None]:
@@ -24,7 +28,8 @@ class ModelRunner:
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        meta = AttentionMetadata(self.cache.k, self.cache.v, slot_mapping=torch.empty(0, dtype=torch.long))
+        meta = AttentionMetadata(self.cache.k, self.cache.v, slot_mapping=torch.empty(0, dtype=torch.long),
+                                 kernels=self.kernels)
         sample_rows: list[int] = []
         samplers: list[Sequence] = []
         for seq, chunk, seq_slots in batch.prefills:
@@ -60,6 +65,9 @@ class ModelRunner:
             tables[row, : len(seq.block_table)] = torch.tensor(seq.block_table)
             lengths[row] = len(seq.token_ids)
         meta.decode_block_tables = tables
+        meta.decode_lengths = lengths
+        if self.kernels is not None:
+            return
         visible = torch.arange(width * self.block_size).unsqueeze(0) < lengths.unsqueeze(1)
         mask = torch.zeros(visible.shape, dtype=self.cache.k[0].dtype).masked_fill_(~visible, float("-inf"))
         meta.decode_mask = mask[None, :, None, :]

@@ -12,7 +12,7 @@ from gguf import quants
 from lamina.engine.config import SUPPORTED_ARCHITECTURES, ModelConfig
 from lamina.engine.loader.gguf_reader import GGUFFile, GGUFTensor
 from lamina.engine.loader.gguf_tokenizer import tokenizer_from_gguf
-from lamina.engine.loader.types import LoadedModel
+from lamina.engine.loader.types import NATIVE_QUANTS, LoadedModel, QuantizedWeight
 from lamina.errors import ModelLoadError, UnsupportedModelError
 
 SUPPORTED_QUANTS = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K})
@@ -29,20 +29,33 @@ _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
     gguf = GGUFFile.open(path)
     config = config_from_gguf(gguf)
-    weights = {}
+    weights, quantized = {}, {}
     for tensor in gguf.tensors.values():
         name = hf_name(gguf.path, tensor.name)
         if name is None:
             continue
+        heads = _permuted_heads(config, name)
         array = dequantize(gguf.path, tensor)
-        if config.architecture in PERMUTED_ARCHITECTURES and name.endswith(("q_proj.weight", "q_proj.bias")):
-            array = unpermute(array, config.num_attention_heads)
-        elif config.architecture in PERMUTED_ARCHITECTURES and name.endswith(("k_proj.weight", "k_proj.bias")):
-            array = unpermute(array, config.num_key_value_heads)
-        weights[name] = torch.from_numpy(array).to(dtype)
+        weights[name] = torch.from_numpy(array if heads is None else unpermute(array, heads)).to(dtype)
+        if Q(tensor.qtype) in NATIVE_QUANTS and len(tensor.shape) == 2:
+            rows = tensor.data.reshape(tensor.shape[0], -1)
+            quantized[name] = QuantizedWeight(Q(tensor.qtype), rows if heads is None else unpermute(rows, heads), tensor.shape)
     if config.tie_word_embeddings:
         weights.pop("lm_head.weight", None)
-    return LoadedModel(config=config, weights=weights, tokenizer=tokenizer_from_gguf(gguf), source=gguf.path)
+        quantized.pop("lm_head.weight", None)
+    return LoadedModel(config=config, weights=weights, tokenizer=tokenizer_from_gguf(gguf), source=gguf.path,
+                       quantized=quantized)
+
+
+def _permuted_heads(config: ModelConfig, name: str) -> int | None:
+    """llama.cpp reorders the Q/K rows of Llama and Mistral; the head count to undo it with, else None."""
+    if config.architecture not in PERMUTED_ARCHITECTURES:
+        return None
+    if name.endswith(("q_proj.weight", "q_proj.bias")):
+        return config.num_attention_heads
+    if name.endswith(("k_proj.weight", "k_proj.bias")):
+        return config.num_key_value_heads
+    return None
 
 
 def hf_name(path: Path, name: str) -> str | None:

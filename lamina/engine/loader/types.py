@@ -1,13 +1,26 @@
 """What a loader returns."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from gguf import GGMLQuantizationType
 
 from lamina.engine.config import ModelConfig
 from lamina.engine.tokenizer import Tokenizer
+
+
+NATIVE_QUANTS = frozenset({GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q8_0})
+
+
+@dataclass(slots=True)
+class QuantizedWeight:
+    """A 2-D tensor as the file stores it: `rows` [out_features, bytes per row] of `qtype` blocks along in_features."""
+    qtype: GGMLQuantizationType
+    rows: np.ndarray
+    shape: tuple[int, int]
 
 
 @dataclass(slots=True)
@@ -16,3 +29,4 @@ class LoadedModel:
     weights: dict[str, torch.Tensor]  # Hugging Face Llama/Qwen2 names; no lm_head.weight when embeddings are tied
     tokenizer: Tokenizer
     source: Path
+    quantized: dict[str, QuantizedWeight] = field(default_factory=dict)  # same names; blocks native kernels can use

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,9 @@ class AttentionMetadata:
     prefills: list[PrefillSegment] = field(default_factory=list)
     decode_start: int = 0  # rows [decode_start, T) are decodes
     decode_block_tables: Tensor | None = None  # [B, max_blocks], padded with any valid block id
-    decode_mask: Tensor | None = None  # [1, B, 1, L], 0 where visible, -inf beyond the context
+    decode_lengths: Tensor | None = None  # [B] context length of every decode, its new token included
+    decode_mask: Tensor | None = None  # [1, B, 1, L], 0 where visible, -inf beyond the context (PyTorch path)
+    kernels: ModuleType | None = None  # native CPU kernels (lamina.engine.kernels), when in use
 
 
 def paged_attention(q: Tensor, k: Tensor, v: Tensor, meta: AttentionMetadata, layer: int, scale: float) -> Tensor:
@@ -69,6 +72,9 @@ def _prefill(q: Tensor, k: Tensor, v: Tensor, seg: PrefillSegment, k_cache: Tens
 
 
 def _decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, meta: AttentionMetadata, scale: float) -> Tensor:
+    if meta.kernels is not None:
+        return meta.kernels.paged_decode_attention(q.contiguous(), k_cache, v_cache, meta.decode_block_tables,
+                                                   meta.decode_lengths, scale)
     batch, heads, dim = q.shape
     kv_heads = k_cache.shape[0]
     tables = meta.decode_block_tables

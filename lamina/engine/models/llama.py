@@ -6,6 +6,7 @@ and writes the paged cache through the step's `AttentionMetadata` (see attention
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -153,25 +154,32 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden)
 
+    def linear_sources(self) -> Iterator[tuple[nn.Module, str, list[str]]]:
+        """Every linear as (parent module, attribute, the Hugging Face weights stacked into it, in order)."""
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            yield layer.self_attn, "qkv_proj", [p + f"self_attn.{n}_proj.weight" for n in "qkv"]
+            yield layer.self_attn, "o_proj", [p + "self_attn.o_proj.weight"]
+            yield layer.mlp, "gate_up_proj", [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
+            yield layer.mlp, "down_proj", [p + "mlp.down_proj.weight"]
+        tied = self.lm_head.weight is self.embed_tokens.weight
+        yield self, "lm_head", ["model.embed_tokens.weight" if tied else "lm_head.weight"]
+
     def load_hf_weights(self, weights: dict[str, Tensor]) -> None:
         """Load Hugging Face-named weights, fusing q/k/v and gate/up projections."""
         get = _WeightGetter(weights)
         self.embed_tokens.weight.copy_(get("model.embed_tokens.weight"))
         self.norm.weight.copy_(get("model.norm.weight"))
-        head = weights.get("lm_head.weight")
-        if head is None or self.config.tie_word_embeddings:
+        if self.config.tie_word_embeddings or "lm_head.weight" not in weights:
             self.lm_head.weight = self.embed_tokens.weight
-        else:
-            self.lm_head.weight.copy_(head)
+        for parent, attr, names in self.linear_sources():
+            linear = getattr(parent, attr)
+            if linear.weight is not self.embed_tokens.weight:
+                linear.weight.copy_(torch.cat([get(name) for name in names]))
+            if linear.bias is not None:
+                linear.bias.copy_(torch.cat([get(name.removesuffix("weight") + "bias") for name in names]))
         for i, layer in enumerate(self.layers):
             p = f"model.layers.{i}."
-            attn = layer.self_attn
-            attn.qkv_proj.weight.copy_(torch.cat([get(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
-            if attn.qkv_proj.bias is not None:
-                attn.qkv_proj.bias.copy_(torch.cat([get(p + f"self_attn.{n}_proj.bias") for n in "qkv"]))
-            attn.o_proj.weight.copy_(get(p + "self_attn.o_proj.weight"))
-            layer.mlp.gate_up_proj.weight.copy_(torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")]))
-            layer.mlp.down_proj.weight.copy_(get(p + "mlp.down_proj.weight"))
             layer.input_layernorm.weight.copy_(get(p + "input_layernorm.weight"))
             layer.post_attention_layernorm.weight.copy_(get(p + "post_attention_layernorm.weight"))
 

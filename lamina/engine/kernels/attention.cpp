@@ -1,0 +1,110 @@
+// Decode attention straight from the paged KV cache: one query token per sequence against its blocks, without
+// gathering them into a contiguous copy first. Each (sequence, kv head) pair is computed on its own, so a
+// sequence's result does not depend on the others in the batch.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// e^x for x <= 0 (scores minus their max): Cody-Waite range reduction and a degree-6 polynomial, < 2 ulp.
+inline __m256 exp_nonpositive(__m256 x) {
+  const __m256 lowest = _mm256_set1_ps(-87.3f);
+  const __m256 underflow = _mm256_cmp_ps(x, lowest, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, lowest);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(scale)));
+}
+
+}  // namespace
+
+// q [B, H, D]; caches [KVH, blocks, block_size, D]; tables [B, W] int64; lengths [B] int64 -> out [B, H, D]
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  const at::Tensor& tables, const at::Tensor& lengths, double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(), "q: contiguous float32 [B, H, D]");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+              k_cache.sizes() == v_cache.sizes() && k_cache.scalar_type() == at::kFloat, "caches: float32 [KVH, N, S, D]");
+  TORCH_CHECK(tables.scalar_type() == at::kLong && tables.is_contiguous() && lengths.scalar_type() == at::kLong,
+              "tables and lengths: int64");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
+  const int64_t KVH = k_cache.size(0), NB = k_cache.size(1), S = k_cache.size(2), W = tables.size(1);
+  TORCH_CHECK(D % 8 == 0 && k_cache.size(3) == D && H % KVH == 0 && tables.size(0) == B && lengths.numel() == B,
+              "shapes do not agree");
+  const int64_t G = H / KVH;
+  const int64_t* tp = tables.data_ptr<int64_t>();
+  const int64_t* lp = lengths.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) TORCH_CHECK(lp[b] > 0 && lp[b] <= W * S, "length beyond the block table");
+  auto out = at::empty_like(q);
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k_cache.data_ptr<float>();
+  const float* vp = v_cache.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float fscale = static_cast<float>(scale);
+  at::parallel_for(0, B * KVH, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    std::vector<float> acc(D);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / KVH, h = item % KVH, L = lp[b];
+      const int64_t padded = (L + 7) / 8 * 8;
+      scores.assign(G * padded, -INFINITY);
+      const float* query = qp + (b * H + h * G) * D;
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t block = tp[b * W + t / S];
+        TORCH_CHECK(block >= 0 && block < NB, "block id out of range");
+        const float* key = kp + ((h * NB + block) * S + t % S) * D;
+        for (int64_t g = 0; g < G; ++g) {
+          __m256 dot = _mm256_setzero_ps();
+          for (int64_t d = 0; d < D; d += 8)
+            dot = _mm256_fmadd_ps(_mm256_loadu_ps(query + g * D + d), _mm256_loadu_ps(key + d), dot);
+          scores[g * padded + t] = hsum(dot) * fscale;
+        }
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        float* s = scores.data() + g * padded;
+        float top = -INFINITY;
+        for (int64_t t = 0; t < L; ++t) top = std::max(top, s[t]);
+        const __m256 shift = _mm256_set1_ps(top);
+        __m256 total = _mm256_setzero_ps();
+        for (int64_t t = 0; t < padded; t += 8) {
+          const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + t), shift));
+          _mm256_storeu_ps(s + t, e);
+          total = _mm256_add_ps(total, e);
+        }
+        const float inv = 1.0f / hsum(total);
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t t = 0; t < L; ++t) {
+          const __m256 p = _mm256_set1_ps(s[t]);
+          const float* value = vp + ((h * NB + tp[b * W + t / S]) * S + t % S) * D;
+          for (int64_t d = 0; d < D; d += 8)
+            _mm256_storeu_ps(acc.data() + d, _mm256_fmadd_ps(p, _mm256_loadu_ps(value + d), _mm256_loadu_ps(acc.data() + d)));
+        }
+        float* dst = op + (b * H + h * G + g) * D;
+        const __m256 vinv = _mm256_set1_ps(inv);
+        for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(dst + d, _mm256_mul_ps(_mm256_loadu_ps(acc.data() + d), vinv));
+      }
+    }
+  });
+  return out;
+}

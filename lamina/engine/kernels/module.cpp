@@ -1,0 +1,13 @@
+// Python bindings of Lamina's native CPU kernels (see qgemm.cpp and attention.cpp).
+#include <torch/extension.h>
+
+torch::Tensor block_quant_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scales,
+                                 const torch::Tensor& offsets, const c10::optional<torch::Tensor>& bias,
+                                 int64_t out_features);
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  const at::Tensor& tables, const at::Tensor& lengths, double scale);
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("block_quant_linear", &block_quant_linear, "y = x W^T + b with W in GGUF block-quantized panels");
+  m.def("paged_decode_attention", &paged_decode_attention, "one query per sequence against its paged KV blocks");
+}

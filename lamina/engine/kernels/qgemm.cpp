@@ -1,0 +1,121 @@
+// y = x W^T + b for fp32 activations x [M, K] and weights W kept in their GGUF block-quantized form.
+//
+// W is stored in panels of P = 16 output rows. For each k, a panel holds the 16 codes of W[n0:n0+16, k]; every
+// block of 32 k's has 16 scales (and, for 4-bit codes, 16 offsets): W[n, k] = scale * code + offset, computed in
+// fp32 exactly as the GGUF reference does (a multiply, then an add; -ffp-contract=off keeps them apart). A panel
+// is expanded to fp32 once into a small buffer, then every row of x is multiplied against it. Each output is one
+// chain of FMAs over k = 0..K-1, the same whatever M is, so a row's result does not depend on its batch mates.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr int P = 16;
+constexpr int QB = 32;
+
+inline void expand_q4(const uint8_t* codes, const float* scales, const float* offsets, int K, float* buf) {
+  const __m128i nibble = _mm_set1_epi8(0x0F);
+  for (int b = 0; b < K / QB; ++b) {
+    const __m256 d0 = _mm256_loadu_ps(scales + b * P), d1 = _mm256_loadu_ps(scales + b * P + 8);
+    const __m256 m0 = _mm256_loadu_ps(offsets + b * P), m1 = _mm256_loadu_ps(offsets + b * P + 8);
+    for (int k = b * QB; k < (b + 1) * QB; ++k) {
+      const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + (size_t)k * (P / 2)));
+      const __m128i bytes = _mm_unpacklo_epi8(_mm_and_si128(packed, nibble),
+                                              _mm_and_si128(_mm_srli_epi16(packed, 4), nibble));
+      const __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+      const __m256 q1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8)));
+      _mm256_store_ps(buf + k * P, _mm256_add_ps(_mm256_mul_ps(d0, q0), m0));
+      _mm256_store_ps(buf + k * P + 8, _mm256_add_ps(_mm256_mul_ps(d1, q1), m1));
+    }
+  }
+}
+
+inline void expand_q8(const int8_t* codes, const float* scales, int K, float* buf) {
+  for (int b = 0; b < K / QB; ++b) {
+    const __m256 d0 = _mm256_loadu_ps(scales + b * P), d1 = _mm256_loadu_ps(scales + b * P + 8);
+    for (int k = b * QB; k < (b + 1) * QB; ++k) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + (size_t)k * P));
+      const __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+      const __m256 q1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)));
+      _mm256_store_ps(buf + k * P, _mm256_mul_ps(d0, q0));
+      _mm256_store_ps(buf + k * P + 8, _mm256_mul_ps(d1, q1));
+    }
+  }
+}
+
+template <int R>
+inline void rows_times_panel(const float* x, int64_t ldx, const float* buf, int K, float* tile) {
+  __m256 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int k = 0; k < K; ++k) {
+    const __m256 w0 = _mm256_load_ps(buf + k * P), w1 = _mm256_load_ps(buf + k * P + 8);
+    for (int r = 0; r < R; ++r) {
+      const __m256 xv = _mm256_broadcast_ss(x + r * ldx + k);
+      acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm256_storeu_ps(tile + r * P, acc[r][0]);
+    _mm256_storeu_ps(tile + r * P + 8, acc[r][1]);
+  }
+}
+
+void all_rows_times_panel(const float* x, int64_t M, int K, const float* buf, float* tile) {
+  int64_t m = 0;
+  for (; m + 6 <= M; m += 6) rows_times_panel<6>(x + m * K, K, buf, K, tile + m * P);
+  const float* xr = x + m * K;
+  float* tr = tile + m * P;
+  switch (M - m) {
+    case 5: rows_times_panel<5>(xr, K, buf, K, tr); break;
+    case 4: rows_times_panel<4>(xr, K, buf, K, tr); break;
+    case 3: rows_times_panel<3>(xr, K, buf, K, tr); break;
+    case 2: rows_times_panel<2>(xr, K, buf, K, tr); break;
+    case 1: rows_times_panel<1>(xr, K, buf, K, tr); break;
+    default: break;
+  }
+}
+
+}  // namespace
+
+at::Tensor block_quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
+                                 const at::Tensor& offsets, const c10::optional<at::Tensor>& bias,
+                                 int64_t out_features) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 [M, K]");
+  TORCH_CHECK(codes.dim() == 3 && codes.is_contiguous() && codes.size(0) * P >= out_features, "codes: [panels, K, bytes]");
+  const int64_t M = x.size(0), panels = codes.size(0);
+  const int K = static_cast<int>(x.size(1));
+  const bool q4 = offsets.numel() > 0;
+  TORCH_CHECK(K % QB == 0 && codes.size(1) == K && codes.size(2) == (q4 ? P / 2 : P), "codes do not match x's K");
+  TORCH_CHECK(scales.is_contiguous() && scales.numel() == panels * (K / QB) * P, "scales: [panels, K/32, 16]");
+  TORCH_CHECK(!q4 || (offsets.is_contiguous() && offsets.numel() == scales.numel()), "offsets: like scales");
+  auto out = at::empty({M, out_features}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const uint8_t* cp = codes.data_ptr<uint8_t>();
+  const float* sp = scales.data_ptr<float>();
+  const float* op = q4 ? offsets.data_ptr<float>() : nullptr;
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* yp = out.data_ptr<float>();
+  const int64_t panel_codes = codes.size(1) * codes.size(2), panel_scales = (K / QB) * P;
+  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> storage(static_cast<size_t>(K) * P + 8 + static_cast<size_t>(M) * P);
+    float* buf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 31) & ~uintptr_t(31));
+    float* tile = buf + static_cast<size_t>(K) * P;
+    for (int64_t p = begin; p < end; ++p) {
+      if (q4) expand_q4(cp + p * panel_codes, sp + p * panel_scales, op + p * panel_scales, K, buf);
+      else expand_q8(reinterpret_cast<const int8_t*>(cp + p * panel_codes), sp + p * panel_scales, K, buf);
+      all_rows_times_panel(xp, M, K, buf, tile);
+      const int64_t n0 = p * P, width = std::min<int64_t>(P, out_features - n0);
+      for (int64_t m = 0; m < M; ++m) {
+        float* row = yp + m * out_features + n0;
+        for (int64_t j = 0; j < width; ++j) row[j] = bp ? tile[m * P + j] + bp[n0 + j] : tile[m * P + j];
+      }
+    }
+  });
+  return out;
+}
