@@ -164,3 +164,53 @@ def test_paged_decode_attention_rejects_bad_input(kernel):
     bad[0, 0] = 10_000
     with pytest.raises(RuntimeError, match="block id out of range"):
         kernel.paged_decode_attention(q, k_cache, v_cache, bad, lens, 1.0)
+
+
+def _torch_sample(logits, temps, top_ks, top_ps, min_ps, draws):
+    """The PyTorch sampler's filters and inverse CDF, and each row's distance from a CDF step (ties are float noise)."""
+    from types import SimpleNamespace
+
+    from lamina.engine.sampler import _filter, _inverse_cdf
+
+    seqs = [SimpleNamespace(params=SimpleNamespace(temperature=t, top_k=k, top_p=p, min_p=m))
+            for t, k, p, m in zip(temps.tolist(), top_ks.tolist(), top_ps.tolist(), min_ps.tolist())]
+    probs = _filter(logits.clone(), seqs).softmax(-1)
+    cdf = probs.double().cumsum(-1)
+    margin = ((cdf - (draws * cdf[:, -1]).unsqueeze(1)).abs() / cdf[:, -1:]).min(-1).values
+    return _inverse_cdf(probs, draws), probs > 0, margin
+
+
+@pytest.mark.parametrize("scale", [0.3, 2.0, 8.0])
+def test_native_sampler_draws_what_the_pytorch_sampler_draws(kernel, scale):
+    gen = torch.Generator().manual_seed(int(scale * 10))
+    rows, vocab = 64, 3000
+    logits = torch.randn(rows, vocab, generator=gen) * scale
+    temps = torch.tensor([0.7, 1.0, 1.3, 0.05] * 16, dtype=torch.float32)
+    top_ks = torch.tensor([0, 0, 40, 5, 0, 1, 0, 0] * 8)
+    top_ps = torch.tensor([1.0, 0.9, 0.95, 1.0, 0.5, 1.0, 0.99, 0.3] * 8, dtype=torch.float32)
+    min_ps = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.05, 0.1] * 8, dtype=torch.float32)
+    draws = torch.rand(rows, generator=gen, dtype=torch.float64)
+    got = kernel.sample_rows(logits, temps, top_ks, top_ps, min_ps, draws)
+    expected, support, margin = _torch_sample(logits, temps, top_ks, top_ps, min_ps, draws)
+    assert bool(support[torch.arange(rows), got].all()), "drew a token the filters exclude"
+    clear = margin > 1e-6
+    assert int(clear.sum()) > rows * 0.9, int(clear.sum())
+    assert torch.equal(got[clear], expected[clear])
+    for row in range(0, rows, 7):
+        alone = kernel.sample_rows(logits[row : row + 1].contiguous(), temps[row : row + 1], top_ks[row : row + 1],
+                                   top_ps[row : row + 1], min_ps[row : row + 1], draws[row : row + 1])
+        assert int(alone) == int(got[row])
+
+
+def test_native_sampler_covers_exactly_the_filtered_support(kernel):
+    """Across a fine grid of draws, a row yields every token the filters keep (with mass above the grid step)."""
+    logits = torch.randn(1, 500, generator=torch.Generator().manual_seed(5)) * 3
+    params = dict(temps=torch.tensor([0.9]), top_ks=torch.tensor([50]), top_ps=torch.tensor([0.8]),
+                  min_ps=torch.tensor([0.01]))
+    grid = (torch.arange(2000, dtype=torch.float64) + 0.5) / 2000
+    tokens = {int(kernel.sample_rows(logits, params["temps"], params["top_ks"], params["top_ps"], params["min_ps"],
+                                     u.view(1))) for u in grid}
+    _, support, _ = _torch_sample(logits, *params.values(), grid[:1])
+    probs = torch.softmax(logits / 0.9, -1)[0]
+    kept = set(support[0].nonzero().squeeze(1).tolist())
+    assert tokens <= kept and {t for t in kept if probs[t] > 2e-3 * probs[list(kept)].sum()} <= tokens

@@ -5,7 +5,6 @@ import itertools
 import os
 import random
 from dataclasses import dataclass, field, fields
-from types import ModuleType
 
 import torch
 
@@ -84,7 +83,9 @@ class LLMEngine:
         self.cache = KVCache(mc.num_hidden_layers, num_blocks, cfg.block_size, mc.num_key_value_heads, mc.head_dim, dtype, cfg.device)
         self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_num_batched_tokens)
-        self.runner = ModelRunner(self.model, self.cache, cfg.block_size, self._attention_kernels(dtype))
+        self.kernels = native_kernels() if cfg.native_kernels and cfg.device == "cpu" and dtype == torch.float32 else None
+        attention_kernels = self.kernels if mc.head_dim % 8 == 0 else None
+        self.runner = ModelRunner(self.model, self.cache, cfg.block_size, attention_kernels)
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(mc.eos_token_ids)
         self.requests: dict[str, Request] = {}
         self.driver: object | None = None  # the AsyncEngine stepping this engine on its thread, if any
@@ -108,12 +109,6 @@ class LLMEngine:
             replace_linears(self.model, PackedLinear)
             kinds.append("the rest fp32 packed for oneDNN")
         return "; ".join(kinds) or "fp32 torch"
-
-    def _attention_kernels(self, dtype: torch.dtype) -> ModuleType | None:
-        cfg, mc = self.config, self.model_config
-        if not cfg.native_kernels or cfg.device != "cpu" or dtype != torch.float32 or mc.head_dim % 8:
-            return None
-        return native_kernels()
 
     @property
     def num_free_blocks(self) -> int:
@@ -195,7 +190,7 @@ class LLMEngine:
         touched: dict[str, Request] = {}
         if samplers:
             samplers, logits = self._fork(samplers, logits)
-            self._append(samplers, sample(logits, samplers))
+            self._append(samplers, sample(logits, samplers, self.kernels))
             for seq in samplers:
                 touched[seq.request_id] = self.requests[seq.request_id]
         outputs = []

@@ -6,6 +6,7 @@ requests share the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -81,30 +82,39 @@ def _outside_nucleus(probs: Tensor, values: Tensor, order: Tensor, top_ps: Tenso
     return torch.ones_like(probs, dtype=torch.bool).scatter_(1, order, ~keep)
 
 
-def _inverse_cdf(probs: Tensor, generators: list[torch.Generator]) -> Tensor:
-    """One uniform draw per row from that row's own generator; the first token whose cumulative mass exceeds it."""
+def _inverse_cdf(probs: Tensor, draws: Tensor) -> Tensor:
+    """Per row, the first token whose cumulative mass exceeds the row's uniform draw (from its own generator)."""
     cdf = probs.cumsum(-1)
-    draws = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
     targets = (draws * cdf[:, -1]).to(cdf.dtype).unsqueeze(1)
     return torch.searchsorted(cdf, targets, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
-def _draw(logits: Tensor, seqs: list[Sequence]) -> Tensor:
+def _uniforms(seqs: list[Sequence]) -> Tensor:
+    return torch.cat([torch.rand(1, generator=s.generator, dtype=torch.float64) for s in seqs])
+
+
+def _draw(logits: Tensor, seqs: list[Sequence], kernels: ModuleType | None) -> Tensor:
     """A sampled token per row, each row filtered by its own parameters and drawn from its own generator."""
-    return _inverse_cdf(_filter(logits, seqs).softmax(-1), [s.generator for s in seqs])
+    if kernels is not None:
+        params = [s.params for s in seqs]
+        return kernels.sample_rows(logits.contiguous(), torch.tensor([p.temperature for p in params], dtype=torch.float32),
+                                   torch.tensor([p.top_k for p in params], dtype=torch.long),
+                                   torch.tensor([p.top_p for p in params], dtype=torch.float32),
+                                   torch.tensor([p.min_p for p in params], dtype=torch.float32), _uniforms(seqs))
+    return _inverse_cdf(_filter(logits, seqs).softmax(-1), _uniforms(seqs))
 
 
-def sample(logits: Tensor, seqs: list[Sequence]) -> SampleResult:
-    """logits [B, vocab] (float32), one row per sequence in `seqs`."""
+def sample(logits: Tensor, seqs: list[Sequence], kernels: ModuleType | None = None) -> SampleResult:
+    """logits [B, vocab] (float32), one row per sequence in `seqs`; `kernels`: the native sampler, if in use."""
     logits = apply_repetition_penalty(logits.float(), seqs)
     rows = [row for row, seq in enumerate(seqs) if not seq.params.greedy]
     if len(rows) == len(seqs):
-        chosen = _draw(logits, seqs)
+        chosen = _draw(logits, seqs, kernels)
     else:
         chosen = logits.argmax(-1)
         if rows:
             index = torch.tensor(rows)
-            chosen[index] = _draw(logits[index], [seqs[r] for r in rows])
+            chosen[index] = _draw(logits[index], [seqs[r] for r in rows], kernels)
     result = SampleResult(chosen.tolist())
     want = [s.params.logprobs for s in seqs]
     if any(w is not None for w in want):

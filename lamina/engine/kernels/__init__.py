@@ -16,13 +16,14 @@ from types import ModuleType
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("module.cpp", "qgemm.cpp", "attention.cpp")]
+SOURCES = [Path(__file__).with_name(name) for name in ("module.cpp", "qgemm.cpp", "attention.cpp", "sampler.cpp")]
+HEADER = Path(__file__).with_name("vec_math.h")
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp"]
 _state: dict[str, object] = {}
 
 
 def module_name() -> str:
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(CFLAGS).encode()
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + [HEADER]) + " ".join(CFLAGS).encode()
                             + torch.__version__.encode()).hexdigest()
     return f"lamina_kernels_{digest[:12]}"
 

@@ -5,40 +5,16 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
-namespace {
+#include "vec_math.h"
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+inline void prefetch_block(const float* start, int64_t floats) {
+  for (int64_t i = 0; i < floats; i += 16) _mm_prefetch(reinterpret_cast<const char*>(start + i), _MM_HINT_T0);
 }
-
-// e^x for x <= 0 (scores minus their max): Cody-Waite range reduction and a degree-6 polynomial, < 2 ulp.
-inline __m256 exp_nonpositive(__m256 x) {
-  const __m256 lowest = _mm256_set1_ps(-87.3f);
-  const __m256 underflow = _mm256_cmp_ps(x, lowest, _CMP_LT_OQ);
-  x = _mm256_max_ps(x, lowest);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(scale)));
-}
-
-}  // namespace
 
 // q [B, H, D]; caches [KVH, blocks, block_size, D]; tables [B, W] int64; lengths [B] int64 -> out [B, H, D]
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -70,15 +46,22 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
       const int64_t padded = (L + 7) / 8 * 8;
       scores.assign(G * padded, -INFINITY);
       const float* query = qp + (b * H + h * G) * D;
-      for (int64_t t = 0; t < L; ++t) {
-        const int64_t block = tp[b * W + t / S];
+      for (int64_t j = 0, t0 = 0; t0 < L; ++j, t0 += S) {
+        const int64_t block = tp[b * W + j];
         TORCH_CHECK(block >= 0 && block < NB, "block id out of range");
-        const float* key = kp + ((h * NB + block) * S + t % S) * D;
-        for (int64_t g = 0; g < G; ++g) {
-          __m256 dot = _mm256_setzero_ps();
-          for (int64_t d = 0; d < D; d += 8)
-            dot = _mm256_fmadd_ps(_mm256_loadu_ps(query + g * D + d), _mm256_loadu_ps(key + d), dot);
-          scores[g * padded + t] = hsum(dot) * fscale;
+        const float* keys = kp + (h * NB + block) * S * D;
+        if (t0 + S < L) prefetch_block(kp + (h * NB + tp[b * W + j + 1]) * S * D, S * D);
+        for (int64_t u = 0, n = std::min(S, L - t0); u < n; ++u) {
+          for (int64_t g = 0; g < G; ++g) {
+            __m256 dot0 = _mm256_setzero_ps(), dot1 = _mm256_setzero_ps();
+            int64_t d = 0;
+            for (; d + 16 <= D; d += 16) {
+              dot0 = _mm256_fmadd_ps(_mm256_loadu_ps(query + g * D + d), _mm256_loadu_ps(keys + u * D + d), dot0);
+              dot1 = _mm256_fmadd_ps(_mm256_loadu_ps(query + g * D + d + 8), _mm256_loadu_ps(keys + u * D + d + 8), dot1);
+            }
+            if (d < D) dot0 = _mm256_fmadd_ps(_mm256_loadu_ps(query + g * D + d), _mm256_loadu_ps(keys + u * D + d), dot0);
+            scores[g * padded + t0 + u] = hsum(_mm256_add_ps(dot0, dot1)) * fscale;
+          }
         }
       }
       for (int64_t g = 0; g < G; ++g) {
@@ -94,11 +77,14 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
         }
         const float inv = 1.0f / hsum(total);
         std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t t = 0; t < L; ++t) {
-          const __m256 p = _mm256_set1_ps(s[t]);
-          const float* value = vp + ((h * NB + tp[b * W + t / S]) * S + t % S) * D;
-          for (int64_t d = 0; d < D; d += 8)
-            _mm256_storeu_ps(acc.data() + d, _mm256_fmadd_ps(p, _mm256_loadu_ps(value + d), _mm256_loadu_ps(acc.data() + d)));
+        for (int64_t j = 0, t0 = 0; t0 < L; ++j, t0 += S) {
+          const float* values = vp + (h * NB + tp[b * W + j]) * S * D;
+          if (t0 + S < L) prefetch_block(vp + (h * NB + tp[b * W + j + 1]) * S * D, S * D);
+          for (int64_t u = 0, n = std::min(S, L - t0); u < n; ++u) {
+            const __m256 p = _mm256_set1_ps(s[t0 + u]);
+            for (int64_t d = 0; d < D; d += 8)
+              _mm256_storeu_ps(acc.data() + d, _mm256_fmadd_ps(p, _mm256_loadu_ps(values + u * D + d), _mm256_loadu_ps(acc.data() + d)));
+          }
         }
         float* dst = op + (b * H + h * G + g) * D;
         const __m256 vinv = _mm256_set1_ps(inv);

@@ -3,8 +3,9 @@
 // W is stored in panels of P = 16 output rows. For each k, a panel holds the 16 codes of W[n0:n0+16, k]; every
 // block of 32 k's has 16 scales (and, for 4-bit codes, 16 offsets): W[n, k] = scale * code + offset, computed in
 // fp32 exactly as the GGUF reference does (a multiply, then an add; -ffp-contract=off keeps them apart). A panel
-// is expanded to fp32 once into a small buffer, then every row of x is multiplied against it. Each output is one
-// chain of FMAs over k = 0..K-1, the same whatever M is, so a row's result does not depend on its batch mates.
+// is expanded to fp32 into a small buffer that every row of x is multiplied against (for up to 4 rows, the expansion
+// is fused into the multiply instead). Each output is one chain of FMAs over k = 0..K-1, the same whatever M is, so a row's result does
+// not depend on its batch mates.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -18,38 +19,69 @@ namespace {
 constexpr int P = 16;
 constexpr int QB = 32;
 
-inline void expand_q4(const uint8_t* codes, const float* scales, const float* offsets, int K, float* buf) {
-  const __m128i nibble = _mm_set1_epi8(0x0F);
-  for (int b = 0; b < K / QB; ++b) {
-    const __m256 d0 = _mm256_loadu_ps(scales + b * P), d1 = _mm256_loadu_ps(scales + b * P + 8);
-    const __m256 m0 = _mm256_loadu_ps(offsets + b * P), m1 = _mm256_loadu_ps(offsets + b * P + 8);
-    for (int k = b * QB; k < (b + 1) * QB; ++k) {
-      const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + (size_t)k * (P / 2)));
-      const __m128i bytes = _mm_unpacklo_epi8(_mm_and_si128(packed, nibble),
-                                              _mm_and_si128(_mm_srli_epi16(packed, 4), nibble));
-      const __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
-      const __m256 q1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8)));
-      _mm256_store_ps(buf + k * P, _mm256_add_ps(_mm256_mul_ps(d0, q0), m0));
-      _mm256_store_ps(buf + k * P + 8, _mm256_add_ps(_mm256_mul_ps(d1, q1), m1));
-    }
+// The fp32 weights W[n0:n0+16, k] of one panel, as two vectors: scale * code (+ offset), multiply then add.
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+template <bool Q4>
+ALWAYS_INLINE void weights_at(const uint8_t* codes, int k, __m256 d0, __m256 d1, __m256 m0, __m256 m1, __m256& w0, __m256& w1) {
+  if (Q4) {
+    const __m128i nibble = _mm_set1_epi8(0x0F);
+    const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + static_cast<size_t>(k) * (P / 2)));
+    const __m128i bytes = _mm_unpacklo_epi8(_mm_and_si128(packed, nibble), _mm_and_si128(_mm_srli_epi16(packed, 4), nibble));
+    w0 = _mm256_add_ps(_mm256_mul_ps(d0, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes))), m0);
+    w1 = _mm256_add_ps(_mm256_mul_ps(d1, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8)))), m1);
+  } else {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + static_cast<size_t>(k) * P));
+    w0 = _mm256_mul_ps(d0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)));
+    w1 = _mm256_mul_ps(d1, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8))));
   }
 }
 
-inline void expand_q8(const int8_t* codes, const float* scales, int K, float* buf) {
+// A few rows (R <= 4) against a panel, expanding the weights on the way: for small batches the expansion then
+// overlaps the FMAs instead of taking a pass of its own.
+template <int R, bool Q4>
+ALWAYS_INLINE void few_rows(const float* x, int64_t ldx, const uint8_t* codes, const float* scales,
+                            const float* offsets, int K, float* tile, int64_t ldt) {
+  __m256 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   for (int b = 0; b < K / QB; ++b) {
     const __m256 d0 = _mm256_loadu_ps(scales + b * P), d1 = _mm256_loadu_ps(scales + b * P + 8);
+    __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
+    if (Q4) m0 = _mm256_loadu_ps(offsets + b * P), m1 = _mm256_loadu_ps(offsets + b * P + 8);
     for (int k = b * QB; k < (b + 1) * QB; ++k) {
-      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + (size_t)k * P));
-      const __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
-      const __m256 q1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)));
-      _mm256_store_ps(buf + k * P, _mm256_mul_ps(d0, q0));
-      _mm256_store_ps(buf + k * P + 8, _mm256_mul_ps(d1, q1));
+      __m256 w0, w1;
+      weights_at<Q4>(codes, k, d0, d1, m0, m1, w0, w1);
+      for (int r = 0; r < R; ++r) {  // written out here, not in a helper: GCC keeps acc in registers only so
+        const __m256 xv = _mm256_broadcast_ss(x + r * ldx + k);
+        acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm256_storeu_ps(tile + r * ldt, acc[r][0]);
+    _mm256_storeu_ps(tile + r * ldt + 8, acc[r][1]);
+  }
+}
+
+// The whole panel expanded to fp32 into `buf` [K][16], for batches that reuse it across many rows.
+template <bool Q4>
+void expand(const uint8_t* codes, const float* scales, const float* offsets, int K, float* buf) {
+  for (int b = 0; b < K / QB; ++b) {
+    const __m256 d0 = _mm256_loadu_ps(scales + b * P), d1 = _mm256_loadu_ps(scales + b * P + 8);
+    __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
+    if (Q4) m0 = _mm256_loadu_ps(offsets + b * P), m1 = _mm256_loadu_ps(offsets + b * P + 8);
+    for (int k = b * QB; k < (b + 1) * QB; ++k) {
+      __m256 w0, w1;
+      weights_at<Q4>(codes, k, d0, d1, m0, m1, w0, w1);
+      _mm256_store_ps(buf + k * P, w0);
+      _mm256_store_ps(buf + k * P + 8, w1);
     }
   }
 }
 
 template <int R>
-inline void rows_times_panel(const float* x, int64_t ldx, const float* buf, int K, float* tile) {
+ALWAYS_INLINE void many_rows(const float* x, int64_t ldx, const float* buf, int K, float* tile, int64_t ldt) {
   __m256 acc[R][2];
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   for (int k = 0; k < K; ++k) {
@@ -61,22 +93,32 @@ inline void rows_times_panel(const float* x, int64_t ldx, const float* buf, int 
     }
   }
   for (int r = 0; r < R; ++r) {
-    _mm256_storeu_ps(tile + r * P, acc[r][0]);
-    _mm256_storeu_ps(tile + r * P + 8, acc[r][1]);
+    _mm256_storeu_ps(tile + r * ldt, acc[r][0]);
+    _mm256_storeu_ps(tile + r * ldt + 8, acc[r][1]);
   }
 }
 
-void all_rows_times_panel(const float* x, int64_t M, int K, const float* buf, float* tile) {
+template <bool Q4>
+void panel_times_rows(const float* x, int64_t M, int K, const uint8_t* codes, const float* scales,
+                      const float* offsets, float* buf, float* tile, int64_t ldt) {
+  switch (M) {
+    case 1: few_rows<1, Q4>(x, K, codes, scales, offsets, K, tile, ldt); return;
+    case 2: few_rows<2, Q4>(x, K, codes, scales, offsets, K, tile, ldt); return;
+    case 3: few_rows<3, Q4>(x, K, codes, scales, offsets, K, tile, ldt); return;
+    case 4: few_rows<4, Q4>(x, K, codes, scales, offsets, K, tile, ldt); return;
+    default: break;
+  }
+  expand<Q4>(codes, scales, offsets, K, buf);
   int64_t m = 0;
-  for (; m + 6 <= M; m += 6) rows_times_panel<6>(x + m * K, K, buf, K, tile + m * P);
+  for (; m + 6 <= M; m += 6) many_rows<6>(x + m * K, K, buf, K, tile + m * ldt, ldt);
   const float* xr = x + m * K;
-  float* tr = tile + m * P;
+  float* tr = tile + m * ldt;
   switch (M - m) {
-    case 5: rows_times_panel<5>(xr, K, buf, K, tr); break;
-    case 4: rows_times_panel<4>(xr, K, buf, K, tr); break;
-    case 3: rows_times_panel<3>(xr, K, buf, K, tr); break;
-    case 2: rows_times_panel<2>(xr, K, buf, K, tr); break;
-    case 1: rows_times_panel<1>(xr, K, buf, K, tr); break;
+    case 5: many_rows<5>(xr, K, buf, K, tr, ldt); break;
+    case 4: many_rows<4>(xr, K, buf, K, tr, ldt); break;
+    case 3: many_rows<3>(xr, K, buf, K, tr, ldt); break;
+    case 2: many_rows<2>(xr, K, buf, K, tr, ldt); break;
+    case 1: many_rows<1>(xr, K, buf, K, tr, ldt); break;
     default: break;
   }
 }
@@ -107,13 +149,15 @@ at::Tensor block_quant_linear(const at::Tensor& x, const at::Tensor& codes, cons
     float* buf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 31) & ~uintptr_t(31));
     float* tile = buf + static_cast<size_t>(K) * P;
     for (int64_t p = begin; p < end; ++p) {
-      if (q4) expand_q4(cp + p * panel_codes, sp + p * panel_scales, op + p * panel_scales, K, buf);
-      else expand_q8(reinterpret_cast<const int8_t*>(cp + p * panel_codes), sp + p * panel_scales, K, buf);
-      all_rows_times_panel(xp, M, K, buf, tile);
       const int64_t n0 = p * P, width = std::min<int64_t>(P, out_features - n0);
+      float* dst = width == P ? yp + n0 : tile;  // a full panel lands in the output directly
+      const int64_t ldt = width == P ? out_features : P;
+      if (q4) panel_times_rows<true>(xp, M, K, cp + p * panel_codes, sp + p * panel_scales, op + p * panel_scales, buf, dst, ldt);
+      else panel_times_rows<false>(xp, M, K, cp + p * panel_codes, sp + p * panel_scales, nullptr, buf, dst, ldt);
       for (int64_t m = 0; m < M; ++m) {
         float* row = yp + m * out_features + n0;
-        for (int64_t j = 0; j < width; ++j) row[j] = bp ? tile[m * P + j] + bp[n0 + j] : tile[m * P + j];
+        if (dst == tile) std::copy(tile + m * P, tile + m * P + width, row);
+        if (bp) for (int64_t j = 0; j < width; ++j) row[j] += bp[n0 + j];
       }
     }
   });
