@@ -214,3 +214,28 @@ def test_native_sampler_covers_exactly_the_filtered_support(kernel):
     probs = torch.softmax(logits / 0.9, -1)[0]
     kept = set(support[0].nonzero().squeeze(1).tolist())
     assert tokens <= kept and {t for t in kept if probs[t] > 2e-3 * probs[list(kept)].sum()} <= tokens
+
+
+def test_native_rms_norm_rope_and_silu_match_pytorch(kernel):
+    from lamina.engine.models.llama import rotate_half
+
+    gen = torch.Generator().manual_seed(7)
+    x, weight = torch.randn(5, 100, generator=gen) * 4, torch.randn(100, generator=gen)
+    torch.testing.assert_close(kernel.rms_norm(x, weight, 1e-5), torch.nn.functional.rms_norm(x, (100,), weight, 1e-5),
+                               rtol=1e-6, atol=1e-6)
+    qkv = torch.randn(6, 9 * 16 + 2 * 3 * 16, generator=gen)
+    q, k = qkv[:, : 9 * 16].view(6, 9, 16), qkv[:, 9 * 16 : 12 * 16].view(6, 3, 16)  # strided views, as in the model
+    cos, sin = torch.randn(50, 16, generator=gen), torch.randn(50, 16, generator=gen)
+    positions = torch.tensor([0, 3, 3, 49, 7, 1])
+    c, s = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
+    expected_q, expected_k = q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
+    untouched = qkv[:, 12 * 16 :].clone()
+    kernel.rope_(q, k, cos, sin, positions)
+    assert torch.equal(q, expected_q) and torch.equal(k, expected_k)  # the same roundings as PyTorch's formula
+    assert torch.equal(qkv[:, 12 * 16 :], untouched)
+    with pytest.raises(RuntimeError, match="position beyond the rotary table"):
+        kernel.rope_(q, k, cos, sin, torch.tensor([0, 1, 2, 3, 4, 50]))
+    gate_up = torch.cat([torch.linspace(-100, 100, 2 * 37).view(2, 37), torch.randn(2, 37, generator=gen)], dim=1)
+    gate, up = gate_up.chunk(2, dim=1)
+    torch.testing.assert_close(kernel.silu_mul(gate_up.contiguous()), torch.nn.functional.silu(gate) * up,
+                               rtol=1e-6, atol=1e-6)

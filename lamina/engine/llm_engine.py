@@ -84,6 +84,8 @@ class LLMEngine:
         self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.kernels = native_kernels() if cfg.native_kernels and cfg.device == "cpu" and dtype == torch.float32 else None
+        if self.kernels is not None:
+            self.model.use_native_ops(self.kernels)
         attention_kernels = self.kernels if mc.head_dim % 8 == 0 else None
         self.runner = ModelRunner(self.model, self.cache, cfg.block_size, attention_kernels)
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(mc.eos_token_ids)

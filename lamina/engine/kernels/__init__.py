@@ -16,7 +16,7 @@ from types import ModuleType
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("module.cpp", "qgemm.cpp", "attention.cpp", "sampler.cpp")]
+SOURCES = [Path(__file__).with_name(name) for name in ("module.cpp", "qgemm.cpp", "attention.cpp", "sampler.cpp", "elementwise.cpp")]
 HEADER = Path(__file__).with_name("vec_math.h")
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp"]
 _state: dict[str, object] = {}

@@ -1,4 +1,4 @@
-// Python bindings of Lamina's native CPU kernels (qgemm.cpp, attention.cpp, sampler.cpp).
+// Python bindings of Lamina's native CPU kernels (qgemm.cpp, attention.cpp, sampler.cpp, elementwise.cpp).
 #include <torch/extension.h>
 
 torch::Tensor block_quant_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scales,
@@ -6,11 +6,18 @@ torch::Tensor block_quant_linear(const torch::Tensor& x, const torch::Tensor& co
                                  int64_t out_features);
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                   const at::Tensor& tables, const at::Tensor& lengths, double scale);
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+void rope_(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin,
+           const at::Tensor& positions);
+at::Tensor silu_mul(const at::Tensor& gate_up);
 at::Tensor sample_rows(const at::Tensor& logits, const at::Tensor& temperatures, const at::Tensor& top_ks,
                        const at::Tensor& top_ps, const at::Tensor& min_ps, const at::Tensor& draws);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("block_quant_linear", &block_quant_linear, "y = x W^T + b with W in GGUF block-quantized panels");
+  m.def("rms_norm", &rms_norm, "x * rsqrt(mean(x^2) + eps) * weight, per row");
+  m.def("rope_", &rope_, "rotary embedding of q and k in place (NeoX halves)");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up for gate_up = [gate | up]");
   m.def("sample_rows", &sample_rows, "one token per row, each with its own filters and uniform draw");
   m.def("paged_decode_attention", &paged_decode_attention, "one query per sequence against its paged KV blocks");
 }

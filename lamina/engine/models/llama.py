@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +63,12 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)
         self.register_buffer("cos", (emb.cos() * mscale).float(), persistent=False)
         self.register_buffer("sin", (emb.sin() * mscale).float(), persistent=False)
+        self.native: ModuleType | None = None
 
     def forward(self, positions: Tensor, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        if self.native is not None:
+            self.native.rope_(q, k, self.cos, self.sin, positions)
+            return q, k
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
         return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
@@ -78,8 +83,11 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
         self.eps = eps
+        self.native: ModuleType | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.native is not None:
+            return self.native.rms_norm(x.contiguous(), self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
@@ -115,8 +123,11 @@ class MLP(nn.Module):
         self.intermediate = config.intermediate_size
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.native: ModuleType | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.native is not None:
+            return self.down_proj(self.native.silu_mul(self.gate_up_proj(x)))
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
@@ -153,6 +164,12 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden)
+
+    def use_native_ops(self, kernels: ModuleType) -> None:
+        """Run RMSNorm, RoPE and SiLU-and-multiply with the native CPU kernels (fp32, CPU tensors)."""
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, RotaryEmbedding, MLP)):
+                module.native = kernels
 
     def linear_sources(self) -> Iterator[tuple[nn.Module, str, list[str]]]:
         """Every linear as (parent module, attribute, the Hugging Face weights stacked into it, in order)."""
