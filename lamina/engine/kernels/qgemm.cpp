@@ -1,11 +1,12 @@
 // y = x W^T + b for fp32 activations x [M, K] and weights W kept in their GGUF block-quantized form.
 //
-// W is stored in panels of P = 16 output rows. For each k, a panel holds the 16 codes of W[n0:n0+16, k]; every
-// block of 32 k's has 16 scales (and, for 4-bit codes, 16 offsets): W[n, k] = scale * code + offset, computed in
-// fp32 exactly as the GGUF reference does (a multiply, then an add; -ffp-contract=off keeps them apart). A panel
-// is expanded to fp32 into a small buffer that every row of x is multiplied against (for up to 4 rows, the expansion
-// is fused into the multiply instead). Each output is one chain of FMAs over k = 0..K-1, the same whatever M is, so a row's result does
-// not depend on its batch mates.
+// W is stored in panels of P = 16 output rows. For each k, a panel holds the 16 codes of W[n0:n0+16, k] (4-bit
+// codes two to a byte: output j in the low nibble of byte j, output j + 8 in its high nibble); every block of 32
+// k's has 16 scales (and, for 4-bit codes, 16 offsets): W[n, k] = scale * code + offset, computed in fp32 exactly
+// as the GGUF reference does (a multiply, then an add; -ffp-contract=off keeps them apart). A panel is expanded to
+// fp32 into a small buffer that every row of x is multiplied against (for up to 4 rows the expansion is fused into
+// the multiply instead). Each output is one chain of FMAs over k = 0..K-1, the same whatever M is, so a row's
+// result does not depend on its batch mates.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -25,11 +26,11 @@ constexpr int QB = 32;
 template <bool Q4>
 ALWAYS_INLINE void weights_at(const uint8_t* codes, int k, __m256 d0, __m256 d1, __m256 m0, __m256 m1, __m256& w0, __m256& w1) {
   if (Q4) {
-    const __m128i nibble = _mm_set1_epi8(0x0F);
-    const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + static_cast<size_t>(k) * (P / 2)));
-    const __m128i bytes = _mm_unpacklo_epi8(_mm_and_si128(packed, nibble), _mm_and_si128(_mm_srli_epi16(packed, 4), nibble));
-    w0 = _mm256_add_ps(_mm256_mul_ps(d0, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes))), m0);
-    w1 = _mm256_add_ps(_mm256_mul_ps(d1, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8)))), m1);
+    // byte j holds output j's code in its low nibble and output j + 8's in its high nibble
+    const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + static_cast<size_t>(k) * (P / 2))));
+    const __m256i low = _mm256_and_si256(bytes, _mm256_set1_epi32(0x0F)), high = _mm256_srli_epi32(bytes, 4);
+    w0 = _mm256_add_ps(_mm256_mul_ps(d0, _mm256_cvtepi32_ps(low)), m0);
+    w1 = _mm256_add_ps(_mm256_mul_ps(d1, _mm256_cvtepi32_ps(high)), m1);
   } else {
     const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + static_cast<size_t>(k) * P));
     w0 = _mm256_mul_ps(d0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)));

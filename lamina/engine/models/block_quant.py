@@ -74,7 +74,7 @@ class BlockQuantLinear(nn.Module):
         rows = -(-self.out_features // PANEL) * PANEL
         panel_codes = _panels(codes, rows)
         if pieces[0].four_bit:
-            panel_codes = panel_codes[..., 0::2] | (panel_codes[..., 1::2] << 4)
+            panel_codes = panel_codes[..., : PANEL // 2] | (panel_codes[..., PANEL // 2 :] << 4)
             offsets = torch.from_numpy(_panels(np.concatenate([p.offsets for p in pieces]), rows))
         else:
             offsets = torch.empty(0)
