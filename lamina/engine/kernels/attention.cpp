@@ -16,6 +16,34 @@ inline void prefetch_block(const float* start, int64_t floats) {
   for (int64_t i = 0; i < floats; i += 16) _mm_prefetch(reinterpret_cast<const char*>(start + i), _MM_HINT_T0);
 }
 
+struct ValueWalk {
+  const float* values;  // this kv head's [blocks, block_size, D]
+  const int64_t* table;
+  int64_t length, block_size, dim;
+};
+
+// out[g, d0 : d0 + 8 NV] = sum over t of probs[g, t] * V[t, d0 : d0 + 8 NV], for G heads sharing the kv head: each
+// value row is loaded once for all G heads, and the G x NV sums stay in registers (one chain over t each).
+template <int G, int NV>
+void weighted_values(const ValueWalk& w, const float* probs, int64_t padded, int64_t d0, float* out) {
+  __m256 acc[G][NV];
+  for (int g = 0; g < G; ++g)
+    for (int v = 0; v < NV; ++v) acc[g][v] = _mm256_setzero_ps();
+  for (int64_t j = 0, t0 = 0; t0 < w.length; ++j, t0 += w.block_size) {
+    const float* block = w.values + w.table[j] * w.block_size * w.dim + d0;
+    if (t0 + w.block_size < w.length) prefetch_block(w.values + w.table[j + 1] * w.block_size * w.dim, w.block_size * w.dim);
+    for (int64_t u = 0, n = std::min(w.block_size, w.length - t0); u < n; ++u) {
+      for (int g = 0; g < G; ++g) {
+        const __m256 p = _mm256_set1_ps(probs[g * padded + t0 + u]);
+        for (int v = 0; v < NV; ++v)
+          acc[g][v] = _mm256_fmadd_ps(p, _mm256_loadu_ps(block + u * w.dim + 8 * v), acc[g][v]);
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(out + g * w.dim + d0 + 8 * v, acc[g][v]);
+}
+
 // q [B, H, D]; caches [KVH, blocks, block_size, D]; tables [B, W] int64; lengths [B] int64 -> out [B, H, D]
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                   const at::Tensor& tables, const at::Tensor& lengths, double scale) {
@@ -40,7 +68,6 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   const float fscale = static_cast<float>(scale);
   at::parallel_for(0, B * KVH, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
-    std::vector<float> acc(D);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / KVH, h = item % KVH, L = lp[b];
       const int64_t padded = (L + 7) / 8 * 8;
@@ -64,6 +91,7 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
           }
         }
       }
+      std::vector<float> inv(G);
       for (int64_t g = 0; g < G; ++g) {
         float* s = scores.data() + g * padded;
         float top = -INFINITY;
@@ -75,20 +103,24 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
           _mm256_storeu_ps(s + t, e);
           total = _mm256_add_ps(total, e);
         }
-        const float inv = 1.0f / hsum(total);
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t j = 0, t0 = 0; t0 < L; ++j, t0 += S) {
-          const float* values = vp + (h * NB + tp[b * W + j]) * S * D;
-          if (t0 + S < L) prefetch_block(vp + (h * NB + tp[b * W + j + 1]) * S * D, S * D);
-          for (int64_t u = 0, n = std::min(S, L - t0); u < n; ++u) {
-            const __m256 p = _mm256_set1_ps(s[t0 + u]);
-            for (int64_t d = 0; d < D; d += 8)
-              _mm256_storeu_ps(acc.data() + d, _mm256_fmadd_ps(p, _mm256_loadu_ps(values + u * D + d), _mm256_loadu_ps(acc.data() + d)));
-          }
+        inv[g] = 1.0f / hsum(total);
+      }
+      const ValueWalk walk{vp + h * NB * S * D, tp + b * W, L, S, D};
+      float* dst = op + (b * H + h * G) * D;
+      for (int64_t g0 = 0; g0 < G; g0 += 3) {
+        const int64_t heads = std::min<int64_t>(3, G - g0);
+        const float* probs = scores.data() + g0 * padded;
+        for (int64_t d0 = 0; d0 < D;) {
+          const bool wide = d0 + 32 <= D;
+          if (heads == 3) wide ? weighted_values<3, 4>(walk, probs, padded, d0, dst + g0 * D) : weighted_values<3, 1>(walk, probs, padded, d0, dst + g0 * D);
+          else if (heads == 2) wide ? weighted_values<2, 4>(walk, probs, padded, d0, dst + g0 * D) : weighted_values<2, 1>(walk, probs, padded, d0, dst + g0 * D);
+          else wide ? weighted_values<1, 4>(walk, probs, padded, d0, dst + g0 * D) : weighted_values<1, 1>(walk, probs, padded, d0, dst + g0 * D);
+          d0 += wide ? 32 : 8;
         }
-        float* dst = op + (b * H + h * G + g) * D;
-        const __m256 vinv = _mm256_set1_ps(inv);
-        for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(dst + d, _mm256_mul_ps(_mm256_loadu_ps(acc.data() + d), vinv));
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        const __m256 vinv = _mm256_set1_ps(inv[g]);
+        for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(dst + g * D + d, _mm256_mul_ps(_mm256_loadu_ps(dst + g * D + d), vinv));
       }
     }
   });
