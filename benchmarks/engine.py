@@ -97,8 +97,8 @@ def main() -> None:
     parser.add_argument("--single-tokens", type=int, default=128, help="tokens for the single-stream row")
     parser.add_argument("--ns", default="1,8,32,64")
     parser.add_argument("--quantization", choices=["int8"], help="also measure Lamina with int8 linears (lossy)")
-    parser.add_argument("--skip-fp32-weights", action="store_true",
-                        help="skip Lamina with dequantized fp32 weights on oneDNN (native_kernels=False)")
+    parser.add_argument("--skip-torch-only", action="store_true",
+                        help="skip Lamina without its native CPU kernels (native_kernels=False: PyTorch ops, fp32 weights)")
     parser.add_argument("--skip-peer", action="store_true", help="measure Lamina only")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine"), help="writes OUT.json, OUT.png")
@@ -107,12 +107,12 @@ def main() -> None:
     ns = [int(x) for x in args.ns.split(",")]
 
     engines = {"lamina": LLM("default", num_threads=args.threads)}
-    if not args.skip_fp32_weights:
-        engines["lamina fp32-weights"] = LLM("default", num_threads=args.threads, native_kernels=False)
+    if not args.skip_torch_only:
+        engines["lamina torch-only"] = LLM("default", num_threads=args.threads, native_kernels=False)
     if args.quantization:
         engines[f"lamina {args.quantization}"] = LLM("default", num_threads=args.threads, quantization=args.quantization)
     for name, engine in engines.items():
-        print(f"  {name}: linears = {engine.engine.linear_backend}")
+        print(f"  {name}: {engine.engine.linear_backend}")
     llm = engines["lamina"]
     prompt_ids = llm.tokenizer.encode(llm.tokenizer.apply_chat_template(PROMPT))
     hf = None

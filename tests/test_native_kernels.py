@@ -97,8 +97,8 @@ def test_engine_on_block_quantized_gguf_equals_fp32_path(kernel, tmp_path, arch,
     path = write_gguf(tmp_path / f"{arch}.gguf", arch, weights, permute=arch == "llama", types=_block_typed)
     native = LLM(str(path), num_kv_blocks=64, block_size=4)
     fp32 = LLM(str(path), num_kv_blocks=64, block_size=4, native_kernels=False)
-    assert native.engine.linear_backend.startswith("9 from the file's quantized blocks")  # 2 layers x 4 + lm_head
-    assert "quantized" not in fp32.engine.linear_backend
+    assert native.engine.linear_backend == "linears: 9 native from the file's quantized blocks"  # 2 layers x 4 + head
+    assert fp32.engine.linear_backend == "linears: 9 fp32 packed for oneDNN"
     prompts = ["the the", "he the t"]
     greedy = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=3)
     for a, b in zip(native.generate(prompts, greedy), fp32.generate(prompts, greedy)):

@@ -99,18 +99,20 @@ class LLMEngine:
         cfg = self.config
         if cfg.quantization == "int8":
             replace_linears(self.model, Int8Linear)
-            return "int8 (fbgemm, lossy)"
+            return "linears: int8 (fbgemm, lossy)"
         if cfg.device != "cpu" or dtype != torch.float32:
-            return f"torch {dtype} on {cfg.device}"
+            return f"linears: torch {dtype} on {cfg.device}"
         kinds = []
         kernel = native_kernels() if cfg.native_kernels and quantized else None
         if kernel is not None:
-            swapped = use_block_quant_linears(self.model, quantized, kernel)
-            kinds.append(f"{swapped} from the file's quantized blocks (native kernel)")
-        if cfg.pack_weights and packing_available():
+            kinds.append(f"{use_block_quant_linears(self.model, quantized, kernel)} native from the file's quantized blocks")
+        remaining = sum(isinstance(m, torch.nn.Linear) for m in self.model.modules())
+        if remaining and cfg.pack_weights and packing_available():
             replace_linears(self.model, PackedLinear)
-            kinds.append("the rest fp32 packed for oneDNN")
-        return "; ".join(kinds) or "fp32 torch"
+            kinds.append(f"{remaining} fp32 packed for oneDNN")
+        elif remaining:
+            kinds.append(f"{remaining} fp32 torch")
+        return "linears: " + "; ".join(kinds)
 
     @property
     def num_free_blocks(self) -> int:
