@@ -38,12 +38,29 @@ ALWAYS_INLINE void weights_at(const uint8_t* codes, int k, __m256 d0, __m256 d1,
   }
 }
 
+// acc[r] += x[r, k] * (w0, w1) for R rows, and the R x 16 results stored. Macros, not functions: passed to a helper
+// by reference, GCC keeps the accumulators on the stack instead of in registers (2x slower).
+#define ROWS_FMA(R, x, ldx, k, w0, w1, acc)                      \
+  _Pragma("GCC unroll 8")                                        \
+  for (int r = 0; r < (R); ++r) {                                \
+    const __m256 xv = _mm256_broadcast_ss((x) + r * (ldx) + (k)); \
+    acc[r][0] = _mm256_fmadd_ps(xv, (w0), acc[r][0]);            \
+    acc[r][1] = _mm256_fmadd_ps(xv, (w1), acc[r][1]);            \
+  }
+#define ROWS_STORE(R, acc, tile, ldt)                     \
+  _Pragma("GCC unroll 8")                                 \
+  for (int r = 0; r < (R); ++r) {                         \
+    _mm256_storeu_ps((tile) + r * (ldt), acc[r][0]);      \
+    _mm256_storeu_ps((tile) + r * (ldt) + 8, acc[r][1]);  \
+  }
+
 // A few rows (R <= 4) against a panel, expanding the weights on the way: for small batches the expansion then
 // overlaps the FMAs instead of taking a pass of its own.
 template <int R, bool Q4>
 ALWAYS_INLINE void few_rows(const float* x, int64_t ldx, const uint8_t* codes, const float* scales,
                             const float* offsets, int K, float* tile, int64_t ldt) {
   __m256 acc[R][2];
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   for (int b = 0; b < K / QB; ++b) {
     const __m256 d0 = _mm256_loadu_ps(scales + b * P), d1 = _mm256_loadu_ps(scales + b * P + 8);
@@ -52,17 +69,10 @@ ALWAYS_INLINE void few_rows(const float* x, int64_t ldx, const uint8_t* codes, c
     for (int k = b * QB; k < (b + 1) * QB; ++k) {
       __m256 w0, w1;
       weights_at<Q4>(codes, k, d0, d1, m0, m1, w0, w1);
-      for (int r = 0; r < R; ++r) {  // written out here, not in a helper: GCC keeps acc in registers only so
-        const __m256 xv = _mm256_broadcast_ss(x + r * ldx + k);
-        acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
-      }
+      ROWS_FMA(R, x, ldx, k, w0, w1, acc);
     }
   }
-  for (int r = 0; r < R; ++r) {
-    _mm256_storeu_ps(tile + r * ldt, acc[r][0]);
-    _mm256_storeu_ps(tile + r * ldt + 8, acc[r][1]);
-  }
+  ROWS_STORE(R, acc, tile, ldt);
 }
 
 // The whole panel expanded to fp32 into `buf` [K][16], for batches that reuse it across many rows.
@@ -84,19 +94,13 @@ void expand(const uint8_t* codes, const float* scales, const float* offsets, int
 template <int R>
 ALWAYS_INLINE void many_rows(const float* x, int64_t ldx, const float* buf, int K, float* tile, int64_t ldt) {
   __m256 acc[R][2];
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
   for (int k = 0; k < K; ++k) {
     const __m256 w0 = _mm256_load_ps(buf + k * P), w1 = _mm256_load_ps(buf + k * P + 8);
-    for (int r = 0; r < R; ++r) {
-      const __m256 xv = _mm256_broadcast_ss(x + r * ldx + k);
-      acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
-      acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
-    }
+    ROWS_FMA(R, x, ldx, k, w0, w1, acc);
   }
-  for (int r = 0; r < R; ++r) {
-    _mm256_storeu_ps(tile + r * ldt, acc[r][0]);
-    _mm256_storeu_ps(tile + r * ldt + 8, acc[r][1]);
-  }
+  ROWS_STORE(R, acc, tile, ldt);
 }
 
 template <bool Q4>
