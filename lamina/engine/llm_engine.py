@@ -76,16 +76,16 @@ class LLMEngine:
         self.model.load_hf_weights(loaded.weights)
         self.model.to(dtype=dtype)
         self.model.rope.to(torch.float32)
+        self.kernels = native_kernels() if cfg.native_kernels and cfg.device == "cpu" and dtype == torch.float32 else None
         self.linear_backend = self._choose_linears(loaded.quantized, dtype)
+        if self.kernels is not None:
+            self.model.use_native_ops(self.kernels)
         del loaded
         per_block = KVCache.bytes_per_block(mc.num_hidden_layers, cfg.block_size, mc.num_key_value_heads, mc.head_dim, dtype)
         num_blocks = cfg.num_kv_blocks or max(16, int(cfg.kv_cache_memory_gb * 2**30) // per_block)
         self.cache = KVCache(mc.num_hidden_layers, num_blocks, cfg.block_size, mc.num_key_value_heads, mc.head_dim, dtype, cfg.device)
         self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_num_batched_tokens)
-        self.kernels = native_kernels() if cfg.native_kernels and cfg.device == "cpu" and dtype == torch.float32 else None
-        if self.kernels is not None:
-            self.model.use_native_ops(self.kernels)
         attention_kernels = self.kernels if mc.head_dim % 8 == 0 else None
         self.runner = ModelRunner(self.model, self.cache, cfg.block_size, attention_kernels)
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(mc.eos_token_ids)
@@ -103,9 +103,8 @@ class LLMEngine:
         if cfg.device != "cpu" or dtype != torch.float32:
             return f"linears: torch {dtype} on {cfg.device}"
         kinds = []
-        kernel = native_kernels() if cfg.native_kernels and quantized else None
-        if kernel is not None:
-            kinds.append(f"{use_block_quant_linears(self.model, quantized, kernel)} native from the file's quantized blocks")
+        if self.kernels is not None and quantized:
+            kinds.append(f"{use_block_quant_linears(self.model, quantized, self.kernels)} native from the file's quantized blocks")
         remaining = sum(isinstance(m, torch.nn.Linear) for m in self.model.modules())
         if remaining and cfg.pack_weights and packing_available():
             replace_linears(self.model, PackedLinear)
