@@ -22,6 +22,7 @@ constexpr int QB = 32;
 
 // The fp32 weights W[n0:n0+16, k] of one panel, as two vectors: scale * code (+ offset), multiply then add.
 #define ALWAYS_INLINE inline __attribute__((always_inline))
+#define ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
 
 template <bool Q4>
 ALWAYS_INLINE void weights_at(const uint8_t* codes, int k, __m256 d0, __m256 d1, __m256 m0, __m256 m1, __m256& w0, __m256& w1) {
@@ -54,6 +55,21 @@ ALWAYS_INLINE void weights_at(const uint8_t* codes, int k, __m256 d0, __m256 d1,
     _mm256_storeu_ps((tile) + r * (ldt) + 8, acc[r][1]);  \
   }
 
+// Every k of a panel in order, with the panel's weights at k as two vectors (16 outputs).
+template <bool Q4, typename Body>
+ALWAYS_INLINE void for_each_k(const uint8_t* codes, const float* scales, const float* offsets, int K, Body&& body) {
+  for (int b = 0; b < K / QB; ++b) {
+    const __m256 d0 = _mm256_loadu_ps(scales + b * P), d1 = _mm256_loadu_ps(scales + b * P + 8);
+    __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
+    if (Q4) m0 = _mm256_loadu_ps(offsets + b * P), m1 = _mm256_loadu_ps(offsets + b * P + 8);
+    for (int k = b * QB; k < (b + 1) * QB; ++k) {
+      __m256 w0, w1;
+      weights_at<Q4>(codes, k, d0, d1, m0, m1, w0, w1);
+      body(k, w0, w1);
+    }
+  }
+}
+
 // A few rows (R <= 4) against a panel, expanding the weights on the way: for small batches the expansion then
 // overlaps the FMAs instead of taking a pass of its own.
 template <int R, bool Q4>
@@ -62,33 +78,19 @@ ALWAYS_INLINE void few_rows(const float* x, int64_t ldx, const uint8_t* codes, c
   __m256 acc[R][2];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-  for (int b = 0; b < K / QB; ++b) {
-    const __m256 d0 = _mm256_loadu_ps(scales + b * P), d1 = _mm256_loadu_ps(scales + b * P + 8);
-    __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
-    if (Q4) m0 = _mm256_loadu_ps(offsets + b * P), m1 = _mm256_loadu_ps(offsets + b * P + 8);
-    for (int k = b * QB; k < (b + 1) * QB; ++k) {
-      __m256 w0, w1;
-      weights_at<Q4>(codes, k, d0, d1, m0, m1, w0, w1);
-      ROWS_FMA(R, x, ldx, k, w0, w1, acc);
-    }
-  }
+  for_each_k<Q4>(codes, scales, offsets, K, [&](int k, __m256 w0, __m256 w1) ALWAYS_INLINE_LAMBDA {
+    ROWS_FMA(R, x, ldx, k, w0, w1, acc);
+  });
   ROWS_STORE(R, acc, tile, ldt);
 }
 
 // The whole panel expanded to fp32 into `buf` [K][16], for batches that reuse it across many rows.
 template <bool Q4>
 void expand(const uint8_t* codes, const float* scales, const float* offsets, int K, float* buf) {
-  for (int b = 0; b < K / QB; ++b) {
-    const __m256 d0 = _mm256_loadu_ps(scales + b * P), d1 = _mm256_loadu_ps(scales + b * P + 8);
-    __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
-    if (Q4) m0 = _mm256_loadu_ps(offsets + b * P), m1 = _mm256_loadu_ps(offsets + b * P + 8);
-    for (int k = b * QB; k < (b + 1) * QB; ++k) {
-      __m256 w0, w1;
-      weights_at<Q4>(codes, k, d0, d1, m0, m1, w0, w1);
-      _mm256_store_ps(buf + k * P, w0);
-      _mm256_store_ps(buf + k * P + 8, w1);
-    }
-  }
+  for_each_k<Q4>(codes, scales, offsets, K, [&](int k, __m256 w0, __m256 w1) ALWAYS_INLINE_LAMBDA {
+    _mm256_store_ps(buf + k * P, w0);
+    _mm256_store_ps(buf + k * P + 8, w1);
+  });
 }
 
 template <int R>
