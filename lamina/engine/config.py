@@ -75,7 +75,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     num_threads: int | None = None
     dtype: str = "float32"
-    native_kernels: bool = True  # CPU fp32: C++ kernels for GEMMs on a GGUF's Q4_0/Q4_1/Q8_0 blocks and decode attention
+    native_kernels: bool = True  # CPU fp32: C++ kernels (GEMMs on GGUF Q4_0/Q4_1/Q8_0 blocks, attention, sampler, norms)
     pack_weights: bool = True  # CPU fp32: linear weights pre-packed for oneDNN (faster, batch-invariant rows)
     quantization: str | None = None  # None (exact fp32) or "int8" (CPU: int8 GEMMs, faster, slightly lossy)
     device: str = "cpu"

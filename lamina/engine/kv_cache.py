@@ -27,8 +27,8 @@ class Block:
 class KVCache:
     """The tensors: per layer, keys and values of shape [kv_heads, num_blocks, block_size, head_dim].
 
-    Head-major, so that gathering a batch's slots (`slots(layer_cache)[:, slot_ids]`) yields each head's keys
-    contiguous in one copy, ready for a batched matmul.
+    Head-major: the native decode kernel reads a (kv head, block) run contiguously, and the PyTorch path gathers a
+    batch's slots per head in one copy, ready for a batched matmul.
     """
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,

@@ -23,8 +23,10 @@ _state: dict[str, object] = {}
 
 
 def module_name() -> str:
+    """Named by the sources, flags, torch version and checkout: torch's builder rebuilds a module whose recorded
+    source paths differ, so two checkouts sharing one name would rebuild each other's copy on every start."""
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + [HEADER]) + " ".join(CFLAGS).encode()
-                            + torch.__version__.encode()).hexdigest()
+                            + torch.__version__.encode() + str(SOURCES[0].parent).encode()).hexdigest()
     return f"lamina_kernels_{digest[:12]}"
 
 
@@ -66,6 +68,6 @@ def _build() -> ModuleType | None:
     except Exception as exc:  # no compiler, no ninja, a failed build: fall back, and say why
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         _state["reason"] = f"building the C++ kernels failed: {first_line}"
-        print(f"lamina: native CPU kernels unavailable ({_state['reason']}); using PyTorch linears", file=sys.stderr)
+        print(f"lamina: native CPU kernels unavailable ({_state['reason']}); using PyTorch ops", file=sys.stderr)
         return None
 
