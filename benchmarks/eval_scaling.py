@@ -14,9 +14,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lamina.architecture import Architecture  # noqa: E402
-from lamina.tasks.harness import EvalOptions, evaluate  # noqa: E402
-from lamina.tasks.stats import RunSummary  # noqa: E402
-from lamina.tasks.store import RunStore  # noqa: E402
+from lamina.eval.harness import EvalOptions, evaluate  # noqa: E402
+from lamina.eval.stats import RunSummary  # noqa: E402
+from lamina.eval.store import RunStore  # noqa: E402
 from lamina.tasks.task import load_task  # noqa: E402
 
 MATH_TASK, CODE_TASK = "arith-1", "code-2"

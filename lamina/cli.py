@@ -11,7 +11,7 @@ from lamina.errors import LaminaError
 COMMAND_MODULES = (
     "lamina.engine.cli",  # generate, chat, bench
     "lamina.architecture_cli",  # run, import-archon
-    "lamina.tasks.cli",  # eval, report
+    "lamina.eval.cli",  # eval, report
     "lamina.server.cli",  # serve
 )
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lamina.tasks.extract import (extract, extract_boxed, extract_choice, extract_code, extract_grid, extract_number,
+from lamina.answers.extract import (extract, extract_boxed, extract_choice, extract_code, extract_grid, extract_number,
                                   extract_phrase)
 
 

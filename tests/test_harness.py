@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from lamina.errors import SpecError
-from lamina.tasks.harness import EvalOptions, evaluate, first_layer_samples
-from lamina.tasks.stats import pass_at_k, summarize, wilson_interval
-from lamina.tasks.store import ResultRow, RunStore
+from lamina.eval.harness import EvalOptions, evaluate, first_layer_samples
+from lamina.eval.stats import pass_at_k, summarize, wilson_interval
+from lamina.eval.store import ResultRow, RunStore
 from lamina.tasks.task import load_task
 
 
@@ -57,7 +57,7 @@ def test_pass_at_k_survives_an_errored_example():
 def test_resume_with_a_different_scorer_is_refused(tmp_path):
     from types import SimpleNamespace
 
-    from lamina.tasks.harness import run_config
+    from lamina.eval.harness import run_config
 
     spec = SimpleNamespace(model_dump_json=lambda: "{}", model_dump=lambda mode: {}, seed=0)
     arch, task, options = SimpleNamespace(name="a", spec=spec), load_task("arith-1"), EvalOptions(limit=2)

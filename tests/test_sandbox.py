@@ -8,7 +8,7 @@ import time
 import pytest
 
 from lamina.errors import SandboxError
-from lamina.tasks.sandbox import execute_tests, network_isolated, run_code
+from lamina.sandbox import execute_tests, network_isolated, run_code
 
 
 def test_runs_code_with_stdin_and_captures_output():

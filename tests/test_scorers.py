@@ -6,8 +6,8 @@ import asyncio
 import pytest
 
 from lamina.errors import SpecError
-from lamina.tasks.judge import parse_verdict
-from lamina.tasks.scorers import (choice_match, code_program, exact_match, make_scorer, math_match, normalized_match,
+from lamina.eval.judge import parse_verdict
+from lamina.eval.scorers import (choice_match, code_program, exact_match, make_scorer, math_match, normalized_match,
                                   numeric_match, parse_number)
 from lamina.tasks.task import Example
 
@@ -49,7 +49,7 @@ def test_math_verify_off_the_main_thread_has_a_deadline(monkeypatch):
 
     import math_verify
 
-    from lamina.tasks import scorers
+    from lamina.eval import scorers
 
     release = threading.Event()
 

@@ -30,7 +30,7 @@ def test_generated_answers_are_exact():
 
 
 def test_generated_code_tests_pass_for_reference_and_fail_for_wrong(tmp_path):
-    from lamina.tasks.sandbox import execute_tests
+    from lamina.sandbox import execute_tests
 
     record = generate("code", 1, seed=3, sizes={"test": 1})[0]
     name = record["entry_point"]

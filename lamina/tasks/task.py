@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lamina.errors import SpecError
 from lamina.spec import read_spec_file
 from lamina.tasks import datasets, generated
-from lamina.tasks.extract import EXTRACTORS
-from lamina.tasks.scorers import Scorer, make_scorer
+from lamina.answers.extract import EXTRACTORS
+from lamina.eval.scorers import Scorer, make_scorer
 
 
 @dataclass(slots=True)

@@ -64,7 +64,7 @@ def parse_tests(text: str, limit: int) -> list[str]:
 
 
 def extract_code(text: str) -> str:
-    from lamina.tasks.extract import extract_code as extract_fenced
+    from lamina.answers.extract import extract_code as extract_fenced
 
     return extract_fenced(text) or text
 

@@ -52,7 +52,7 @@ class UnitTest(Technique):
         return tests if self.spec.mode == "judge" else [t for t in tests if t.startswith("assert")]
 
     async def execute(self, state: State, tests: list[str]) -> list[float]:
-        from lamina.tasks.sandbox import execute_tests
+        from lamina.sandbox import execute_tests
 
         slots = asyncio.Semaphore(SANDBOX_WORKERS)
 

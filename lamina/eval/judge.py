@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lamina.errors import SpecError
-from lamina.tasks.scorers import Score
+from lamina.eval.scorers import Score
 
 if TYPE_CHECKING:
     from lamina.tasks.task import Example
@@ -34,7 +34,7 @@ _BACKENDS: dict[tuple[str, str], Any] = {}
 
 def baseline_answers(path: str) -> dict[str, str]:
     if path not in _BASELINES:
-        from lamina.tasks.store import RunStore
+        from lamina.eval.store import RunStore
 
         if not Path(path).is_file():
             raise SpecError(f"judge scorer: baseline run {path!r} not found (run `lamina eval` for it first)")

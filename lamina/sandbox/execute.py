@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lamina.errors import SandboxError
 
-CHILD = Path(__file__).with_name("sandbox_child.py")
+CHILD = Path(__file__).with_name("child.py")
 MEMORY_EXIT = 113
 MAX_OUTPUT_BYTES = 1 << 20
 MAX_FILE_BYTES = 16 << 20

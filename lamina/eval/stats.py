@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from lamina.tasks.store import ResultRow
+from lamina.eval.store import ResultRow
 
 Z95 = 1.959963984540054
 

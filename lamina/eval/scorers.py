@@ -13,7 +13,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from lamina.errors import SpecError
-from lamina.tasks.extract import extract, extract_code
+from lamina.answers.extract import extract, extract_code
 
 if TYPE_CHECKING:
     from lamina.tasks.task import Example
@@ -44,7 +44,7 @@ class Scorer:
     def prepare(self) -> None:
         """Fail before a run starts when the scorer cannot work (e.g. the judge's baseline run is missing)."""
         if self.kind == "judge":
-            from lamina.tasks.judge import baseline_answers
+            from lamina.eval.judge import baseline_answers
 
             if "baseline" not in self.options:
                 raise SpecError("the judge scorer needs `baseline`: a previous run's SQLite file")
@@ -54,7 +54,7 @@ class Scorer:
         if self.kind == "code":
             return await asyncio.to_thread(score_code, text, example, **self.options)
         if self.kind == "judge":
-            from lamina.tasks.judge import judge_score
+            from lamina.eval.judge import judge_score
 
             return await judge_score(text, example, question=question, **self.options)
         answer = extract(text, self.extract, self.options.get("choices", "ABCD"))
@@ -156,7 +156,7 @@ MATCHERS = {"exact": exact_match, "normalized": normalized_match, "numeric": num
 
 def score_code(text: str, example: "Example", timeout_s: float = 5.0, memory_mb: int = 512) -> Score:
     """1.0 when the extracted program passes every test in the sandbox; the pass rate goes in `detail`."""
-    from lamina.tasks.sandbox import execute_tests
+    from lamina.sandbox import execute_tests
 
     program, tests = code_program(text, example), example.tests
     if program is None or not tests:

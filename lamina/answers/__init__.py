@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from lamina.tasks.extract import extract as extract_raw
+from lamina.answers.extract import extract as extract_raw
 
 _NUMERIC = re.compile(r"^-?\d+(?:\.\d+)?$")
 

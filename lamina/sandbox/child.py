@@ -1,6 +1,6 @@
 """Runs inside the sandbox process: installs the audit hook, then executes the code parts in one namespace.
 
-Invoked as `python -I -B sandbox_child.py WORKDIR PARTS_JSON NONCE_FD STATUS_FD`; never imported by Lamina itself.
+Invoked as `python -I -B child.py WORKDIR PARTS_JSON NONCE_FD STATUS_FD`; never imported by Lamina itself.
 The parent writes a random nonce into the pipe NONCE_FD; it is read and the pipe closed before any candidate code
 runs, and the nonce is written to STATUS_FD only after the last part ran to completion, so an early exit
 (`sys.exit`, `os._exit`, ...) cannot pass for a finished run.

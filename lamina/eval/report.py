@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lamina.tasks.stats import RunSummary, summarize
-from lamina.tasks.store import RunStore
+from lamina.eval.stats import RunSummary, summarize
+from lamina.eval.store import RunStore
 
 
 def load_run(path: str | Path) -> tuple[dict, RunSummary]:

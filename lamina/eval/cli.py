@@ -42,9 +42,9 @@ def eval_command(args: argparse.Namespace) -> int:
 
     from lamina.architecture import Architecture
     from lamina.errors import SpecError
-    from lamina.tasks.harness import EvalOptions, default_run_path, evaluate
-    from lamina.tasks.report import format_components, format_table
-    from lamina.tasks.store import RunStore
+    from lamina.eval.harness import EvalOptions, default_run_path, evaluate
+    from lamina.eval.report import format_components, format_table
+    from lamina.eval.store import RunStore
     from lamina.tasks.task import load_task
 
     if args.limit is not None and args.limit < 1:
@@ -86,7 +86,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from lamina.tasks.report import format_components, format_table, load_run, plot
+    from lamina.eval.report import format_components, format_table, load_run, plot
 
     paths = [p for arg in args.runs for p in (sorted(Path(arg).glob("*.sqlite")) if Path(arg).is_dir() else [Path(arg)])]
     summaries = [load_run(p)[1] for p in paths]

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from lamina.errors import BackendError, LaminaError
-from lamina.tasks.stats import RunSummary, summarize
-from lamina.tasks.store import ResultRow, RunStore
+from lamina.eval.stats import RunSummary, summarize
+from lamina.eval.store import ResultRow, RunStore
 from lamina.tasks.task import Example, Task
 
 
