@@ -13,11 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from lamina.backends.base import Backend, Completion, Completions
 from lamina.errors import SpecError
 from lamina.eval.harness import EvalOptions, evaluate, first_layer_samples
+from lamina.eval.judge import JUDGE_PROMPT
+from lamina.eval.scorers import Scorer
 from lamina.eval.stats import pass_at_k, summarize, wilson_interval
 from lamina.eval.store import ResultRow, RunStore
-from lamina.tasks.task import load_task
+from lamina.tasks.scorer_spec import ScorerSpec
+from lamina.tasks.task import Example, load_task
 
 
 def test_wilson_interval_known_values():
@@ -192,26 +196,69 @@ def test_report_cli_prints_table_and_writes_png(tmp_path):
     assert main(["report", str(tmp_path / "missing.sqlite"), "--plot", str(png)]) == 2
 
 
-def test_judge_scorer_compares_against_a_baseline_run(tmp_path, tiny_llama_dir):
+class ScriptedJudge(Backend):
+    """A judge with canned verdicts: for the baseline answer named in the prompt, the reply when the candidate is
+    Answer A, then when it is Answer B. Records every prompt."""
+
+    kind = "scripted"
+
+    def __init__(self, verdicts: dict[str, tuple[str, str]]) -> None:
+        super().__init__("scripted-judge")
+        self.verdicts, self.prompts = verdicts, []
+
+    async def _complete(self, messages, prompt, params) -> Completions:
+        text = messages[-1]["content"]
+        self.prompts.append(text)
+        base = next(b for b in self.verdicts if f"Answer A:\n{b}\n" in text or f"Answer B:\n{b}\n" in text)
+        candidate_first = f"Answer B:\n{base}\n" in text
+        return Completions([Completion(self.verdicts[base][0 if candidate_first else 1], 1)], prompt_tokens=1)
+
+
+def test_judge_scorer_scores_each_verdict_pair(tmp_path, tiny_llama_dir):
     from lamina.architecture import Architecture
 
-    async def run(path, judge_baseline=None):
-        task = load_task("arith-1")
-        if judge_baseline:
-            task.scorer.kind = "judge"
-            task.scorer.options = {"baseline": str(judge_baseline), "model": str(tiny_llama_dir)}
-        arch = Architecture.single_model(str(tiny_llama_dir), cache=False, max_tokens=6, temperature=0.0)
+    task = load_task("arith-1")
+    examples = task.examples(limit=4)
+    with RunStore(tmp_path / "base.sqlite") as store:
+        store.begin({"task": task.name, "split": "test", "arch": "base"})
+        for i, ex in enumerate(examples):
+            store.add(ResultRow(ex.id, i, f"base-{i}", None, ex.reference, 0.0))
+    task.scorer = ScorerSpec("judge", task.scorer.extract, {"baseline": str(tmp_path / "base.sqlite"), "model": "j"})
+    # win both orders, lose both, position bias (A twice), tie then unparseable
+    judge = ScriptedJudge({"base-0": ("A", "B"), "base-1": ("B", "A"), "base-2": ("A", "A"), "base-3": ("tie", "hmm")})
+    arch = Architecture.single_model(str(tiny_llama_dir), cache=False, max_tokens=6, temperature=0.0)
+
+    async def run():
         try:
-            with RunStore(path) as store:
-                return await evaluate(arch, task, store, EvalOptions(limit=2, progress=False))
+            with RunStore(tmp_path / "judged.sqlite") as store:
+                return await evaluate(arch, task, store, EvalOptions(limit=4, progress=False),
+                                      scorer=Scorer.from_spec(task.scorer, judge=judge))
         finally:
             await arch.aclose()
 
-    asyncio.run(run(tmp_path / "base.sqlite"))
-    summary, failures = asyncio.run(run(tmp_path / "judged.sqlite", tmp_path / "base.sqlite"))
-    assert failures == [] and summary.examples == 2
+    summary, failures = asyncio.run(run())
+    assert failures == [] and summary.examples == 4 and summary.accuracy == 0.5
     with RunStore(tmp_path / "judged.sqlite") as store:
-        rows = store.rows()
-    assert all(r.detail.startswith("verdicts=") and r.score in (0.0, 0.25, 0.5, 0.75, 1.0) for r in rows)
-    with pytest.raises(SpecError, match="baseline run .* not found"):
-        asyncio.run(run(tmp_path / "j2.sqlite", tmp_path / "missing.sqlite"))
+        rows = {r.example_id: r for r in store.rows()}
+    got = [(rows[ex.id].score, rows[ex.id].detail.split(" (")[0]) for ex in examples]
+    assert got == [(1.0, "verdicts=['A', 'B']"), (0.0, "verdicts=['B', 'A']"), (0.5, "verdicts=['A', 'A']"),
+                   (0.5, "verdicts=['tie', None]")]
+    ex, row = examples[0], rows[examples[0].id]
+    question = task.messages(ex)[-1]["content"]
+    both = [p for p in judge.prompts if "base-0" in p]
+    assert both == [JUDGE_PROMPT.format(question=question, a=row.prediction, b="base-0"),
+                    JUDGE_PROMPT.format(question=question, a="base-0", b=row.prediction)]
+    assert len(judge.prompts) == 8
+
+
+def test_judge_scorer_refuses_a_missing_baseline_or_example(tmp_path):
+    missing = Scorer.from_spec(ScorerSpec("judge", "auto", {"baseline": str(tmp_path / "missing.sqlite")}))
+    with pytest.raises(SpecError, match="baseline run .*missing.sqlite' not found"):
+        missing.prepare()
+    with RunStore(tmp_path / "base.sqlite") as store:
+        store.begin({"task": "t", "split": "test", "arch": "base"})
+        store.add(ResultRow("e0", 0, "base-0", None, "1", 0.0))
+    scorer = Scorer.from_spec(ScorerSpec("judge", "auto", {"baseline": str(tmp_path / "base.sqlite")}),
+                              judge=ScriptedJudge({}))
+    with pytest.raises(SpecError, match="has no answer for example 'e9'"):
+        asyncio.run(scorer.score("x", Example("e9", {}, "1")))

@@ -5,10 +5,10 @@ import asyncio
 
 import pytest
 
+from lamina.answers import equivalent, parse_number
 from lamina.errors import SpecError
 from lamina.eval.judge import parse_verdict
-from lamina.eval.scorers import (choice_match, code_program, exact_match, make_scorer, math_match, normalized_match,
-                                  numeric_match, parse_number)
+from lamina.eval.scorers import code_program, make_scorer
 from lamina.tasks.task import Example
 
 
@@ -17,9 +17,10 @@ def score(kind, text, example):
 
 
 def test_exact_and_normalized():
-    assert exact_match(" Paris ", "Paris") and not exact_match("paris", "Paris") and not exact_match(None, "x")
-    assert normalized_match("The  Eiffel-Tower!", "eiffel tower")
-    assert not normalized_match("Eiffel", "eiffel tower")
+    assert equivalent(" Paris ", "Paris", "exact") and not equivalent("paris", "Paris", "exact")
+    assert not equivalent(None, "x", "exact")
+    assert equivalent("The  Eiffel-Tower!", "eiffel tower", "text")
+    assert not equivalent("Eiffel", "eiffel tower", "text")
 
 
 @pytest.mark.parametrize("answer, reference, ok", [
@@ -27,7 +28,7 @@ def test_exact_and_normalized():
     ("0.5", "1/2", True), ("-3", "3", False), ("13", "12", False), ("twelve", "12", False), (None, "1", False),
 ])
 def test_numeric(answer, reference, ok):
-    assert numeric_match(answer, reference) is ok
+    assert equivalent(answer, reference, "number") is ok
 
 
 def test_parse_number():
@@ -40,7 +41,7 @@ def test_parse_number():
     ("\\frac{1}{3}", "0.5", False), ("x^2", "2x", False), (None, "1", False),
 ])
 def test_math_equivalence(answer, reference, ok):
-    assert math_match(answer, reference) is ok
+    assert equivalent(answer, reference, "math") is ok
 
 
 def test_math_verify_off_the_main_thread_has_a_deadline(monkeypatch):
@@ -49,7 +50,7 @@ def test_math_verify_off_the_main_thread_has_a_deadline(monkeypatch):
 
     import math_verify
 
-    from lamina.eval import scorers
+    from lamina.answers import equality
 
     release = threading.Event()
 
@@ -58,7 +59,7 @@ def test_math_verify_off_the_main_thread_has_a_deadline(monkeypatch):
         return True
 
     monkeypatch.setattr(math_verify, "verify", stuck_verify)
-    monkeypatch.setattr(scorers, "MATH_TIMEOUT_S", 0.1, raising=False)
+    monkeypatch.setattr(equality, "MATH_TIMEOUT_S", 0.1)
     out = []
     worker = threading.Thread(target=lambda: out.append(score("math", "The answer is $x^2$", Example("q", {}, "y^2"))))
     try:
@@ -69,11 +70,12 @@ def test_math_verify_off_the_main_thread_has_a_deadline(monkeypatch):
     finally:
         release.set()
         worker.join()
-    assert math_match("12.0", "12")  # the numeric fast path never reaches math-verify
+    assert equivalent("12.0", "12", "math")  # the numeric fast path never reaches math-verify
 
 
 def test_choice():
-    assert choice_match("b", "B") and not choice_match("C", "B") and not choice_match(None, "B")
+    assert equivalent("b", "B", "choice") and not equivalent("C", "B", "choice")
+    assert not equivalent(None, "B", "choice")
     ex = Example("q", {}, "C")
     assert score({"type": "choice"}, "Thinking... The answer is (C).", ex).value == 1.0
     assert score({"type": "choice"}, "The answer is A", ex).value == 0.0
@@ -118,6 +120,8 @@ def test_judge_verdict_parsing():
 
 
 def test_make_scorer_errors_name_the_source():
-    with pytest.raises(SpecError, match="my.yaml: scorer.type"):
+    with pytest.raises(SpecError, match="my.yaml: scorer.type must be one of exact, .*got 'bogus'"):
         make_scorer({"type": "bogus"}, source="my.yaml")
+    with pytest.raises(SpecError, match="my.yaml: scorer.extract must be one of auto, .*got 'last'"):
+        make_scorer({"type": "numeric", "extract": "last"}, source="my.yaml")
     assert make_scorer("code").extract == "code" and make_scorer({"type": "choice"}).extract == "choice"

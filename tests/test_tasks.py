@@ -7,9 +7,15 @@ import json
 import pytest
 
 from lamina.errors import SpecError
+from lamina.eval.scorers import Scorer
 from lamina.tasks import datasets
 from lamina.tasks.generated import generate
 from lamina.tasks.task import Task, builtin_names, load_task
+
+
+def score(task: Task, text: str, example) -> float:
+    """The task's scorer (data in lamina.tasks) built and run by lamina.eval."""
+    return asyncio.run(Scorer.from_spec(task.scorer).score(text, example)).value
 
 
 def test_generated_tasks_are_seeded_and_splits_disjoint():
@@ -67,7 +73,7 @@ def test_jsonl_task_with_template_splits_and_reference_pattern(tmp_path):
     ex = task.examples("all")[3]
     assert ex.reference == "6"
     assert task.messages(ex) == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Compute 3 + 3?"}]
-    assert asyncio.run(task.scorer.score("It is 6", ex)).value == 1.0
+    assert score(task, "It is 6", ex) == 1.0
     with pytest.raises(SpecError, match="no examples in split 'train'"):
         task.examples("train")
 
@@ -78,7 +84,7 @@ def test_csv_task_with_tests_column(tmp_path):
                           "inline", tmp_path)
     ex = task.examples()[0]
     assert ex.tests == ["assert f() == 1"]
-    assert asyncio.run(task.scorer.score("```python\ndef f():\n    return 1\n```", ex)).value == 1.0
+    assert score(task, "```python\ndef f():\n    return 1\n```", ex) == 1.0
 
 
 def test_hf_dataset_folder_with_readme_configs(tmp_path):
@@ -135,8 +141,8 @@ def test_humaneval_canonical_solutions_pass_in_the_sandbox():
     task = load_task("humaneval")
     for ex in task.examples()[:3]:
         reply = "```python\n" + ex.inputs["prompt"] + ex.inputs["canonical_solution"] + "```"
-        assert asyncio.run(task.scorer.score(reply, ex)).value == 1.0
-        assert asyncio.run(task.scorer.score("```python\npass\n```", ex)).value == 0.0
+        assert score(task, reply, ex) == 1.0
+        assert score(task, "```python\npass\n```", ex) == 0.0
 
 
 def test_every_builtin_task_loads_and_renders():

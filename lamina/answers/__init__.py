@@ -1,28 +1,30 @@
-"""Answers for voting: the tasks extractor pulls the answer out, then it is normalised so equal answers compare equal."""
+"""Answers: pull the final answer out of a reply (`extract.py`) and decide when two answers are the same one
+(`equality.py`, the one definition votes, scorers and verifiers share).
+
+`extract(text, method)` below is what a vote groups by: the extracted answer's canonical key under the kind that
+fits the extractor (`number` -> number, `choice` -> choice, `code` -> code, `text` -> text, `grid` -> exact,
+others -> auto). The raw extractors are in `lamina.answers.extract` (import names from it:
+`from lamina.answers.extract import extract_code`; the package attribute `extract` is the function below).
+"""
 from __future__ import annotations
 
-import re
-
+from lamina.answers.equality import (KINDS, answer_key, equivalent, math_compare, normalize_text, number_key,
+                                     parse_number)
+from lamina.answers.extract import EXTRACTORS
 from lamina.answers.extract import extract as extract_raw
 
-_NUMERIC = re.compile(r"^-?\d+(?:\.\d+)?$")
+__all__ = ["EXTRACTORS", "KINDS", "answer_key", "equivalent", "extract", "extract_raw", "kind_for", "math_compare",
+           "normalize_text", "number_key", "parse_number"]
+
+_KIND_OF_EXTRACTOR = {"number": "number", "choice": "choice", "code": "code", "text": "text", "grid": "exact"}
 
 
-def normalise(answer: str, kind: str = "auto") -> str:
-    if kind == "choice":
-        return answer.strip("()[] .").upper()
-    if kind == "code":
-        return "\n".join(line.rstrip() for line in answer.strip().splitlines() if line.strip())
-    text = answer.strip().replace("$", "").replace(",", "").replace("−", "-")
-    if _NUMERIC.match(text):
-        number = float(text)
-        return str(int(number)) if number == int(number) else repr(number)
-    return re.sub(r"\s+", " ", answer.strip().lower()).strip(" .!*")
+def kind_for(method: str) -> str:
+    """The answer kind (see `lamina.answers.equality`) that compares what extractor `method` returns."""
+    return _KIND_OF_EXTRACTOR.get(method, "auto")
 
 
-def extract(text: str, kind: str = "auto") -> str | None:
-    """The normalised answer in `text` by `kind` (auto, boxed, number, choice, code, text), or None."""
-    raw = extract_raw(text, kind)
-    if raw is None:
-        return None
-    return normalise(raw, kind) or None
+def extract(text: str, method: str = "auto") -> str | None:
+    """The canonical key of the answer in `text` by extractor `method` (auto, boxed, phrase, number, choice, code,
+    grid, text), or None when there is none: candidates with equal keys are the same answer."""
+    return answer_key(extract_raw(text, method), kind_for(method))

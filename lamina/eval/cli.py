@@ -45,6 +45,7 @@ def eval_command(args: argparse.Namespace) -> int:
     from lamina.eval.harness import EvalOptions, default_run_path, evaluate
     from lamina.eval.report import format_components, format_table
     from lamina.eval.store import RunStore
+    from lamina.tasks.scorer_spec import ScorerSpec
     from lamina.tasks.task import load_task
 
     if args.limit is not None and args.limit < 1:
@@ -52,7 +53,7 @@ def eval_command(args: argparse.Namespace) -> int:
     task = load_task(args.task)
     task.examples(args.split, args.limit)  # a bad split fails here, before any store or model is opened
     if args.baseline:
-        task.scorer.kind, task.scorer.options = "judge", {"baseline": args.baseline, "model": args.judge_model}
+        task.scorer = ScorerSpec("judge", task.scorer.extract, {"baseline": args.baseline, "model": args.judge_model})
     cache = args.cache or False
     if args.arch:
         arch = Architecture.from_file(args.arch, cache=cache)

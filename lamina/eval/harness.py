@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from lamina.errors import BackendError, LaminaError
+from lamina.eval.scorers import Scorer
 from lamina.eval.stats import RunSummary, summarize
 from lamina.eval.store import ResultRow, RunStore
+from lamina.tasks.scorer_spec import ScorerSpec
 from lamina.tasks.task import Example, Task
 
 
@@ -35,12 +37,12 @@ def default_run_path(arch_name: str, task: Task, split: str, root: str | Path = 
     return Path(root) / f"{slug}.sqlite"
 
 
-def run_config(arch: Any, task: Task, options: EvalOptions) -> dict[str, Any]:
+def run_config(arch: Any, task: Task, options: EvalOptions, scorer: ScorerSpec | None = None) -> dict[str, Any]:
     split = options.split or task.spec.default_split
     return {"task": task.name, "task_hash": task.fingerprint(), "task_source": task.source, "split": split,
             "limit": options.limit, "arch": arch.name, "arch_hash": arch_hash(arch),
             "arch_spec": arch.spec.model_dump(mode="json"), "seed": arch.spec.seed,
-            "concurrency": options.concurrency, "scorer": task.scorer.identity()}
+            "concurrency": options.concurrency, "scorer": (scorer or task.scorer).identity()}
 
 
 def first_layer_samples(trace: list[dict[str, Any]]) -> list[str]:
@@ -51,16 +53,18 @@ def first_layer_samples(trace: list[dict[str, Any]]) -> list[str]:
 
 
 class Evaluator:
-    def __init__(self, arch: Any, task: Task, store: RunStore, options: EvalOptions) -> None:
+    def __init__(self, arch: Any, task: Task, store: RunStore, options: EvalOptions,
+                 scorer: Scorer | None = None) -> None:
         self.arch, self.task, self.store, self.options = arch, task, store, options
+        self.scorer = scorer or Scorer.from_spec(task.scorer)
         self.failures: list[tuple[str, str]] = []
         self.scores: list[float] = []
         self.attempt = 1
 
     async def run(self) -> RunSummary:
         examples = self.task.examples(self.options.split, self.options.limit)
-        self.task.scorer.prepare()
-        self.attempt = self.store.begin(run_config(self.arch, self.task, self.options))
+        self.scorer.prepare()
+        self.attempt = self.store.begin(run_config(self.arch, self.task, self.options, self.scorer))
         wanted = {e.id for e in examples}
         done = [r for r in self.store.rows() if r.example_id in wanted]
         finished = {r.example_id for r in done}
@@ -111,20 +115,22 @@ class Evaluator:
         messages = self.task.messages(example)
         question = messages[-1]["content"]
         result = await self.arch.run(messages, tests=example.public_tests or None)
-        score = await self.task.scorer.score(result.answer, example, question)
-        sample_each = self.options.score_samples and self.task.scorer.kind != "judge"
+        score = await self.scorer.score(result.answer, example, question)
+        sample_each = self.options.score_samples and self.scorer.kind != "judge"
         samples = first_layer_samples(result.trace) if sample_each else []
         sample_scores: list[float] = []
         if len(samples) > 1:
-            scored = await asyncio.gather(*(self.task.scorer.score(s, example, question) for s in samples))
+            scored = await asyncio.gather(*(self.scorer.score(s, example, question) for s in samples))
             sample_scores = [s.value for s in scored]
         return ResultRow(example.id, index, result.answer, score.extracted, example.reference, score.value,
                          score.detail, sample_scores, result.usage.to_dict(), result.trace,
                          seconds=time.perf_counter() - start, attempt=self.attempt)
 
 
-async def evaluate(arch: Any, task: Task, store: RunStore, options: EvalOptions | None = None) -> tuple[RunSummary, list]:
-    """Run (or resume) an eval; returns the summary and the examples that failed transiently (rerun to retry)."""
-    evaluator = Evaluator(arch, task, store, options or EvalOptions())
+async def evaluate(arch: Any, task: Task, store: RunStore, options: EvalOptions | None = None,
+                   scorer: Scorer | None = None) -> tuple[RunSummary, list]:
+    """Run (or resume) an eval; returns the summary and the examples that failed transiently (rerun to retry).
+    `scorer` scores the answers (e.g. with an explicit judge backend); None builds one from `task.scorer`."""
+    evaluator = Evaluator(arch, task, store, options or EvalOptions(), scorer)
     summary = await evaluator.run()
     return summary, evaluator.failures

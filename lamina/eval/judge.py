@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lamina.errors import SpecError
-from lamina.eval.scorers import Score
+from lamina.eval.store import RunStore
 
 if TYPE_CHECKING:
+    from lamina.backends.base import Backend
     from lamina.tasks.task import Example
 
 JUDGE_PROMPT = """You are judging two answers to the same question.
@@ -34,8 +35,6 @@ _BACKENDS: dict[tuple[str, str], Any] = {}
 
 def baseline_answers(path: str) -> dict[str, str]:
     if path not in _BASELINES:
-        from lamina.eval.store import RunStore
-
         if not Path(path).is_file():
             raise SpecError(f"judge scorer: baseline run {path!r} not found (run `lamina eval` for it first)")
         with RunStore.open_existing(path) as store:
@@ -56,11 +55,15 @@ def parse_verdict(text: str) -> str | None:
 
 
 async def judge_score(text: str, example: "Example", *, baseline: str, question: str = "", model: str = "default",
-                      backend: str = "local", max_tokens: int = 8, **backend_opts: Any) -> Score:
+                      backend: str = "local", max_tokens: int = 8, judge: "Backend | None" = None,
+                      **backend_opts: Any) -> tuple[float, str]:
+    """(points in [0, 1], detail) of `text` against the baseline run's answer to `example`: win 1, tie or unparseable
+    verdict 0.5, loss 0, averaged over both orders. `judge` is the judge's backend; None uses the cached
+    `get_backend(backend, model, **backend_opts)`."""
     base = baseline_answers(baseline).get(example.id)
     if base is None:
         raise SpecError(f"judge scorer: baseline run {baseline!r} has no answer for example {example.id!r}")
-    judge = _backend(backend, model, backend_opts)
+    judge = judge if judge is not None else _backend(backend, model, backend_opts)
     from lamina.engine.sampling_params import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=0)
@@ -71,7 +74,7 @@ async def judge_score(text: str, example: "Example", *, baseline: str, question:
         verdict = parse_verdict(out[0].text if out else "")
         verdicts.append(verdict)
         points += 1.0 if verdict == ours else 0.5 if verdict in ("tie", None) else 0.0
-    return Score(points / 2, text, f"verdicts={verdicts} (candidate was A, then B)")
+    return points / 2, f"verdicts={verdicts} (candidate was A, then B)"
 
 
 def _backend(kind: str, model: str, opts: dict[str, Any]):

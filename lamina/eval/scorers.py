@@ -1,24 +1,25 @@
-"""Scorers: text match, numeric, math equivalence (math-verify), multiple choice, executed code tests, LLM judge."""
+"""Scorers: text match, numeric, math equivalence (math-verify), multiple choice, executed code tests, LLM judge.
+
+Answers compare by `lamina.answers.equivalent`, the same definition votes use."""
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import math
 import re
-import string
-import threading
-from dataclasses import dataclass, field
-from fractions import Fraction
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lamina.errors import SpecError
+from lamina.answers import equivalent, math_compare
 from lamina.answers.extract import extract, extract_code
+from lamina.errors import SpecError
+from lamina.eval.judge import baseline_answers, judge_score
+from lamina.tasks.scorer_spec import ScorerSpec
 
 if TYPE_CHECKING:
+    from lamina.backends.base import Backend
     from lamina.tasks.task import Example
 
-SCORERS = ("exact", "normalized", "numeric", "math", "choice", "code", "judge")
+# scorer type -> answer kind (lamina.answers.equality) for the scorers that compare an extracted answer
+ANSWER_KINDS = {"exact": "exact", "normalized": "text", "numeric": "number", "math": "math", "choice": "choice"}
 
 
 @dataclass(slots=True)
@@ -29,23 +30,18 @@ class Score:
 
 
 @dataclass(slots=True)
-class Scorer:
-    """Extract with `extract`, then compare with `kind`; `options` carry kind-specific settings."""
-    kind: str
-    extract: str = "auto"
-    options: dict[str, Any] = field(default_factory=dict)
+class Scorer(ScorerSpec):
+    """A task's ScorerSpec that scores: extract with `extract`, then compare with `kind`. `judge` is the judge
+    scorer's backend; None builds it from `options` (backend, model) on first use."""
+    judge: "Backend | None" = None
 
-    def identity(self) -> dict[str, Any]:
-        """What a run's scores depend on (type, extractor and options, e.g. the judge's baseline and model), as JSON:
-        part of the run identity, so a resumed store never mixes scores from different scorers."""
-        return json.loads(json.dumps({"type": self.kind, "extract": self.extract, **self.options}, sort_keys=True,
-                                     default=str))
+    @classmethod
+    def from_spec(cls, spec: ScorerSpec, judge: "Backend | None" = None) -> "Scorer":
+        return cls(spec.kind, spec.extract, dict(spec.options), judge)
 
     def prepare(self) -> None:
         """Fail before a run starts when the scorer cannot work (e.g. the judge's baseline run is missing)."""
         if self.kind == "judge":
-            from lamina.eval.judge import baseline_answers
-
             if "baseline" not in self.options:
                 raise SpecError("the judge scorer needs `baseline`: a previous run's SQLite file")
             baseline_answers(str(self.options["baseline"]))
@@ -54,104 +50,13 @@ class Scorer:
         if self.kind == "code":
             return await asyncio.to_thread(score_code, text, example, **self.options)
         if self.kind == "judge":
-            from lamina.eval.judge import judge_score
-
-            return await judge_score(text, example, question=question, **self.options)
+            value, detail = await judge_score(text, example, question=question, judge=self.judge, **self.options)
+            return Score(value, text, detail)
         answer = extract(text, self.extract, self.options.get("choices", "ABCD"))
         if self.kind == "math":
             equal, detail = math_compare(answer, example.reference)
             return Score(float(equal), answer, detail)
-        return Score(float(MATCHERS[self.kind](answer, example.reference)), answer)
-
-
-_PUNCT_TO_SPACE = str.maketrans(string.punctuation, " " * len(string.punctuation))
-
-
-def normalize(text: str) -> str:
-    text = text.lower().translate(_PUNCT_TO_SPACE)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def parse_number(text: str | None) -> Fraction | None:
-    if text is None:
-        return None
-    cleaned = text.strip().replace(",", "").replace("$", "").replace("−", "-").rstrip(".%").strip()
-    try:
-        return Fraction(cleaned)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def exact_match(answer: str | None, reference: str) -> bool:
-    return answer is not None and answer.strip() == reference.strip()
-
-
-def normalized_match(answer: str | None, reference: str) -> bool:
-    return answer is not None and normalize(answer) == normalize(reference)
-
-
-def numeric_match(answer: str | None, reference: str, rel_tol: float = 1e-6) -> bool:
-    got, want = parse_number(answer), parse_number(reference)
-    if got is None or want is None:
-        return False
-    return abs(got - want) <= rel_tol * max(1, abs(want))
-
-
-MATH_TIMEOUT_S = 5  # per math-verify step; math-verify's own timeout is whole seconds (SIGALRM)
-
-
-def math_compare(answer: str | None, reference: str, timeout_s: float | None = None) -> tuple[bool, str]:
-    """Equal as numbers, else by math-verify (sympy); a comparison that runs past the timeout counts as not equal.
-
-    math-verify's timeout uses SIGALRM, which only works on the main thread; elsewhere the comparison runs in a
-    daemon thread joined with a deadline, so one pathological answer cannot hang an eval (the runaway thread is
-    abandoned). Returns (equal, detail)."""
-    if answer is None:
-        return False, ""
-    if numeric_match(answer, reference):
-        return True, ""
-    timeout = MATH_TIMEOUT_S if timeout_s is None else timeout_s
-    if threading.current_thread() is threading.main_thread():
-        return _math_verify(answer, reference, max(1, math.ceil(timeout))), ""
-    outcome: list[tuple[bool, BaseException | None]] = []
-
-    def work() -> None:
-        try:
-            outcome.append((_math_verify(answer, reference, None), None))
-        except BaseException as exc:  # re-raised on the caller's thread
-            outcome.append((False, exc))
-
-    worker = threading.Thread(target=work, name="math-verify", daemon=True)
-    worker.start()
-    worker.join(2 * timeout)  # parse and verify, each allowed `timeout` on the main thread
-    if not outcome:
-        return False, f"math-verify timed out after {2 * timeout:g}s; scored as not equal"
-    equal, error = outcome[0]
-    if error is not None:
-        raise error
-    return equal, ""
-
-
-def _math_verify(answer: str, reference: str, timeout: int | None) -> bool:
-    from math_verify import parse, verify
-
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    gold = parse(f"${reference}$", parsing_timeout=timeout)
-    pred = parse(answer if "$" in answer else f"${answer}$", parsing_timeout=timeout)
-    return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout))
-
-
-def math_match(answer: str | None, reference: str) -> bool:
-    return math_compare(answer, reference)[0]
-
-
-def choice_match(answer: str | None, reference: str) -> bool:
-    return answer is not None and answer.strip().upper() == reference.strip().upper()
-
-
-MATCHERS = {"exact": exact_match, "normalized": normalized_match, "numeric": numeric_match, "math": math_match,
-            "choice": choice_match}
+        return Score(float(equivalent(answer, example.reference, ANSWER_KINDS[self.kind])), answer)
 
 
 def score_code(text: str, example: "Example", timeout_s: float = 5.0, memory_mb: int = 512) -> Score:
@@ -180,11 +85,5 @@ def code_program(text: str, example: "Example") -> str | None:
 
 
 def make_scorer(config: str | dict[str, Any], default_extract: str = "auto", source: str = "<task>") -> Scorer:
-    if isinstance(config, str):
-        config = {"type": config}
-    options = dict(config)
-    kind = options.pop("type", None)
-    if kind not in SCORERS:
-        raise SpecError(f"{source}: scorer.type must be one of {', '.join(SCORERS)}, got {kind!r}")
-    extractor = options.pop("extract", {"code": "code", "choice": "choice"}.get(kind, default_extract))
-    return Scorer(kind, extractor, options)
+    """A Scorer from a task's `scorer:` field (see `ScorerSpec.parse`, which names `source` in its errors)."""
+    return Scorer.from_spec(ScorerSpec.parse(config, default_extract, source))

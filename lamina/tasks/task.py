@@ -1,4 +1,4 @@
-"""A task: examples from a source + prompt template + answer extractor + scorer, declared in YAML."""
+"""A task: examples from a source + prompt template + answer extractor + scorer spec, declared in YAML."""
 from __future__ import annotations
 
 import hashlib
@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lamina.answers import EXTRACTORS
 from lamina.errors import SpecError
 from lamina.spec import read_spec_file
 from lamina.tasks import datasets, generated
-from lamina.answers.extract import EXTRACTORS
-from lamina.eval.scorers import Scorer, make_scorer
+from lamina.tasks.scorer_spec import ScorerSpec
 
 
 @dataclass(slots=True)
@@ -72,7 +72,7 @@ class Task:
         self.spec, self.source, self.base_dir = spec, source, base_dir or Path.cwd()
         if spec.extract not in EXTRACTORS:
             raise SpecError(f"{source}: extract must be one of {', '.join(EXTRACTORS)}, got {spec.extract!r}")
-        self.scorer: Scorer = make_scorer(spec.scorer, spec.extract, source)
+        self.scorer: ScorerSpec = ScorerSpec.parse(spec.scorer, spec.extract, source)
 
     @classmethod
     def from_spec(cls, data: Any, source: str = "<dict>", base_dir: Path | None = None) -> "Task":
