@@ -10,6 +10,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Fixtures that load the real embedded model (its weights, or transformers' copy of it or of its tokenizer): every
+# test that uses one, directly or through another fixture, is marked `slow`. Tests that start a real-model server or
+# architecture themselves carry the mark in their own file.
+REAL_MODEL_FIXTURES = frozenset({"real_loaded_model", "real_llm", "hf_smollm2", "hf_smollm2_tokenizer"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 TINY_SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=512)
 
@@ -92,6 +104,14 @@ def hf_smollm2(real_model_path):
     return transformers.AutoModelForCausalLM.from_pretrained(
         real_model_path.parent, gguf_file=real_model_path.name, dtype=torch.float32
     ).eval()
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_tokenizer(real_model_path):
+    """transformers' tokenizer read from the embedded GGUF (parsing the GGUF takes transformers seconds)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(real_model_path.parent, gguf_file=real_model_path.name)
 
 
 @pytest.fixture(scope="session")

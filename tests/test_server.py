@@ -12,6 +12,8 @@ import pytest
 
 from tests.serving import serve
 
+pytestmark = pytest.mark.slow  # every test talks to a `lamina serve` of the real model
+
 API_KEY = "test-key"
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
 

@@ -29,15 +29,14 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def tok(real_loaded_model) -> Tokenizer:
-    return real_loaded_model.tokenizer
+def tok(real_model_path) -> Tokenizer:
+    """The embedded GGUF's tokenizer, as load_model builds it, without loading the weights."""
+    return tokenizer_from_gguf(GGUFFile.open(real_model_path))
 
 
 @pytest.fixture(scope="module")
-def hf_tok(real_model_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(real_model_path.parent, gguf_file=real_model_path.name)
+def hf_tok(hf_smollm2_tokenizer):
+    return hf_smollm2_tokenizer
 
 
 @pytest.mark.parametrize("text", TEXTS)
