@@ -116,13 +116,28 @@ def _field_infos() -> dict[str, FieldInfo]:
 SAMPLING_FIELDS: dict[str, FieldInfo] = _field_infos()  # name -> FieldInfo, in declaration order
 
 
+def pydantic_type(name: str, *, optional: bool = True) -> Any:
+    """Field `name`'s type for pydantic (`| None` if optional), checked for its allowed values: an error
+    `expected <FieldInfo.expected>` (type `sampling_value`) otherwise."""
+    from pydantic import AfterValidator
+    from pydantic_core import PydanticCustomError
+
+    info = SAMPLING_FIELDS[name]
+
+    def check(value: Any) -> Any:
+        if value is not None and not info.check(value):
+            raise PydanticCustomError("sampling_value", "expected {expected}", {"expected": info.expected})
+        return value
+
+    return typing.Annotated[info.kind | None if optional else info.kind, AfterValidator(check)]
+
+
 def pydantic_fields(names: Iterable[str] | None = None, *, exclude: Iterable[str] = (),
                     with_defaults: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
     """Pydantic field definitions for `pydantic.create_model(..., **defs)`: the chosen SamplingParams fields (all,
-    less `exclude`), each with its type, its allowed values (an error `expected ...` otherwise) and its help text.
-    Optional (default None: "not set") unless named in `with_defaults`, which keep SamplingParams' default."""
-    from pydantic import AfterValidator, Field
-    from pydantic_core import PydanticCustomError
+    less `exclude`), each with its `pydantic_type` and its help text as description. Optional (default None: "not
+    set") unless named in `with_defaults`, which keep SamplingParams' default."""
+    from pydantic import Field
 
     chosen = list(SAMPLING_FIELDS) if names is None else list(names)
     unknown = sorted(set(chosen) - set(SAMPLING_FIELDS))
@@ -130,22 +145,13 @@ def pydantic_fields(names: Iterable[str] | None = None, *, exclude: Iterable[str
         raise ValueError(f"not SamplingParams fields: {', '.join(unknown)}")
     keep_default, skip = set(with_defaults), set(exclude)
     defs: dict[str, tuple[Any, Any]] = {}
-    for name in chosen:
-        if name in skip:
-            continue
+    for name in (n for n in chosen if n not in skip):
         info = SAMPLING_FIELDS[name]
-
-        def check(value: Any, info: FieldInfo = info) -> Any:
-            if value is not None and not info.check(value):
-                raise PydanticCustomError("sampling_value", "expected {expected}", {"expected": info.expected})
-            return value
-
         if name not in keep_default:
             spec = Field(None, description=info.help)
         elif isinstance(info.default, list):
             spec = Field(default_factory=list, description=info.help)
         else:
             spec = Field(info.default, description=info.help)
-        kind = info.kind if name in keep_default else info.kind | None
-        defs[name] = (typing.Annotated[kind, AfterValidator(check)], spec)
+        defs[name] = (pydantic_type(name, optional=name not in keep_default), spec)
     return defs

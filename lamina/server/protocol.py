@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from lamina.engine.sampling_params import SAMPLING_FIELDS, SamplingParams, pydantic_fields
+from lamina.engine.sampling_params import SAMPLING_FIELDS, SamplingParams, pydantic_fields, pydantic_type
 from lamina.errors import InvalidRequestError
 from lamina.server.errors import APIError, bad_request
 
@@ -61,6 +61,7 @@ class _Extensible(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+_LogprobsCount = pydantic_type("logprobs")  # SamplingParams.logprobs: chat's top_logprobs, completions' logprobs
 _SamplingFields = create_model("_SamplingFields", __base__=_Extensible, **pydantic_fields(
     exclude=_OPENAI_SHAPED, with_defaults=("n",)))  # type: ignore[call-overload]
 
@@ -130,7 +131,7 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: _LogprobsCount = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -146,7 +147,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = Field(None, ge=0, le=20)
+    logprobs: _LogprobsCount = None
     echo: bool = False
     best_of: int | None = None
 
