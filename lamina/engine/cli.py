@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 
 from lamina.engine.sampling_params import SAMPLING_FIELDS, SamplingParams
@@ -13,11 +14,12 @@ from lamina.engine.sampling_params import SAMPLING_FIELDS, SamplingParams
 CLI_SAMPLING_FIELDS = tuple(name for name in SAMPLING_FIELDS if name != "logprobs")
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, **defaults: object) -> None:
-    """One flag per field in CLI_SAMPLING_FIELDS (--top-p for top_p; -n for n), typed, with SamplingParams' help;
-    `defaults` overrides SamplingParams' defaults for this command. Lists are repeatable flags; bools are switches."""
+def add_sampling_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = CLI_SAMPLING_FIELDS,
+                           **defaults: object) -> None:
+    """One flag per SamplingParams field in `names` (--top-p for top_p; -n for n), typed, with its help; `defaults`
+    overrides SamplingParams' defaults for this command. Lists are repeatable flags; bools are switches."""
     group = parser.add_argument_group("sampling (vLLM's SamplingParams)")
-    for name in CLI_SAMPLING_FIELDS:
+    for name in names:
         info = SAMPLING_FIELDS[name]
         default = defaults.get(name, info.default)
         flag = f"-{name}" if len(name) == 1 else "--" + name.replace("_", "-")
@@ -32,9 +34,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, **defaults: object) 
                                help=f"{info.help}; {info.expected} (default: {default})")
 
 
-def sampling_params(args: argparse.Namespace) -> SamplingParams:
-    """SamplingParams from the flags added by add_sampling_arguments (InvalidRequestError names a bad value)."""
-    return SamplingParams(**{name: getattr(args, name) for name in CLI_SAMPLING_FIELDS})
+def sampling_params(args: argparse.Namespace, names: Iterable[str] = CLI_SAMPLING_FIELDS) -> SamplingParams:
+    """SamplingParams from the flags add_sampling_arguments added for `names` (InvalidRequestError names a bad value)."""
+    return SamplingParams(**{name: getattr(args, name) for name in names})
 
 
 def _engine_args(parser: argparse.ArgumentParser) -> None:
