@@ -62,6 +62,7 @@ class _Extensible(BaseModel):
 
 
 _LogprobsCount = pydantic_type("logprobs")  # SamplingParams.logprobs: chat's top_logprobs, completions' logprobs
+_MaxTokens = pydantic_type("max_tokens")  # also chat's max_completion_tokens
 _SamplingFields = create_model("_SamplingFields", __base__=_Extensible, **pydantic_fields(
     exclude=_OPENAI_SHAPED, with_defaults=("n",)))  # type: ignore[call-overload]
 
@@ -129,7 +130,7 @@ class _Sampling(_SamplingFields):  # type: ignore[valid-type, misc]
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: _MaxTokens = None
     logprobs: bool = False
     top_logprobs: _LogprobsCount = None
 
