@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from lamina.engine.sampling_params import pydantic_fields
 from lamina.errors import SpecError
 
 
@@ -15,18 +16,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SamplingDefaults(_Strict):
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = None
-    min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0)
-    max_tokens: int | None = Field(None, ge=1)
-    stop: list[str] | None = None
-    seed: int | None = None
-
+class _SetValues(_Strict):
     def values(self) -> dict[str, Any]:
+        """The fields that are set (not None)."""
         return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+# A model alias's sampling defaults: every SamplingParams field but the per-call ones (`samples` sets n; a component
+# asks for logprobs), optional, with SamplingParams' allowed values.
+SamplingDefaults = create_model("SamplingDefaults", __base__=_SetValues,
+                                **pydantic_fields(exclude=("n", "logprobs")))  # type: ignore[call-overload]
 
 
 class ModelAlias(_Strict):
@@ -39,7 +38,7 @@ class ModelAlias(_Strict):
     max_retries: int = Field(4, ge=0)
     supports_n: bool | None = None
     engine: dict[str, Any] = Field(default_factory=dict)
-    params: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    params: SamplingDefaults = Field(default_factory=SamplingDefaults)  # type: ignore[valid-type]
 
     def backend_options(self) -> dict[str, Any]:
         if self.backend == "local":

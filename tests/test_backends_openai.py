@@ -1,5 +1,5 @@
-"""The openai backend against a real HTTP server on 127.0.0.1 that injects 429/5xx, can refuse n>1, and is slow
-on demand; plus layer concurrency measured against it."""
+"""The openai backend against a real HTTP server on 127.0.0.1 that injects 429/5xx, can refuse n>1 or a field, is
+slow on demand and can hold requests until enough are in flight; plus layer concurrency counted at it."""
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +14,7 @@ import pytest
 
 from lamina.architecture import Architecture
 from lamina.backends import get_backend
-from lamina.engine.sampling_params import SamplingParams
+from lamina.engine.sampling_params import SAMPLING_FIELDS, SamplingParams
 from lamina.errors import BackendError
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -26,10 +26,17 @@ class StubState:
     refuse_n: bool = False
     ignore_n: bool = False  # answer one choice whatever n asks, as some servers do
     delay_s: float = 0.0
+    reject: str | None = None  # answer 400 naming this field when a request sends it
+    reject_style: str = "param"  # name it in the error's `param` (OpenAI), or only in its message, "quoted" or "bare"
+    hold_until: int = 0  # hold each request until this many have arrived (then release them together)
+    fast_seed: int | None = None  # answer the request with this seed at once; hold the others until `release`
+    release: threading.Event = field(default_factory=threading.Event)
     requests: list[dict] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    held: int = 0
+    waves: int = 0
+    lock: threading.Condition = field(default_factory=threading.Condition)
 
 
 class _Server(ThreadingHTTPServer):
@@ -70,10 +77,21 @@ class StubServer:
                     status = st.script.pop(0) if st.script else 200
                     st.in_flight += 1
                     st.max_in_flight = max(st.max_in_flight, st.in_flight)
+                    if st.hold_until:  # arrivals are held, then released in groups of hold_until
+                        wave, st.held = st.waves, st.held + 1
+                        if st.held == st.hold_until:
+                            st.waves, st.held = st.waves + 1, 0
+                            st.lock.notify_all()
+                        else:
+                            st.lock.wait_for(lambda: st.waves > wave, timeout=10)
                 try:
+                    if st.fast_seed is not None and body.get("seed") != st.fast_seed:
+                        st.release.wait(timeout=10)
                     time.sleep(st.delay_s)
                     if status != 200:
                         return self._send(status, {"error": {"message": f"injected {status}"}}, {"Retry-After": "0"})
+                    if st.reject in body:
+                        return self._send(400, {"error": rejection(st.reject, st.reject_style)})
                     if st.refuse_n and body.get("n", 1) > 1:
                         return self._send(400, {"error": {"message": "n > 1 is not supported", "param": "n"}})
                     if st.ignore_n:
@@ -97,6 +115,14 @@ class StubServer:
                     pass
 
         return Handler
+
+
+def rejection(name: str, style: str) -> dict:
+    if style == "bare":  # as a pydantic-validating server words it
+        return {"message": f"1 validation error for Request\n{name}\n  Extra inputs are not permitted", "param": None}
+    if style == "param":
+        return {"message": "This parameter is not supported with this model.", "param": name}
+    return {"message": f"Unsupported parameter: '{name}' is not supported with this model.", "param": None}
 
 
 def reply(body: dict, chat: bool) -> dict:
@@ -172,25 +198,26 @@ def test_n_is_sent_in_one_request_when_supported(stub):
 
 
 def test_n_is_emulated_by_parallel_calls_when_refused(stub):
-    st = stub.reset(refuse_n=True, delay_s=0.2)
+    st = stub.reset(refuse_n=True)
     b = backend(stub)
 
     async def twice():
         try:
             first = await b.complete(MESSAGES, None, SamplingParams(n=3, seed=10))
             before = len(st.requests)
-            start = time.perf_counter()
+            with st.lock:
+                st.hold_until, st.max_in_flight = 3, 0  # the server answers once all three are in flight
             second = await b.complete(MESSAGES, None, SamplingParams(n=3, seed=10))
-            return first, before, second, time.perf_counter() - start
+            return first, before, second
         finally:
             await b.aclose()
 
-    first, before, second, seconds = run(twice())
+    first, before, second = run(twice())
     assert [c.text for c in first] == [f"seed={10 + i} i=0: hello there" for i in range(3)]
     assert before == 4  # the refused n=3 request, then three n=1 requests
     assert len(st.requests) == 7 and b.supports_n is False  # remembered: no second refusal
     assert [c.text for c in second] == [c.text for c in first]
-    assert seconds < 0.5  # the three calls ran in parallel (3 x 0.2 s sequentially)
+    assert st.max_in_flight == 3  # the three calls were sent in parallel
 
 
 def test_a_server_that_ignores_n_keeps_its_answer_counted_and_is_asked_only_for_the_rest(stub):
@@ -224,10 +251,9 @@ def test_completions_endpoint_and_logprobs(stub):
 
 def test_timeouts_are_retried_then_reported(stub):
     st = stub.reset(delay_s=1.0)
-    start = time.perf_counter()
     with pytest.raises(BackendError, match="ReadTimeout after 2 attempts"):
         run(complete_and_close(backend(stub, timeout_s=0.2, max_retries=1), SamplingParams()))
-    assert time.perf_counter() - start < 1.5 and len(st.requests) == 2
+    assert len(st.requests) == 2
 
 
 def test_api_key_from_environment(stub, monkeypatch):
@@ -240,20 +266,24 @@ def test_api_key_from_environment(stub, monkeypatch):
         run(complete_and_close(backend(stub, api_key_env="STUB_KEY"), SamplingParams()))
 
 
-def test_first_finish_returns_the_earliest_and_cancels_the_rest(stub):
-    stub.reset(delay_s=0.2)
+def test_first_finish_returns_the_earliest_without_waiting_for_the_rest(stub):
+    # samples get seeds 3, 4, 5, 6: once all four are in flight the third is answered; the others are held
+    st = stub.reset(fast_seed=5, hold_until=4)
     b = backend(stub)
 
     async def go():
         try:
-            start = time.perf_counter()
             out = await b.first_finish(MESSAGES, None, SamplingParams(n=4, seed=3))
-            return out, time.perf_counter() - start
+            with st.lock:
+                still_held = st.in_flight
+            return out, still_held
         finally:
+            st.release.set()
             await b.aclose()
 
-    out, seconds = run(go())
-    assert len(out) == 1 and out[0].text.startswith("seed=") and seconds < 0.6
+    out, still_held = run(go())
+    assert [c.text for c in out] == ["seed=5 i=0: hello there"]
+    assert sorted(r["body"]["seed"] for r in st.requests) == [3, 4, 5, 6] and still_held == 3
 
 
 def concurrency_spec(stub: StubServer, max_concurrency: int) -> dict:
@@ -264,22 +294,61 @@ def concurrency_spec(stub: StubServer, max_concurrency: int) -> dict:
 
 
 def test_a_layer_of_eight_generators_runs_concurrently(stub):
-    st = stub.reset(delay_s=0.4)
+    st = stub.reset(hold_until=8)  # the server answers once all eight calls are in flight
     arch = Architecture.from_spec(concurrency_spec(stub, 8), cache=False)
     result = run(arch.run(MESSAGES))
     run(arch.aclose())
     calls = [e for e in result.trace if e["event"] == "call"]
-    total = sum(e["seconds"] for e in calls)
-    ratio = result.seconds / total
-    print(f"\n8 generators: wall {result.seconds:.2f}s, sum of calls {total:.2f}s, wall/sum {ratio:.2f}")
-    assert len(calls) == 8 and len(result.candidates) == 8 and st.max_in_flight == 8
-    assert ratio < 0.35
+    assert len(calls) == 8 and len(result.candidates) == 8
+    assert st.max_in_flight == 8 and st.waves == 1
 
 
 def test_per_backend_concurrency_limit_is_respected(stub):
-    st = stub.reset(delay_s=0.2)
+    st = stub.reset(hold_until=2, delay_s=0.05)  # answered in pairs, so that two calls are surely in flight at once
     arch = Architecture.from_spec(concurrency_spec(stub, 2), cache=False)
-    result = run(arch.run(MESSAGES))
+    run(arch.run(MESSAGES))
     run(arch.aclose())
     assert st.max_in_flight == 2 and len(st.requests) == 8
-    assert result.seconds >= 4 * 0.2 * 0.9  # four waves of two
+
+
+# A value other than the default for every SamplingParams field (a new field must be added here to be tested).
+CHANGED = {"n": 2, "temperature": 0.3, "top_p": 0.9, "top_k": 5, "min_p": 0.05, "repetition_penalty": 1.2,
+           "seed": 9, "max_tokens": 7, "stop": ["###"], "stop_token_ids": [2, 7], "ignore_eos": True, "logprobs": 3,
+           "include_stop_str_in_output": True}
+OPENAI_KEYS = {"model", "n", "temperature", "top_p", "max_tokens"}
+
+
+def test_every_sampling_field_has_a_changed_value_here():
+    assert set(CHANGED) == set(SAMPLING_FIELDS)
+    assert all(CHANGED[name] != info.default for name, info in SAMPLING_FIELDS.items())
+
+
+@pytest.mark.parametrize("name", sorted(CHANGED))
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "completions"])
+def test_each_sampling_field_reaches_the_server(stub, name, chat):
+    st = stub.reset()
+    messages, prompt = (MESSAGES, None) if chat else (None, "plain prompt")
+    run(complete_and_close(backend(stub), SamplingParams(**{name: CHANGED[name]}), messages, prompt))
+    body = st.requests[0]["body"]
+    if name == "logprobs" and chat:  # OpenAI's chat shape
+        assert body["logprobs"] is True and body["top_logprobs"] == CHANGED["logprobs"]
+    else:
+        assert body[name] == CHANGED[name]
+    extra = set(body) - OPENAI_KEYS - {"messages", "prompt"}
+    assert extra == ({"logprobs", "top_logprobs"} if name == "logprobs" and chat else ({name} - OPENAI_KEYS))
+
+
+def test_default_params_send_only_openai_keys(stub):
+    st = stub.reset()
+    run(complete_and_close(backend(stub), SamplingParams()))
+    assert set(st.requests[0]["body"]) == OPENAI_KEYS | {"messages"}
+
+
+@pytest.mark.parametrize("style", ["param", "quoted", "bare"])
+def test_a_rejected_field_is_named_with_the_server(stub, style):
+    st = stub.reset(reject="top_k", reject_style=style)
+    with pytest.raises(BackendError) as info:
+        run(complete_and_close(backend(stub), SamplingParams(top_k=5, min_p=0.1, max_tokens=4)))
+    assert str(info.value).startswith(f"backend openai:{stub.base_url}:stub-model: the server rejected field 'top_k' "
+                                      f"(HTTP 400: {rejection('top_k', style)['message'][:20]}")
+    assert len(st.requests) == 1  # not retried

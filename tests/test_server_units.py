@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from lamina.engine.outputs import CompletionOutput, TokenLogprob
 from lamina.server.admission import Admission
-from lamina.server.errors import APIError
+from lamina.server.errors import APIError, _validation_error
 from lamina.server.formats import ChatFormat, TextFormat
 from lamina.server.metrics import Counter, Histogram, Metrics
 from lamina.server.protocol import ChatCompletionRequest, CompletionRequest
@@ -58,9 +60,10 @@ def test_request_errors_name_the_parameter():
     with pytest.raises(APIError) as exc:
         ChatCompletionRequest(model="m", messages=MSG, top_logprobs=2).sampling_params(10)
     assert exc.value.status == 400 and exc.value.param == "top_logprobs"
-    with pytest.raises(APIError) as exc:
-        ChatCompletionRequest(model="m", messages=MSG, top_k=0).sampling_params(10)
-    assert exc.value.param == "top_k" and "top_k=0" in exc.value.message
+    with pytest.raises(ValidationError) as invalid:  # SamplingParams' allowed values, checked by the request model
+        ChatCompletionRequest(model="m", messages=MSG, top_k=0)
+    error = _validation_error(RequestValidationError(invalid.value.errors()))
+    assert error.param == "top_k" and error.message == "top_k=0: expected -1 (off) or an integer >= 1"
     with pytest.raises(APIError) as exc:
         CompletionRequest(model="m", prompt="x", echo=True).check_supported()
     assert exc.value.param == "echo"

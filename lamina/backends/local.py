@@ -1,7 +1,9 @@
-"""The in-process engine as a backend: one AsyncEngine per model name per process, shared by every architecture."""
+"""The in-process engine as a backend: one AsyncEngine per model name and engine options per process, shared by every
+architecture."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -11,30 +13,50 @@ from lamina.backends.base import Backend, Completion, Completions, Messages, Tok
 from lamina.engine.sampling_params import SamplingParams
 from lamina.errors import InvalidRequestError
 
-_ENGINES: dict[str, Any] = {}
+_ENGINES: dict[str, list[Any]] = {}  # model name -> the AsyncEngines loaded for it (one per set of engine options)
+_SOURCES: dict[str, str] = {}  # a registered name -> the model its engine loaded (a served alias may not be loadable)
 _LOCK = threading.Lock()
+_log = logging.getLogger(__name__)
 
 
 def register_engine(name: str, engine: Any) -> None:
-    """Share an AsyncEngine built elsewhere (e.g. by the server) under a model name."""
+    """Share an AsyncEngine built elsewhere (e.g. by the server) under a model name: `shared_engine(name, **options)`
+    reuses it when the options are none or agree with the engine's own."""
     with _LOCK:
-        _ENGINES[name] = engine
+        engines = _ENGINES.setdefault(name, [])
+        if not any(e is engine for e in engines):
+            engines.append(engine)
+        _SOURCES.setdefault(name, engine.model_name)
 
 
 def shared_engine(name: str, **engine_options: Any):
+    """The AsyncEngine for model `name` whose engine configuration agrees with every option given (no options: the
+    first one loaded); a new one if none does. Two engines of one model hold their own weights and KV cache."""
     with _LOCK:
-        engine = _ENGINES.get(name)
-        if engine is None:
-            from lamina.engine.engine import AsyncEngine
+        engines = _ENGINES.setdefault(name, [])
+        for engine in engines:
+            if _agrees(engine, engine_options):
+                return engine
+        if engines:
+            _log.warning("model %r: engine options %s differ from those of its loaded engine; loading another "
+                         "(its own weights and KV cache)", name, engine_options)
+        from lamina.engine.engine import AsyncEngine
 
-            engine = _ENGINES[name] = AsyncEngine(name, **engine_options)
+        engine = AsyncEngine(_SOURCES.get(name, name), **engine_options)
+        engines.append(engine)
         return engine
+
+
+def _agrees(engine: Any, options: dict[str, Any]) -> bool:
+    config = engine.engine.config  # the EngineConfig it was built with
+    return all(hasattr(config, key) and getattr(config, key) == value for key, value in options.items())
 
 
 def shutdown_all() -> None:
     with _LOCK:
-        engines = list(_ENGINES.values())
+        engines = list({id(e): e for group in _ENGINES.values() for e in group}.values())
         _ENGINES.clear()
+        _SOURCES.clear()
     for engine in engines:
         engine.shutdown()
 

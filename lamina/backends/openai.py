@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import time
 from typing import Any
 
@@ -14,6 +15,11 @@ from lamina.engine.sampling_params import SamplingParams
 from lamina.errors import BackendError
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# OpenAI's sampling fields, always sent (an OpenAI server's max_tokens default is unbounded). Every other
+# SamplingParams field is sent only when it differs from its default, so a plain OpenAI server sees no extra keys:
+# seed and stop (OpenAI's), top_k, min_p, repetition_penalty, stop_token_ids, ignore_eos and
+# include_stop_str_in_output (vLLM's extra fields, which `lamina serve` accepts too); logprobs in each endpoint's shape.
+ALWAYS_SENT = ("n", "temperature", "top_p", "max_tokens")
 
 
 class OpenAIBackend(Backend):
@@ -89,12 +95,8 @@ class OpenAIBackend(Backend):
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _body(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "n": params.n, "temperature": params.temperature,
-                                "top_p": params.top_p, "max_tokens": params.max_tokens}
-        if params.seed is not None:
-            body["seed"] = params.seed
-        if params.stop:
-            body["stop"] = params.stop
+        body: dict[str, Any] = {"model": self.model, **{name: getattr(params, name) for name in ALWAYS_SENT}}
+        body.update((name, value) for name, value in params.changed().items() if name != "logprobs")
         if messages is not None:
             body["messages"] = messages
             if params.logprobs is not None:
@@ -119,8 +121,13 @@ class OpenAIBackend(Backend):
                 continue
             if response.status_code == 200:
                 return response.json()
-            if response.status_code == 400 and params.n > 1 and "\"n\"" in response.text.replace("'", "\""):
-                raise _NRefused()
+            if response.status_code in (400, 422):
+                rejected = _rejected_field(response, body)
+                if rejected == "n" and params.n > 1:
+                    raise _NRefused()
+                if rejected is not None:
+                    raise BackendError(f"backend {self.identity}: the server rejected field {rejected!r} "
+                                       f"(HTTP {response.status_code}: {_error_message(response)[:300]})")
             if response.status_code not in RETRY_STATUS or attempt == self.max_retries:
                 raise BackendError(f"backend {self.identity}: HTTP {response.status_code} on {path} "
                                    f"after {attempt + 1} attempt(s): {response.text[:300]}")
@@ -151,6 +158,36 @@ class OpenAIBackend(Backend):
 
 class _NRefused(Exception):
     pass
+
+
+_NOT_SAMPLING = ("model", "messages", "prompt")
+
+
+def _error(response: httpx.Response) -> dict[str, Any]:
+    """An error response's OpenAI `error` object ({} when the body is not one)."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return {}
+    return error if isinstance(error, dict) else {}
+
+
+def _error_message(response: httpx.Response) -> str:
+    return str(_error(response).get("message") or response.text)
+
+
+def _rejected_field(response: httpx.Response, body: dict[str, Any]) -> str | None:
+    """The request field an error response names: OpenAI's `error.param`, else a sent sampling field named in the
+    message as a word (quoted if it is one letter, as n)."""
+    param = _error(response).get("param")
+    if isinstance(param, str) and param.split(".")[0] in body:
+        return param.split(".")[0]
+    text = _error_message(response)
+    for name in body:
+        word = rf"[\"'`]{name}[\"'`]" if len(name) == 1 else rf"(?<![\w.]){re.escape(name)}(?![\w])"
+        if name not in _NOT_SAMPLING and re.search(word, text):
+            return name
+    return None
 
 
 def _single(params: SamplingParams, index: int) -> SamplingParams:

@@ -3,20 +3,44 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
+from collections.abc import Iterable
 from pathlib import Path
 
+from lamina.engine.sampling_params import SAMPLING_FIELDS, SamplingParams
 
-def _sampling_args(parser: argparse.ArgumentParser, max_tokens: int) -> None:
+
+# SamplingParams fields given as flags (all but logprobs, which these commands do not print)
+CLI_SAMPLING_FIELDS = tuple(name for name in SAMPLING_FIELDS if name != "logprobs")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = CLI_SAMPLING_FIELDS,
+                           **defaults: object) -> None:
+    """One flag per SamplingParams field in `names` (--top-p for top_p; -n for n), typed, with its help; `defaults`
+    overrides SamplingParams' defaults for this command. Lists are repeatable flags; bools are switches."""
+    group = parser.add_argument_group("sampling (vLLM's SamplingParams)")
+    for name in names:
+        info = SAMPLING_FIELDS[name]
+        default = defaults.get(name, info.default)
+        flag = f"-{name}" if len(name) == 1 else "--" + name.replace("_", "-")
+        if info.kind is bool:
+            group.add_argument(flag, action="store_true", help=info.help)
+        elif typing.get_origin(info.kind) is list:
+            (item,) = typing.get_args(info.kind)
+            group.add_argument(flag, action="append", type=item, default=[], help=f"{info.help} (repeatable)")
+        else:
+            scalar = next(t for t in typing.get_args(info.kind) or (info.kind,) if t is not type(None))
+            group.add_argument(flag, type=scalar, default=default,
+                               help=f"{info.help}; {info.expected} (default: {default})")
+
+
+def sampling_params(args: argparse.Namespace, names: Iterable[str] = CLI_SAMPLING_FIELDS) -> SamplingParams:
+    """SamplingParams from the flags add_sampling_arguments added for `names` (InvalidRequestError names a bad value)."""
+    return SamplingParams(**{name: getattr(args, name) for name in names})
+
+
+def _engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="model name (default, smollm2-135m), .gguf file or HF folder")
-    parser.add_argument("-n", type=int, default=1, help="samples per prompt")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=-1)
-    parser.add_argument("--min-p", type=float, default=0.0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--max-tokens", type=int, default=max_tokens)
-    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
 
 
@@ -24,27 +48,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="complete prompts with a local model")
     gen.add_argument("prompts", nargs="+", help="prompt text (use - to read one prompt from stdin)")
     gen.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
-    _sampling_args(gen, max_tokens=128)
+    _engine_args(gen)
+    add_sampling_arguments(gen, temperature=0.7, max_tokens=128)
     gen.set_defaults(func=generate_command)
 
     chat = sub.add_parser("chat", help="chat with a local model (interactive, or one message with --message)")
     chat.add_argument("--message", "-m", help="send this one message, print the reply and exit")
     chat.add_argument("--system", help="system message")
-    _sampling_args(chat, max_tokens=256)
+    _engine_args(chat)
+    add_sampling_arguments(chat, temperature=0.7, max_tokens=256)
     chat.set_defaults(func=chat_command)
 
     bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (engine, loader, serve, architectures, eval_scaling)")
     bench.add_argument("name", nargs="?", default="engine")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     bench.set_defaults(func=bench_command)
-
-
-def _params(args: argparse.Namespace):
-    from lamina.engine.sampling_params import SamplingParams
-
-    return SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                          min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                          max_tokens=args.max_tokens, stop=args.stop)
 
 
 def _llm(args: argparse.Namespace):
@@ -55,7 +73,7 @@ def _llm(args: argparse.Namespace):
 
 def generate_command(args: argparse.Namespace) -> int:
     prompts = [sys.stdin.read() if p == "-" else p for p in args.prompts]
-    params = _params(args)
+    params = sampling_params(args)
     llm = _llm(args)
     if args.chat:
         outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=len(prompts) > 1)
@@ -74,8 +92,8 @@ def generate_command(args: argparse.Namespace) -> int:
 
 
 def chat_command(args: argparse.Namespace) -> int:
+    params = sampling_params(args)  # a bad value fails before the model loads
     llm = _llm(args)
-    params = _params(args)
     history = [{"role": "system", "content": args.system}] if args.system else []
     if args.message is not None:
         history.append({"role": "user", "content": args.message})

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from lamina.engine.sampling_params import SamplingParams
+from lamina.engine.sampling_params import SAMPLING_FIELDS, SamplingParams, pydantic_fields, pydantic_type
 from lamina.errors import InvalidRequestError
 from lamina.server.errors import APIError, bad_request
 
@@ -49,29 +49,40 @@ class LaminaOptions(BaseModel):
     tests: list[str] | None = None  # architectures: unit tests handed to `Architecture.run(..., tests=)`
 
 
-_SAMPLING_FIELDS = frozenset({"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "ignore_eos",
-                              "max_tokens", "max_completion_tokens", "stop", "presence_penalty", "frequency_penalty"})
+# Sampling fields from SamplingParams, with its allowed values; OpenAI's shapes of stop (str or list) and logprobs
+# (per endpoint) are declared below. vLLM's extra fields (top_k, min_p, repetition_penalty, stop_token_ids,
+# ignore_eos, include_stop_str_in_output) are accepted as top-level keys, as vLLM does.
+_OPENAI_SHAPED = ("stop", "logprobs")
+_SAMPLING_FIELDS = frozenset(set(SAMPLING_FIELDS) - {"n", "seed", "logprobs"}
+                             | {"max_completion_tokens", "presence_penalty", "frequency_penalty"})
 
 
-class _Sampling(BaseModel):
+class _Extensible(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+_LogprobsCount = pydantic_type("logprobs")  # SamplingParams.logprobs: chat's top_logprobs, completions' logprobs
+_MaxTokens = pydantic_type("max_tokens")  # also chat's max_completion_tokens
+_SamplingFields = create_model("_SamplingFields", __base__=_Extensible, **pydantic_fields(
+    exclude=_OPENAI_SHAPED, with_defaults=("n",)))  # type: ignore[call-overload]
+
+
+class _Sampling(_SamplingFields):  # type: ignore[valid-type, misc]
     model: str
-    n: int = Field(1, ge=1, le=MAX_N)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    ignore_eos: bool = False
-    max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     user: str | None = None
     lamina: LaminaOptions = Field(default_factory=LaminaOptions)
+
+    @field_validator("n")
+    @classmethod
+    def _n(cls, value: int) -> int:
+        if value > MAX_N:
+            raise ValueError(f"expected at most {MAX_N} samples per request")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -106,12 +117,10 @@ class _Sampling(BaseModel):
         return None
 
     def sampling_params(self, default_max_tokens: int) -> SamplingParams:
-        fields: dict[str, Any] = {"n": self.n, "max_tokens": self.requested_max_tokens() or default_max_tokens,
-                                  "stop": self.stop, "seed": self.seed, "logprobs": self.requested_logprobs(),
-                                  "ignore_eos": self.ignore_eos}
-        for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
-            if getattr(self, name) is not None:
-                fields[name] = getattr(self, name)
+        fields: dict[str, Any] = {name: getattr(self, name) for name in _SamplingFields.model_fields
+                                  if getattr(self, name) is not None}
+        fields.update(max_tokens=self.requested_max_tokens() or default_max_tokens, stop=self.stop,
+                      logprobs=self.requested_logprobs())
         try:
             return SamplingParams(**fields)
         except InvalidRequestError as exc:
@@ -121,9 +130,9 @@ class _Sampling(BaseModel):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: _MaxTokens = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: _LogprobsCount = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -139,7 +148,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = Field(None, ge=0, le=20)
+    logprobs: _LogprobsCount = None
     echo: bool = False
     best_of: int | None = None
 
