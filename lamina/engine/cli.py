@@ -15,10 +15,10 @@ CLI_SAMPLING_FIELDS = tuple(name for name in SAMPLING_FIELDS if name != "logprob
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = CLI_SAMPLING_FIELDS,
-                           **defaults: object) -> None:
+                           title: str = "sampling (vLLM's SamplingParams)", **defaults: object) -> None:
     """One flag per SamplingParams field in `names` (--top-p for top_p; -n for n), typed, with its help; `defaults`
     overrides SamplingParams' defaults for this command. Lists are repeatable flags; bools are switches."""
-    group = parser.add_argument_group("sampling (vLLM's SamplingParams)")
+    group = parser.add_argument_group(title)
     for name in names:
         info = SAMPLING_FIELDS[name]
         default = defaults.get(name, info.default)

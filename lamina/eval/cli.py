@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from lamina.engine.cli import add_sampling_arguments
+
     ev = sub.add_parser("eval", help="score an architecture (or one plain model call) on a task")
     who = ev.add_mutually_exclusive_group()
     who.add_argument("--arch", help="architecture spec (YAML/JSON)")
@@ -19,9 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--name", help="run name (default: ARCH__TASK__SPLIT); the store is RUNS_DIR/NAME.sqlite")
     ev.add_argument("--runs-dir", default="runs", help="folder for run stores (default: runs)")
     ev.add_argument("--out", help="explicit path of the run's SQLite store")
-    ev.add_argument("--max-tokens", type=int, help="--model only: max new tokens (default: the task's max_tokens)")
-    ev.add_argument("--temperature", type=float, default=0.0, help="--model only (default 0: greedy)")
-    ev.add_argument("--seed", type=int, default=0, help="--model only: sampling seed")
+    add_sampling_arguments(ev, names=("temperature", "max_tokens", "seed"), temperature=0.0, max_tokens=None, seed=0,
+                           title="sampling, with --model only (max-tokens None: the task's max_tokens)")
     ev.add_argument("--cache", help="SQLite call cache (default: none, so usage counts every real call)")
     ev.add_argument("--baseline", help="score by pairwise LLM judge against this baseline run's answers")
     ev.add_argument("--judge-model", default="default", help="judge model for --baseline (default: default)")
