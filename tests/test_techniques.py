@@ -9,10 +9,9 @@ import pytest
 from lamina.architecture import Architecture
 from lamina.calls import Caller
 from lamina.budget import BudgetGuard
-from lamina.spec import UnitTestSpec, VoteSpec
 from lamina.techniques import Candidate, State
-from lamina.techniques.unit_test import UnitTest
-from lamina.techniques.vote import Vote
+from lamina.techniques.unit_test import UnitTest, UnitTestSpec
+from lamina.techniques.vote import Vote, VoteSpec
 
 from tests.archs import run_spec
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lamina.budget import Estimate
+from lamina.techniques.spec_base import Component
 
 if TYPE_CHECKING:
     from lamina.calls import Caller
@@ -54,7 +55,8 @@ class State:
 class Technique:
     """One component of a layer: `run(state)` returns the candidates it produces, or None to pass them through."""
 
-    kind: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # the spec's `type`
+    spec_class: ClassVar[type[Component]] = Component  # the pydantic spec this technique is built from
     builtin: ClassVar[dict[str, Any]] = {"temperature": 0.0, "max_tokens": 64}
 
     def __init__(self, spec: Any, name: str) -> None:

@@ -1,14 +1,25 @@
 """first_finish: start `samples` samples and keep the first one to finish; the rest are cancelled."""
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from lamina.budget import Estimate
-from lamina.spec import FirstFinishSpec
 from lamina.techniques.base import Candidate, State, Technique
 from lamina.techniques.parse import mean_logprob
+from lamina.techniques.spec_base import Component
+
+
+class FirstFinishSpec(Component):
+    type: Literal["first_finish"]
+    samples: int = Field(4, ge=1, le=256)
+    system: str | None = None
 
 
 class FirstFinish(Technique):
     kind = "first_finish"
+    spec_class = FirstFinishSpec
     builtin = {"temperature": 0.7, "max_tokens": 256}
     spec: FirstFinishSpec
 

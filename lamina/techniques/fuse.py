@@ -1,16 +1,28 @@
 """fuse: synthesize the candidates (and their critiques) into one or more new candidates."""
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from lamina.budget import Estimate
-from lamina.spec import FuseSpec
 from lamina.techniques.base import Candidate, State, Technique, numbered
+from lamina.techniques.spec_base import Component
 
 FUSE_PROMPT = ("Question: {query}\n\nHere are some responses{critiqued}:\n{responses}\n\n"
                "Using what is right in them and fixing what is wrong, write one best answer to the question.")
 
 
+class FuseSpec(Component):
+    type: Literal["fuse"]
+    samples: int = Field(1, ge=1, le=64)
+    top_k: int | None = Field(None, ge=1)  # how many candidates to show the fuser
+    use_critiques: bool = True
+
+
 class Fuse(Technique):
     kind = "fuse"
+    spec_class = FuseSpec
     builtin = {"temperature": 0.7, "max_tokens": 256}
     spec: FuseSpec
 

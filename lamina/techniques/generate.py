@@ -2,15 +2,30 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
+
+from pydantic import Field
 
 from lamina.budget import Estimate
-from lamina.spec import GenerateSpec
 from lamina.techniques.base import Candidate, State, Technique
 from lamina.techniques.parse import mean_entropy, mean_logprob
+from lamina.techniques.spec_base import Component
+
+
+class GenerateSpec(Component):
+    type: Literal["generate"]
+    models: list[str] | None = Field(None, min_length=1)
+    samples: int = Field(1, ge=1, le=256)
+    system: str | None = None
+    logprobs: int | None = Field(None, ge=0, le=20)
+
+    def aliases(self) -> list[str | None]:
+        return list(self.models) if self.models else [self.model]
 
 
 class Generate(Technique):
     kind = "generate"
+    spec_class = GenerateSpec
     builtin = {"temperature": 0.7, "max_tokens": 256}
     spec: GenerateSpec
 
