@@ -69,22 +69,23 @@ class Caller:
         hit = self.cache.get_many(keys) if self.cache is not None else None
         try:
             if hit is not None:
-                outs, prompt_tokens, spent = [c for c, _ in hit], hit[0][1], sum(c.num_tokens for c, _ in hit)
-                seconds = time.perf_counter() - start
+                got, hit.seconds = hit, time.perf_counter() - start
             else:
                 got = await (backend.first_finish if first_finish else backend.complete)(messages, None, sp)
-                outs, prompt_tokens, spent, seconds = list(got), got.prompt_tokens, got.completion_tokens, got.seconds
                 if self.cache is not None:
-                    self.cache.put_many(backend.identity, list(zip(keys, outs)), prompt_tokens)
+                    self.cache.put_many(backend.identity, keys, got)
         except BaseException:
             self.guard.settle(need, 0, 0)
             raise
-        self.guard.settle(need, 1, prompt_tokens + spent)
-        self.usage.add_call(component, prompt_tokens, spent, seconds, cached=hit is not None)
+        prompt_tokens, completion_tokens, outs = got.prompt_tokens, got.completion_tokens, list(got)
+        self.guard.settle(need, 1, prompt_tokens + completion_tokens)  # the budget counts cost, cached or not
+        self.usage.add_call(component, prompt_tokens, completion_tokens, got.seconds, cached=hit is not None,
+                            cached_prompt_tokens=got.cached_prompt_tokens)
         self.trace.append({"event": "call", "component": component, "model": handle.alias, "backend": backend.identity,
                            "messages": messages, "params": sp.to_dict(), "outputs": [c.text for c in outs],
                            "finish_reasons": [c.finish_reason for c in outs], "prompt_tokens": prompt_tokens,
-                           "completion_tokens": spent, "seconds": round(seconds, 4), "cached": hit is not None})
+                           "completion_tokens": completion_tokens, "cached_prompt_tokens": got.cached_prompt_tokens,
+                           "seconds": round(got.seconds, 4), "cached": hit is not None})
         return outs
 
 
