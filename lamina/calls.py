@@ -43,8 +43,14 @@ class Caller:
     def handle(self, alias: str | None) -> ModelHandle:
         return self.models[alias or self.default_alias]
 
-    def params(self, alias: str | None, builtin: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-        return {**builtin, **self.handle(alias).defaults, **overrides}
+    def params(self, alias: str | None, builtin: dict[str, Any], overrides: dict[str, Any],
+               judge: bool = False) -> dict[str, Any]:
+        """Sampling settings of a call, later sources winning: a generator's built-in settings, then the model
+        alias's `params`, then the component's overrides; a judge's (`judge=True`) built-in settings instead win
+        over the alias's generation defaults (a judge samples at its temperature 0 whatever the alias says);
+        alias settings the judge does not fix (e.g. stop) still apply."""
+        defaults = self.handle(alias).defaults
+        return {**defaults, **builtin, **overrides} if judge else {**builtin, **defaults, **overrides}
 
     def estimate(self, alias: str | None, prompt_text: str, max_tokens: int, samples: int = 1, calls: int = 1) -> Estimate:
         prompt = self.handle(alias).backend.count_tokens(prompt_text) + TEMPLATE_TOKENS

@@ -58,6 +58,7 @@ class Technique:
     kind: ClassVar[str] = ""  # the spec's `type`
     spec_class: ClassVar[type[Component]] = Component  # the pydantic spec this technique is built from
     builtin: ClassVar[dict[str, Any]] = {"temperature": 0.0, "max_tokens": 64}
+    judge: ClassVar[bool] = True  # its built-in settings win over the alias's params (see Caller.params)
 
     def __init__(self, spec: Any, name: str) -> None:
         self.spec = spec
@@ -70,8 +71,10 @@ class Technique:
         """An upper bound on the calls and tokens `run` may spend, checked against the budget first."""
         return Estimate()
 
-    def params(self, state: State, **force: Any) -> dict[str, Any]:
-        return state.calls.params(self.spec.model, self.builtin, {**self.spec.overrides(), **force})
+    def params(self, state: State, alias: str | None = None, **force: Any) -> dict[str, Any]:
+        """The settings of a call to `alias` (default: the component's model); `force` wins over everything."""
+        return state.calls.params(alias or self.spec.model, self.builtin, {**self.spec.overrides(), **force},
+                                  self.judge)
 
     def max_tokens(self, state: State) -> int:
         return int(self.params(state).get("max_tokens", 16))

@@ -21,6 +21,7 @@ class FirstFinish(Technique):
     kind = "first_finish"
     spec_class = FirstFinishSpec
     builtin = {"temperature": 0.7, "max_tokens": 256}
+    judge = False  # a generator: the alias's params win over its built-in settings
     spec: FirstFinishSpec
 
     def messages(self, state: State) -> list[dict[str, str]]:

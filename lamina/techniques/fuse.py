@@ -24,6 +24,7 @@ class Fuse(Technique):
     kind = "fuse"
     spec_class = FuseSpec
     builtin = {"temperature": 0.7, "max_tokens": 256}
+    judge = False  # a generator: the alias's params win over its built-in settings
     spec: FuseSpec
 
     def prompt(self, state: State) -> str:

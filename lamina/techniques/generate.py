@@ -27,6 +27,7 @@ class Generate(Technique):
     kind = "generate"
     spec_class = GenerateSpec
     builtin = {"temperature": 0.7, "max_tokens": 256}
+    judge = False  # a generator: the alias's params win over its built-in settings
     spec: GenerateSpec
 
     def aliases(self) -> list[str | None]:
@@ -38,7 +39,7 @@ class Generate(Technique):
 
     def alias_params(self, state: State, alias: str | None) -> dict:
         force = {"logprobs": self.spec.logprobs} if self.spec.logprobs is not None else {}
-        return state.calls.params(alias, self.builtin, {**self.spec.overrides(), **force})
+        return self.params(state, alias, **force)
 
     async def run(self, state: State) -> list[Candidate]:
         messages = self.messages(state)
