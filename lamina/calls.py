@@ -39,6 +39,7 @@ class Caller:
         self.base_seed = base_seed
         self.usage = Usage()
         self.trace: list[dict[str, Any]] = []
+        self.keys: dict[str, int] = {}  # component name -> its content key in this query (set by the Runner)
 
     def handle(self, alias: str | None) -> ModelHandle:
         return self.models[alias or self.default_alias]
@@ -65,7 +66,8 @@ class Caller:
         backend = handle.backend
         values = dict(params)
         if values.get("seed") is None:
-            values["seed"] = derive_seed(self.base_seed, self.query_key, component, call_index)
+            identity = self.keys.get(component, component)  # a component run outside a Runner: its name
+            values["seed"] = derive_seed(self.base_seed, self.query_key, identity, call_index)
         sp = SamplingParams(**values, n=samples)
         mode = "first_finish" if first_finish else "sample"
         keys = [call_key(backend.identity, messages, None, sp, i, mode) for i in range(1 if first_finish else samples)]

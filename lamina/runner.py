@@ -53,6 +53,32 @@ def component_names(spec: ArchSpec) -> list[list[str]]:
     return names
 
 
+def component_identities(spec: ArchSpec, models: dict[str, ModelHandle]) -> list[list[int]]:
+    """Each component's identity by content, not position: its spec without the display `name` (renaming never
+    changes samples), each model alias replaced by what it names (backend identity and sampling params), and its
+    index among identical siblings in its layer (two identical components in one layer sample differently).
+    With the component's inputs (Runner.content_key) it seeds every call, and so keys the call cache: adding or
+    removing a layer leaves every other component whose inputs are unchanged drawing the same samples."""
+    first = next(iter(models))
+
+    def model(alias: str | None) -> list[Any]:
+        handle = models[alias or first]
+        return [handle.backend.identity, handle.defaults]
+
+    identities = []
+    for layer in spec.layers:
+        seen: dict[int, int] = {}
+        row = []
+        for comp in layer:
+            content = comp.model_dump(exclude={"name", "model", "models"})
+            content["model"] = [model(alias) for alias in comp.aliases()]
+            same = derive_seed(content)
+            row.append(derive_seed(same, seen.get(same, 0)))
+            seen[same] = seen.get(same, 0) + 1
+        identities.append(row)
+    return identities
+
+
 class Runner:
     def __init__(self, spec: ArchSpec, models: dict[str, ModelHandle], cache: CallCache | None) -> None:
         self.spec = spec
@@ -62,6 +88,7 @@ class Runner:
             [build_technique(comp, name) for comp, name in zip(layer, names)]
             for layer, names in zip(spec.layers, component_names(spec))
         ]
+        self.identities = component_identities(spec, models)
 
     async def run(self, messages: Any, tests: list[str] | None = None, seed: int | None = None) -> ArchResult:
         """`seed` varies the derived per-call seeds (e.g. to get n different runs of one query)."""
@@ -93,8 +120,18 @@ class Runner:
             raise
         return True
 
+    @staticmethod
+    def content_key(identity: int, technique: Technique, state: State) -> int:
+        """What seeds a component's calls in this query (the query itself is in the Caller's query_key): its
+        identity and the candidates it receives, by content (not by the name of the component that made them);
+        generate and first_finish read only the query, so what precedes them does not change their samples."""
+        inputs = [c.content() for c in state.candidates] if technique.reads_candidates else None
+        return derive_seed(identity, inputs)
+
     async def _run_layer(self, state: State, index: int, layer: list[Technique]) -> None:
         start = time.perf_counter()
+        for technique, identity in zip(layer, self.identities[index]):
+            state.calls.keys[technique.name] = self.content_key(identity, technique, state)
         results = await asyncio.gather(*(t.run(state) for t in layer))
         produced = [r for r in results if r is not None]
         if produced:

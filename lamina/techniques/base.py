@@ -26,6 +26,10 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
+    def content(self) -> dict[str, Any]:
+        """What the candidate says and what is known of it, without where it came from (component, alias)."""
+        return {name: getattr(self, name) for name in self.__slots__ if name not in ("source", "model")}
+
 
 @dataclass(slots=True)
 class State:
@@ -59,6 +63,7 @@ class Technique:
     spec_class: ClassVar[type[Component]] = Component  # the pydantic spec this technique is built from
     builtin: ClassVar[dict[str, Any]] = {"temperature": 0.0, "max_tokens": 64}
     judge: ClassVar[bool] = True  # its built-in settings win over the alias's params (see Caller.params)
+    reads_candidates: ClassVar[bool] = True  # False: its calls depend on the query only (seeds; Runner.content_key)
 
     def __init__(self, spec: Any, name: str) -> None:
         self.spec = spec

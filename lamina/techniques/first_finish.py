@@ -22,6 +22,7 @@ class FirstFinish(Technique):
     spec_class = FirstFinishSpec
     builtin = {"temperature": 0.7, "max_tokens": 256}
     judge = False  # a generator: the alias's params win over its built-in settings
+    reads_candidates = False
     spec: FirstFinishSpec
 
     def messages(self, state: State) -> list[dict[str, str]]:

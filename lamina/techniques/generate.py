@@ -28,6 +28,7 @@ class Generate(Technique):
     spec_class = GenerateSpec
     builtin = {"temperature": 0.7, "max_tokens": 256}
     judge = False  # a generator: the alias's params win over its built-in settings
+    reads_candidates = False
     spec: GenerateSpec
 
     def aliases(self) -> list[str | None]:
