@@ -9,10 +9,10 @@ from lamina.backends import Backend, get_backend
 from lamina.cache import DEFAULT_CACHE_PATH, CallCache
 from lamina.calls import ModelHandle
 from lamina.errors import InvalidRequestError
-from lamina.runner import ArchResult, Runner, write_trace
+from lamina.runner import ArchResult, LayerResult, Runner, write_trace
 from lamina.spec import ArchSpec, load_spec, parse_spec
 
-__all__ = ["Architecture", "ArchResult", "ArchSpec", "Usage", "write_trace"]
+__all__ = ["Architecture", "ArchResult", "ArchSpec", "LayerResult", "Usage", "write_trace"]
 
 _SPEC_ALIAS_KEYS = ("backend", "base_url", "api_key_env", "max_concurrency", "engine", "timeout_s", "max_retries",
                     "supports_n")

@@ -19,7 +19,25 @@ from lamina.techniques import Candidate, State, Technique, build_technique
 
 
 @dataclass(slots=True)
+class LayerResult:
+    """What one layer passed on: its candidates (its components' outputs together, in component order; the
+    input unchanged when no component produced any)."""
+
+    index: int
+    components: list[str]  # display names
+    candidates: list[Candidate]
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "components": self.components, "seconds": round(self.seconds, 4),
+                "candidates": [c.to_dict() for c in self.candidates]}
+
+
+@dataclass(slots=True)
 class ArchResult:
+    """One query's answer. `final`: the resolved candidates (answer first); `candidates`: their texts;
+    `layers`: every layer that ran (layers skipped by the budget are absent); `trace`: debug events only."""
+
     answer: str
     candidates: list[str]
     usage: Usage
@@ -27,10 +45,17 @@ class ArchResult:
     seconds: float = 0.0
     final: list[Candidate] = field(default_factory=list)
     stopped_by_budget: bool = False
+    layers: list[LayerResult] = field(default_factory=list)
+
+    def first_layer_samples(self) -> list[Candidate]:
+        """The candidates the first layer drew: the raw samples of a sampling architecture (pass@k, per-sample
+        scores); [] when no layer ran."""
+        return list(self.layers[0].candidates) if self.layers else []
 
     def to_dict(self) -> dict[str, Any]:
         return {"answer": self.answer, "candidates": self.candidates, "usage": self.usage.to_dict(),
-                "seconds": round(self.seconds, 4), "stopped_by_budget": self.stopped_by_budget}
+                "seconds": round(self.seconds, 4), "stopped_by_budget": self.stopped_by_budget,
+                "layers": [layer.to_dict() for layer in self.layers]}
 
 
 def check_messages(messages: Any) -> list[dict[str, str]]:
@@ -98,15 +123,15 @@ class Runner:
         caller = Caller(self.models, self.cache, BudgetGuard(budget.max_calls, budget.max_tokens), str(query_key),
                         self.spec.seed)
         state = State(messages, caller, [], list(tests) if tests else None)
-        start, stopped = time.perf_counter(), False
+        start, stopped, layers = time.perf_counter(), False, []
         for i, layer in enumerate(self.layers):
             if not self._affordable(state, i, layer):
                 stopped = True
                 break
-            await self._run_layer(state, i, layer)
+            layers.append(await self._run_layer(state, i, layer))
         final = self._resolve(state, query_key)
         return ArchResult(final[0].text if final else "", [c.text for c in final], caller.usage, caller.trace,
-                          time.perf_counter() - start, final, stopped)
+                          time.perf_counter() - start, final, stopped, layers)
 
     def _affordable(self, state: State, index: int, layer: list[Technique]) -> bool:
         need = sum((t.estimate(state) for t in layer), Estimate())
@@ -128,7 +153,7 @@ class Runner:
         inputs = [c.content() for c in state.candidates] if technique.reads_candidates else None
         return derive_seed(identity, inputs)
 
-    async def _run_layer(self, state: State, index: int, layer: list[Technique]) -> None:
+    async def _run_layer(self, state: State, index: int, layer: list[Technique]) -> LayerResult:
         start = time.perf_counter()
         for technique, identity in zip(layer, self.identities[index]):
             state.calls.keys[technique.name] = self.content_key(identity, technique, state)
@@ -136,8 +161,10 @@ class Runner:
         produced = [r for r in results if r is not None]
         if produced:
             state.candidates = [c for r in produced for c in r]
-        state.calls.trace.append({"event": "layer", "layer": index, "components": [t.name for t in layer],
-                                  "candidates": len(state.candidates), "seconds": round(time.perf_counter() - start, 4)})
+        result = LayerResult(index, [t.name for t in layer], list(state.candidates), time.perf_counter() - start)
+        state.calls.trace.append({"event": "layer", "layer": index, "components": result.components,
+                                  "candidates": len(result.candidates), "seconds": round(result.seconds, 4)})
+        return result
 
     def _resolve(self, state: State, query_key: int) -> list[Candidate]:
         cands = list(state.candidates)

@@ -24,6 +24,7 @@ class Completion:
     num_tokens: int
     logprobs: list[TokenLP] | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = None  # where the backend returns them (the local engine does)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -32,7 +33,7 @@ class Completion:
     def from_dict(cls, data: dict[str, Any]) -> "Completion":
         lps = data.get("logprobs")
         logprobs = None if lps is None else [TokenLP(lp["token"], lp["logprob"], lp.get("top") or {}) for lp in lps]
-        return cls(data["text"], int(data["num_tokens"]), logprobs, data.get("finish_reason"))
+        return cls(data["text"], int(data["num_tokens"]), logprobs, data.get("finish_reason"), data.get("token_ids"))
 
 
 class Completions(list):

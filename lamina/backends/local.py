@@ -73,7 +73,8 @@ class LocalBackend(Backend):
             final = out
         assert final is not None
         tok = engine.tokenizer
-        items = [Completion(o.text, len(o.token_ids), _logprobs(o.logprobs, tok), o.finish_reason) for o in final.outputs]
+        items = [Completion(o.text, len(o.token_ids), _logprobs(o.logprobs, tok), o.finish_reason, list(o.token_ids))
+                 for o in final.outputs]
         return Completions(items, len(final.prompt_token_ids), time.perf_counter() - start,
                            cached_prompt_tokens=final.num_cached_tokens)
 
@@ -95,7 +96,7 @@ class LocalBackend(Backend):
             await stream.aclose()
         assert winner is not None
         item = Completion(winner.text, len(winner.token_ids), _logprobs(winner.logprobs, engine.tokenizer),
-                          winner.finish_reason)
+                          winner.finish_reason, list(winner.token_ids))
         return Completions([item], prompt_tokens, time.perf_counter() - start, spent, cached)
 
 

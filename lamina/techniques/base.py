@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from lamina.backends.base import Completion
 from lamina.budget import Estimate
+from lamina.techniques.parse import mean_entropy, mean_logprob
 from lamina.techniques.spec_base import Component
 
 if TYPE_CHECKING:
@@ -13,15 +15,26 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class Candidate:
+    """One response flowing between layers, and what techniques learnt of it."""
+
     text: str
-    source: str
-    model: str | None = None
-    score: float | None = None
+    source: str  # the display name of the component that wrote it
+    model: str | None = None  # the model alias that wrote it
+    score: float | None = None  # reward/rank judge: 1-10 rating, or P(yes) in [0, 1] by verdict logprob
     critique: str | None = None
-    pass_rate: float | None = None
-    mean_logprob: float | None = None
-    mean_entropy: float | None = None
-    answer: str | None = None
+    pass_rate: float | None = None  # unit_test: fraction of tests passed, in [0, 1]
+    mean_logprob: float | None = None  # mean per-token logprob (nats), when logprobs were requested
+    mean_entropy: float | None = None  # mean per-token entropy (nats), when logprobs were requested
+    answer: str | None = None  # vote: the extracted answer
+    token_ids: list[int] | None = None  # the sampled tokens, where the backend returns them
+    finish_reason: str | None = None  # "stop" | "length" | ...
+
+    @classmethod
+    def sampled(cls, completion: Completion, source: str, model: str | None) -> "Candidate":
+        """A fresh sample from a model, with what its logprobs (if any) tell."""
+        lps = completion.logprobs
+        return cls(completion.text, source, model, mean_logprob=mean_logprob(lps), mean_entropy=mean_entropy(lps),
+                   token_ids=completion.token_ids, finish_reason=completion.finish_reason)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}

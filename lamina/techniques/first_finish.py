@@ -7,7 +7,6 @@ from pydantic import Field
 
 from lamina.budget import Estimate
 from lamina.techniques.base import Candidate, State, Technique
-from lamina.techniques.parse import mean_logprob
 from lamina.techniques.spec_base import Component
 
 
@@ -33,7 +32,7 @@ class FirstFinish(Technique):
         outs = await state.calls.call(self.name, self.spec.model, self.messages(state), samples=self.spec.samples,
                                       first_finish=True, params=self.params(state))
         alias = state.calls.handle(self.spec.model).alias
-        return [Candidate(c.text, self.name, alias, mean_logprob=mean_logprob(c.logprobs)) for c in outs]
+        return [Candidate.sampled(c, self.name, alias) for c in outs]
 
     def estimate(self, state: State) -> Estimate:
         text = "\n".join(m["content"] for m in self.messages(state))

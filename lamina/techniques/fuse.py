@@ -41,7 +41,7 @@ class Fuse(Technique):
         else:
             outs = await self.ask(state, self.prompt(state), samples=self.spec.samples)
         alias = state.calls.handle(self.spec.model).alias
-        return [Candidate(c.text, self.name, alias) for c in outs]
+        return [Candidate.sampled(c, self.name, alias) for c in outs]
 
     def estimate(self, state: State) -> Estimate:
         return self.per_call_estimate(state, self.prompt(state), 1, self.spec.samples)

@@ -8,7 +8,6 @@ from pydantic import Field
 
 from lamina.budget import Estimate
 from lamina.techniques.base import Candidate, State, Technique
-from lamina.techniques.parse import mean_entropy, mean_logprob
 from lamina.techniques.spec_base import Component
 
 
@@ -48,8 +47,7 @@ class Generate(Technique):
             state.calls.call(self.name, alias, messages, samples=self.spec.samples, call_index=k,
                              params=self.alias_params(state, alias))
             for k, alias in enumerate(self.aliases())))
-        return [Candidate(c.text, self.name, state.calls.handle(alias).alias, mean_logprob=mean_logprob(c.logprobs),
-                          mean_entropy=mean_entropy(c.logprobs))
+        return [Candidate.sampled(c, self.name, state.calls.handle(alias).alias)
                 for alias, batch in zip(self.aliases(), batches) for c in batch]
 
     def estimate(self, state: State) -> Estimate:
