@@ -70,4 +70,5 @@ def test_an_openai_compatible_server_reports_its_prefix_cache_hits():
             "usage": {"prompt_tokens": 30, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 16}}}
     out = OpenAIBackend("m")._parse(data, True, 0.0)
     assert (out.prompt_tokens, out.cached_prompt_tokens, out.completion_tokens) == (30, 16, 1)
-    assert OpenAIBackend("m")._parse({"choices": [], "usage": {"prompt_tokens": 3}}, True, 0.0).cached_prompt_tokens == 0
+    bare = OpenAIBackend("m")._parse({"choices": [], "usage": {"prompt_tokens": 3}}, True, 0.0)
+    assert bare.cached_prompt_tokens == 0

@@ -178,7 +178,8 @@ def test_scores_by_verdict_logprob_are_p_yes_over_p_yes_plus_p_no(layer):
     result, backend = run([first, [layer]], {**tokens, **rules})
     assert [c.text for c in result.final] == ["beta", "alpha", "gamma"]
     assert [c.score for c in result.final] == [pytest.approx(0.75), pytest.approx(0.25), None]
-    assert {(c.params.max_tokens, c.params.temperature, c.params.logprobs) for c in backend.made(VERDICT)} == {(1, 0.0, 20)}
+    made = {(c.params.max_tokens, c.params.temperature, c.params.logprobs) for c in backend.made(VERDICT)}
+    assert made == {(1, 0.0, 20)}
 
 
 # --- critique and fuse ----------------------------------------------------------------------------------------
@@ -249,7 +250,8 @@ def test_inverse_entropy_vote_lets_confident_samples_outvote_unsure_ones():
 
 # --- unit_test ------------------------------------------------------------------------------------------------
 
-ADD = {"right": "```python\ndef add(a, b):\n    return a + b\n```", "half": "```python\ndef add(a, b):\n    return 5\n```",
+ADD = {"right": "```python\ndef add(a, b):\n    return a + b\n```",
+       "half": "```python\ndef add(a, b):\n    return 5\n```",
        "wrong": "```python\ndef add(a, b):\n    return a - b\n```"}
 ADD_TESTS = ["assert add(2, 3) == 5", "assert add(-1, 1) == 0"]
 
