@@ -66,7 +66,7 @@ def main() -> None:
         cache = Path(tmp) / "calls.sqlite"
         for name, data in tqdm(cases.items(), desc="architectures", unit="case"):
             rows[name] = timed(data, cache=cache if name == "grf cold" else False)
-            tokens = rows[name][1].usage.completion_tokens
+            tokens = rows[name][1].usage.spent_completion_tokens
             tqdm.write(f"{name}: {rows[name][0]:.2f}s, {tokens / rows[name][0]:.1f} tok/s")
         rows["grf cached"] = timed(cases["grf cold"], cache=cache)
     report(rows, args)
@@ -78,11 +78,11 @@ def report(rows: dict, args: argparse.Namespace) -> None:
     cold, warm = rows["grf cold"], rows["grf cached"]
     calls = [e for e in par[1].trace if e["event"] == "call"]
     wall_over_sum = par[1].seconds / sum(e["seconds"] for e in calls)
-    lines = ["| case | wall s | calls | cached | completion tok | tok/s |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| case | wall s | calls | cached | completion tok spent | tok/s |", "|---|---:|---:|---:|---:|---:|"]
     for name, (seconds, result) in rows.items():
         u = result.usage
-        lines.append(f"| {name} | {seconds:.2f} | {u.calls} | {u.cached_calls} | {u.completion_tokens} | "
-                     f"{u.completion_tokens / seconds:.1f} |")
+        lines.append(f"| {name} | {seconds:.2f} | {u.calls} | {u.cached_calls} | {u.spent_completion_tokens} | "
+                     f"{u.spent_completion_tokens / seconds:.1f} |")
     ratios = [f"layer concurrency: one layer / 8 layers wall = {par[0] / seq[0]:.2f} "
               f"(wall / sum of call seconds in the layer = {wall_over_sum:.2f})",
               f"one n=8 request vs 8 one-sample generators: {par[0] / one[0]:.2f}x faster",

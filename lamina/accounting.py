@@ -1,16 +1,32 @@
 """Usage: tokens, calls and seconds, rolled up per component, per query and per run."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
 @dataclass(slots=True)
 class Usage:
+    """What model calls cost and what they spent, in tokens, calls and seconds.
+
+    Cost, as if nothing was cached (what comparisons between architectures should use):
+      prompt_tokens, completion_tokens, total_tokens; calls + cached_calls is the cost in calls.
+    Spent now: spent_prompt_tokens, spent_completion_tokens, spent_tokens. A call replayed from the call cache
+      costs what it cost when it was made and spends 0, so a replay reports the same cost as the run it replays.
+    cached_prompt_tokens: of spent_prompt_tokens, those served from the engine's prefix cache (the engine's
+      RequestOutput.num_cached_tokens; an OpenAI-compatible server's usage.prompt_tokens_details.cached_tokens).
+    calls: calls made to a backend now (one request, however many samples); cached_calls: calls replayed.
+    seconds: summed wall time of the calls (concurrent calls overlap). by_component: the same, per display name.
+    first_finish calls cost every token generated before the winner finished, not only the winner's.
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    calls: int = 0  # model calls actually made (one request, however many samples)
-    cached_calls: int = 0  # calls answered from the call cache
+    spent_prompt_tokens: int = 0
+    spent_completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    calls: int = 0
+    cached_calls: int = 0
     seconds: float = 0.0
     by_component: dict[str, "Usage"] = field(default_factory=dict)
 
@@ -18,19 +34,24 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def add_call(self, component: str, prompt_tokens: int, completion_tokens: int, seconds: float,
-                 cached: bool) -> None:
-        call = Usage(0 if cached else prompt_tokens, 0 if cached else completion_tokens,
-                     0 if cached else 1, 1 if cached else 0, seconds)
+    @property
+    def spent_tokens(self) -> int:
+        return self.spent_prompt_tokens + self.spent_completion_tokens
+
+    def add_call(self, component: str, prompt_tokens: int, completion_tokens: int, seconds: float, cached: bool,
+                 cached_prompt_tokens: int = 0) -> None:
+        """One call that cost `prompt_tokens` + `completion_tokens`; `cached`: replayed from the call cache
+        (spent nothing); `cached_prompt_tokens`: prompt tokens the engine's prefix cache served (live calls)."""
+        spent = 0 if cached else 1
+        call = Usage(prompt_tokens, completion_tokens, spent * prompt_tokens, spent * completion_tokens,
+                     spent * cached_prompt_tokens, spent, 1 - spent, seconds)
         self._merge(call)
         self.by_component.setdefault(component, Usage())._merge(call)
 
     def _merge(self, other: "Usage") -> None:
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.calls += other.calls
-        self.cached_calls += other.cached_calls
-        self.seconds += other.seconds
+        for f in fields(self):
+            if f.name != "by_component":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def __add__(self, other: "Usage") -> "Usage":
         total = Usage()
@@ -41,10 +62,15 @@ class Usage:
         return total
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field above plus total_tokens and spent_tokens; seconds rounded to 0.1 ms."""
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "spent_prompt_tokens": self.spent_prompt_tokens,
+            "spent_completion_tokens": self.spent_completion_tokens,
+            "spent_tokens": self.spent_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
             "calls": self.calls,
             "cached_calls": self.cached_calls,
             "seconds": round(self.seconds, 4),
@@ -53,4 +79,5 @@ class Usage:
 
     def summary(self) -> str:
         return (f"calls={self.calls} cached={self.cached_calls} prompt_tokens={self.prompt_tokens} "
-                f"completion_tokens={self.completion_tokens} seconds={self.seconds:.2f}")
+                f"completion_tokens={self.completion_tokens} spent_tokens={self.spent_tokens} "
+                f"seconds={self.seconds:.2f}")

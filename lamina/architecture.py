@@ -5,28 +5,38 @@ from pathlib import Path
 from typing import Any
 
 from lamina.accounting import Usage
-from lamina.backends import get_backend
+from lamina.backends import Backend, get_backend
 from lamina.cache import DEFAULT_CACHE_PATH, CallCache
 from lamina.calls import ModelHandle
-from lamina.runner import ArchResult, Runner, write_trace
+from lamina.errors import InvalidRequestError
+from lamina.runner import ArchResult, LayerResult, Runner, write_trace
 from lamina.spec import ArchSpec, load_spec, parse_spec
 
-__all__ = ["Architecture", "ArchResult", "ArchSpec", "Usage", "write_trace"]
+__all__ = ["Architecture", "ArchResult", "ArchSpec", "LayerResult", "Usage", "write_trace"]
 
 _SPEC_ALIAS_KEYS = ("backend", "base_url", "api_key_env", "max_concurrency", "engine", "timeout_s", "max_retries",
                     "supports_n")
 
 
 class Architecture:
-    """`cache`: a SQLite path, None for the spec's (or ~/.cache/lamina/calls.sqlite), False for no cache."""
+    """`cache`: a SQLite path, None for the spec's (or ~/.cache/lamina/calls.sqlite), False for no cache.
+    `backends`: alias -> a Backend object to use instead of the one the alias declares (tests, embedding);
+    the alias's sampling `params` still apply. An alias the spec does not declare is an InvalidRequestError."""
 
-    def __init__(self, spec: ArchSpec, *, cache: str | Path | bool | None = None) -> None:
+    def __init__(self, spec: ArchSpec, *, cache: str | Path | bool | None = None,
+                 backends: dict[str, Backend] | None = None) -> None:
+        given = dict(backends or {})
+        unknown = sorted(set(given) - set(spec.models))
+        if unknown:
+            raise InvalidRequestError(f"backends: unknown model alias(es) {unknown}; "
+                                      f"the spec declares {list(spec.models)}")
         self.spec = spec
         self.name = spec.name
         self.cache = _open_cache(spec, cache)
-        self.models = {alias: ModelHandle(alias, get_backend(m.backend, m.model, **m.backend_options()),
-                                          m.params.values())
-                       for alias, m in spec.models.items()}
+        self.models: dict[str, ModelHandle] = {}
+        for alias, m in spec.models.items():
+            backend = given.get(alias) or get_backend(m.backend, m.model, **m.backend_options())
+            self.models[alias] = ModelHandle(alias, backend, m.params.values())
         self.runner = Runner(spec, self.models, self.cache)
         self.usage = Usage()
 

@@ -154,7 +154,8 @@ def convert_archon(config: Any, source: str = "<archon>") -> Conversion:
 
 
 def import_archon_file(path: str | Path) -> Conversion:
-    from lamina.spec import parse_spec, read_spec_file
+    from lamina.config_file import read_spec_file
+    from lamina.spec import parse_spec
 
     path = Path(path)
     config = read_spec_file(path, "Archon config")

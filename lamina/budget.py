@@ -1,4 +1,7 @@
-"""Budget guard: checked before every layer (estimate) and every call (reservation), never overspent."""
+"""Budget guard: checked before every layer (estimate) and every call (reservation), never overspent.
+
+The budget is on COST: a call replayed from the call cache counts its recorded calls and tokens as if it were
+made now, so a replay stops at the same point as the run it replays (and a cached layer is no cheaper)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,6 @@
-"""SQLite call cache: one row per sample, keyed by (backend, model, messages, params, seed, sample index)."""
+"""SQLite call cache: one row per sample, keyed by (backend, model, messages, params, seed, sample index).
+Each row also keeps what the call cost (its prompt tokens, the sample's share of the completion tokens), so a
+replay reports the cost of the call it replays."""
 from __future__ import annotations
 
 import hashlib
@@ -6,9 +8,8 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
 
-from lamina.backends.base import Completion
+from lamina.backends.base import Completion, Completions
 from lamina.engine.sampling_params import SamplingParams
 from lamina.errors import LaminaError
 
@@ -20,6 +21,7 @@ CREATE TABLE IF NOT EXISTS calls (
   backend TEXT NOT NULL,
   completion TEXT NOT NULL,
   prompt_tokens INTEGER NOT NULL,
+  completion_tokens INTEGER,
   created REAL DEFAULT (julianday('now'))
 )
 """
@@ -42,25 +44,35 @@ class CallCache:
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}
+            if "completion_tokens" not in columns:  # a cache written before rows kept their completion cost
+                self._db.execute("ALTER TABLE calls ADD COLUMN completion_tokens INTEGER")
         except (OSError, sqlite3.Error) as exc:
             raise LaminaError(f"call cache {self.path}: cannot open ({exc})") from exc
         self._lock = threading.Lock()
 
-    def get_many(self, keys: list[str]) -> list[tuple[Completion, int]] | None:
-        """All of them, or None when any is missing."""
+    def get_many(self, keys: list[str]) -> Completions | None:
+        """The samples under `keys`, in order, with what their call cost (prompt_tokens, completion_tokens; no
+        seconds, no prefix-cache hits: nothing ran); None when any is missing."""
         with self._lock:
             marks = ",".join("?" * len(keys))
-            rows = dict((k, (c, p)) for k, c, p in self._db.execute(
-                f"SELECT key, completion, prompt_tokens FROM calls WHERE key IN ({marks})", keys))
+            rows = {k: (c, p, t) for k, c, p, t in self._db.execute(
+                f"SELECT key, completion, prompt_tokens, completion_tokens FROM calls WHERE key IN ({marks})", keys)}
         if len(rows) != len(set(keys)):
             return None
-        return [(Completion.from_dict(json.loads(rows[k][0])), rows[k][1]) for k in keys]
+        items = [Completion.from_dict(json.loads(rows[k][0])) for k in keys]
+        spent = sum(item.num_tokens if rows[k][2] is None else rows[k][2] for k, item in zip(keys, items))
+        return Completions(items, rows[keys[0]][1], 0.0, spent)
 
-    def put_many(self, backend: str, items: list[tuple[str, Completion]], prompt_tokens: int) -> None:
-        rows = [(k, backend, json.dumps(c.to_dict(), ensure_ascii=False), prompt_tokens) for k, c in items]
+    def put_many(self, backend: str, keys: list[str], out: Completions) -> None:
+        """One row per sample of `out`; the rows' completion-token shares add up to the call's completion_tokens."""
+        shares = [c.num_tokens for c in out]
+        shares[0] += out.completion_tokens - sum(shares)
+        rows = [(k, backend, json.dumps(c.to_dict(), ensure_ascii=False), out.prompt_tokens, share)
+                for k, c, share in zip(keys, out, shares)]
         with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO calls (key, backend, completion, prompt_tokens) "
-                                 "VALUES (?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT OR REPLACE INTO calls (key, backend, completion, prompt_tokens, "
+                                 "completion_tokens) VALUES (?, ?, ?, ?, ?)", rows)
 
     def __len__(self) -> int:
         with self._lock:

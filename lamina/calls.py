@@ -39,12 +39,19 @@ class Caller:
         self.base_seed = base_seed
         self.usage = Usage()
         self.trace: list[dict[str, Any]] = []
+        self.keys: dict[str, int] = {}  # component name -> its content key in this query (set by the Runner)
 
     def handle(self, alias: str | None) -> ModelHandle:
         return self.models[alias or self.default_alias]
 
-    def params(self, alias: str | None, builtin: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-        return {**builtin, **self.handle(alias).defaults, **overrides}
+    def params(self, alias: str | None, builtin: dict[str, Any], overrides: dict[str, Any],
+               judge: bool = False) -> dict[str, Any]:
+        """Sampling settings of a call, later sources winning: a generator's built-in settings, then the model
+        alias's `params`, then the component's overrides; a judge's (`judge=True`) built-in settings instead win
+        over the alias's generation defaults (a judge samples at its temperature 0 whatever the alias says);
+        alias settings the judge does not fix (e.g. stop) still apply."""
+        defaults = self.handle(alias).defaults
+        return {**defaults, **builtin, **overrides} if judge else {**builtin, **defaults, **overrides}
 
     def estimate(self, alias: str | None, prompt_text: str, max_tokens: int, samples: int = 1, calls: int = 1) -> Estimate:
         prompt = self.handle(alias).backend.count_tokens(prompt_text) + TEMPLATE_TOKENS
@@ -59,7 +66,8 @@ class Caller:
         backend = handle.backend
         values = dict(params)
         if values.get("seed") is None:
-            values["seed"] = derive_seed(self.base_seed, self.query_key, component, call_index)
+            identity = self.keys.get(component, component)  # a component run outside a Runner: its name
+            values["seed"] = derive_seed(self.base_seed, self.query_key, identity, call_index)
         sp = SamplingParams(**values, n=samples)
         mode = "first_finish" if first_finish else "sample"
         keys = [call_key(backend.identity, messages, None, sp, i, mode) for i in range(1 if first_finish else samples)]
@@ -69,22 +77,23 @@ class Caller:
         hit = self.cache.get_many(keys) if self.cache is not None else None
         try:
             if hit is not None:
-                outs, prompt_tokens, spent = [c for c, _ in hit], hit[0][1], sum(c.num_tokens for c, _ in hit)
-                seconds = time.perf_counter() - start
+                got, hit.seconds = hit, time.perf_counter() - start
             else:
                 got = await (backend.first_finish if first_finish else backend.complete)(messages, None, sp)
-                outs, prompt_tokens, spent, seconds = list(got), got.prompt_tokens, got.completion_tokens, got.seconds
                 if self.cache is not None:
-                    self.cache.put_many(backend.identity, list(zip(keys, outs)), prompt_tokens)
+                    self.cache.put_many(backend.identity, keys, got)
         except BaseException:
             self.guard.settle(need, 0, 0)
             raise
-        self.guard.settle(need, 1, prompt_tokens + spent)
-        self.usage.add_call(component, prompt_tokens, spent, seconds, cached=hit is not None)
+        prompt_tokens, completion_tokens, outs = got.prompt_tokens, got.completion_tokens, list(got)
+        self.guard.settle(need, 1, prompt_tokens + completion_tokens)  # the budget counts cost, cached or not
+        self.usage.add_call(component, prompt_tokens, completion_tokens, got.seconds, cached=hit is not None,
+                            cached_prompt_tokens=got.cached_prompt_tokens)
         self.trace.append({"event": "call", "component": component, "model": handle.alias, "backend": backend.identity,
                            "messages": messages, "params": sp.to_dict(), "outputs": [c.text for c in outs],
                            "finish_reasons": [c.finish_reason for c in outs], "prompt_tokens": prompt_tokens,
-                           "completion_tokens": spent, "seconds": round(seconds, 4), "cached": hit is not None})
+                           "completion_tokens": completion_tokens, "cached_prompt_tokens": got.cached_prompt_tokens,
+                           "seconds": round(got.seconds, 4), "cached": hit is not None})
         return outs
 
 

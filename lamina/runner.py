@@ -19,7 +19,25 @@ from lamina.techniques import Candidate, State, Technique, build_technique
 
 
 @dataclass(slots=True)
+class LayerResult:
+    """What one layer passed on: its candidates (its components' outputs together, in component order; the
+    input unchanged when no component produced any)."""
+
+    index: int
+    components: list[str]  # display names
+    candidates: list[Candidate]
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "components": self.components, "seconds": round(self.seconds, 4),
+                "candidates": [c.to_dict() for c in self.candidates]}
+
+
+@dataclass(slots=True)
 class ArchResult:
+    """One query's answer. `final`: the resolved candidates (answer first); `candidates`: their texts;
+    `layers`: every layer that ran (layers skipped by the budget are absent); `trace`: debug events only."""
+
     answer: str
     candidates: list[str]
     usage: Usage
@@ -27,10 +45,17 @@ class ArchResult:
     seconds: float = 0.0
     final: list[Candidate] = field(default_factory=list)
     stopped_by_budget: bool = False
+    layers: list[LayerResult] = field(default_factory=list)
+
+    def first_layer_samples(self) -> list[Candidate]:
+        """The candidates the first layer drew: the raw samples of a sampling architecture (pass@k, per-sample
+        scores); [] when no layer ran."""
+        return list(self.layers[0].candidates) if self.layers else []
 
     def to_dict(self) -> dict[str, Any]:
         return {"answer": self.answer, "candidates": self.candidates, "usage": self.usage.to_dict(),
-                "seconds": round(self.seconds, 4), "stopped_by_budget": self.stopped_by_budget}
+                "seconds": round(self.seconds, 4), "stopped_by_budget": self.stopped_by_budget,
+                "layers": [layer.to_dict() for layer in self.layers]}
 
 
 def check_messages(messages: Any) -> list[dict[str, str]]:
@@ -53,6 +78,32 @@ def component_names(spec: ArchSpec) -> list[list[str]]:
     return names
 
 
+def component_identities(spec: ArchSpec, models: dict[str, ModelHandle]) -> list[list[int]]:
+    """Each component's identity by content, not position: its spec without the display `name` (renaming never
+    changes samples), each model alias replaced by what it names (backend identity and sampling params), and its
+    index among identical siblings in its layer (two identical components in one layer sample differently).
+    With the component's inputs (Runner.content_key) it seeds every call, and so keys the call cache: adding or
+    removing a layer leaves every other component whose inputs are unchanged drawing the same samples."""
+    first = next(iter(models))
+
+    def model(alias: str | None) -> list[Any]:
+        handle = models[alias or first]
+        return [handle.backend.identity, handle.defaults]
+
+    identities = []
+    for layer in spec.layers:
+        seen: dict[int, int] = {}
+        row = []
+        for comp in layer:
+            content = comp.model_dump(exclude={"name", "model", "models"})
+            content["model"] = [model(alias) for alias in comp.aliases()]
+            same = derive_seed(content)
+            row.append(derive_seed(same, seen.get(same, 0)))
+            seen[same] = seen.get(same, 0) + 1
+        identities.append(row)
+    return identities
+
+
 class Runner:
     def __init__(self, spec: ArchSpec, models: dict[str, ModelHandle], cache: CallCache | None) -> None:
         self.spec = spec
@@ -62,6 +113,7 @@ class Runner:
             [build_technique(comp, name) for comp, name in zip(layer, names)]
             for layer, names in zip(spec.layers, component_names(spec))
         ]
+        self.identities = component_identities(spec, models)
 
     async def run(self, messages: Any, tests: list[str] | None = None, seed: int | None = None) -> ArchResult:
         """`seed` varies the derived per-call seeds (e.g. to get n different runs of one query)."""
@@ -71,15 +123,15 @@ class Runner:
         caller = Caller(self.models, self.cache, BudgetGuard(budget.max_calls, budget.max_tokens), str(query_key),
                         self.spec.seed)
         state = State(messages, caller, [], list(tests) if tests else None)
-        start, stopped = time.perf_counter(), False
+        start, stopped, layers = time.perf_counter(), False, []
         for i, layer in enumerate(self.layers):
             if not self._affordable(state, i, layer):
                 stopped = True
                 break
-            await self._run_layer(state, i, layer)
+            layers.append(await self._run_layer(state, i, layer))
         final = self._resolve(state, query_key)
         return ArchResult(final[0].text if final else "", [c.text for c in final], caller.usage, caller.trace,
-                          time.perf_counter() - start, final, stopped)
+                          time.perf_counter() - start, final, stopped, layers)
 
     def _affordable(self, state: State, index: int, layer: list[Technique]) -> bool:
         need = sum((t.estimate(state) for t in layer), Estimate())
@@ -93,14 +145,26 @@ class Runner:
             raise
         return True
 
-    async def _run_layer(self, state: State, index: int, layer: list[Technique]) -> None:
+    @staticmethod
+    def content_key(identity: int, technique: Technique, state: State) -> int:
+        """What seeds a component's calls in this query (the query itself is in the Caller's query_key): its
+        identity and the candidates it receives, by content (not by the name of the component that made them);
+        generate and first_finish read only the query, so what precedes them does not change their samples."""
+        inputs = [c.content() for c in state.candidates] if technique.reads_candidates else None
+        return derive_seed(identity, inputs)
+
+    async def _run_layer(self, state: State, index: int, layer: list[Technique]) -> LayerResult:
         start = time.perf_counter()
+        for technique, identity in zip(layer, self.identities[index]):
+            state.calls.keys[technique.name] = self.content_key(identity, technique, state)
         results = await asyncio.gather(*(t.run(state) for t in layer))
         produced = [r for r in results if r is not None]
         if produced:
             state.candidates = [c for r in produced for c in r]
-        state.calls.trace.append({"event": "layer", "layer": index, "components": [t.name for t in layer],
-                                  "candidates": len(state.candidates), "seconds": round(time.perf_counter() - start, 4)})
+        result = LayerResult(index, [t.name for t in layer], list(state.candidates), time.perf_counter() - start)
+        state.calls.trace.append({"event": "layer", "layer": index, "components": result.components,
+                                  "candidates": len(result.candidates), "seconds": round(result.seconds, 4)})
+        return result
 
     def _resolve(self, state: State, query_key: int) -> list[Candidate]:
         cands = list(state.candidates)

@@ -1,19 +1,17 @@
 """Architecture specs: YAML/JSON validated by pydantic; errors name the file, the path and what was expected."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator
 
+from lamina.config_file import read_spec_file
 from lamina.engine.sampling_params import pydantic_fields
 from lamina.errors import SpecError
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from lamina.techniques import TECHNIQUES
+from lamina.techniques.spec_base import Component as _Component  # noqa: F401  (importable from here too)
+from lamina.techniques.spec_base import StrictModel as _Strict
 
 
 class _SetValues(_Strict):
@@ -51,90 +49,8 @@ class ModelAlias(_Strict):
         return opts
 
 
-class _Component(_Strict):
-    name: str | None = None
-    model: str | None = None  # an alias from `models`; None: the first alias
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-
-    def overrides(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("temperature", "top_p", "max_tokens") if getattr(self, k) is not None}
-
-    def aliases(self) -> list[str | None]:
-        return [self.model]
-
-
-class GenerateSpec(_Component):
-    type: Literal["generate"]
-    models: list[str] | None = Field(None, min_length=1)
-    samples: int = Field(1, ge=1, le=256)
-    system: str | None = None
-    logprobs: int | None = Field(None, ge=0, le=20)
-
-    def aliases(self) -> list[str | None]:
-        return list(self.models) if self.models else [self.model]
-
-
-class RankSpec(_Component):
-    type: Literal["rank"]
-    method: Literal["listwise", "pairwise", "reward"] = "listwise"
-    top_k: int | None = Field(None, ge=1)
-    use_critiques: bool = False
-    reward_mode: Literal["judge", "logprob"] = "judge"
-
-
-class FuseSpec(_Component):
-    type: Literal["fuse"]
-    samples: int = Field(1, ge=1, le=64)
-    top_k: int | None = Field(None, ge=1)  # how many candidates to show the fuser
-    use_critiques: bool = True
-
-
-class CritiqueSpec(_Component):
-    type: Literal["critique"]
-
-
-class VerifySpec(_Component):
-    type: Literal["verify"]
-    fallback: Literal["keep_all", "keep_first", "none"] = "keep_all"
-
-
-class UnitTestSpec(_Component):
-    type: Literal["unit_test"]
-    source: Literal["auto", "given", "generate"] = "auto"  # auto: the task's tests if it has them, else generate
-    num_tests: int = Field(3, ge=1, le=20)
-    mode: Literal["auto", "execute", "judge"] = "auto"  # auto: execute when the tests are code (assert ...)
-    keep: Literal["sort", "best", "passing"] = "sort"
-    timeout_s: float = Field(5.0, gt=0)
-    memory_mb: int = Field(512, ge=32)
-
-
-class VoteSpec(_Component):
-    type: Literal["vote"]
-    method: Literal["majority", "best_of_majority", "inverse_entropy"] = "majority"
-    extract: Literal["auto", "number", "boxed", "choice", "code", "text"] = "auto"
-    keep: Literal["winner", "all"] = "winner"
-
-
-class RewardSpec(_Component):
-    type: Literal["reward"]
-    mode: Literal["judge", "logprob"] = "judge"
-    top_k: int | None = Field(None, ge=1)
-
-
-class FirstFinishSpec(_Component):
-    type: Literal["first_finish"]
-    samples: int = Field(4, ge=1, le=256)
-    system: str | None = None
-
-
-ComponentSpec = Annotated[
-    Union[GenerateSpec, RankSpec, FuseSpec, CritiqueSpec, VerifySpec, UnitTestSpec, VoteSpec, RewardSpec,
-          FirstFinishSpec],
-    Field(discriminator="type"),
-]
-COMPONENT_TYPES = ("generate", "rank", "fuse", "critique", "verify", "unit_test", "vote", "reward", "first_finish")
+ComponentSpec = Annotated[Union[tuple(cls.spec_class for cls in TECHNIQUES.values())], Field(discriminator="type")]
+COMPONENT_TYPES = tuple(TECHNIQUES)
 
 
 class BudgetSpec(_Strict):
@@ -166,6 +82,14 @@ class ArchSpec(_Strict):
         if not models:
             raise ValueError("needs at least one model alias")
         return models
+
+
+def __getattr__(name: str) -> Any:
+    """The component spec classes (GenerateSpec, ...) live in their technique's file; importable from here too."""
+    for cls in TECHNIQUES.values():
+        if cls.spec_class.__name__ == name:
+            return cls.spec_class
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -209,25 +133,6 @@ def _check_aliases(spec: ArchSpec, source: str) -> None:
                 if alias is not None and alias not in spec.models:
                     raise SpecError(f"{source}: layers[{i}][{j}].{field}: unknown model alias {alias!r}; "
                                     f"expected one of {known}")
-
-
-def read_spec_file(path: str | Path, what: str = "architecture spec") -> Any:
-    """A YAML (or, by suffix, JSON) file's data; errors name the file and, for syntax errors, line and column."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    try:
-        if path.suffix.lower() == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise SpecError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
 
 
 def load_spec(path: str | Path) -> ArchSpec:

@@ -8,8 +8,10 @@ from lamina.architecture import Architecture
 from lamina.runner import ArchResult
 
 
-def run_spec(spec: dict, messages, *, tests: list[str] | None = None, cache: str | Path | bool = False) -> ArchResult:
-    arch = Architecture.from_spec(spec, cache=cache)
+def run_spec(spec: dict, messages, *, tests: list[str] | None = None, cache: str | Path | bool = False,
+             backends: dict | None = None) -> ArchResult:
+    """`backends`: alias -> Backend object (e.g. a tests.scripted.ScriptedBackend) replacing what the alias names."""
+    arch = Architecture.from_spec(spec, cache=cache, backends=backends)
 
     async def go() -> ArchResult:
         try:

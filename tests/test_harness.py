@@ -15,7 +15,7 @@ import pytest
 
 from lamina.backends.base import Backend, Completion, Completions
 from lamina.errors import SpecError
-from lamina.eval.harness import EvalOptions, evaluate, first_layer_samples
+from lamina.eval.harness import EvalOptions, evaluate
 from lamina.eval.judge import JUDGE_PROMPT
 from lamina.eval.scorers import Scorer
 from lamina.eval.stats import pass_at_k, summarize, wilson_interval
@@ -93,14 +93,6 @@ def test_store_records_attempts_and_refuses_a_different_run(tmp_path):
             store.begin({**config, "arch_hash": "other"})
     with pytest.raises(SpecError, match="no such run file"):
         RunStore.open_existing(tmp_path / "nope.sqlite")
-
-
-def test_first_layer_samples_reads_the_trace():
-    trace = [{"event": "call", "component": "gen", "outputs": ["a", "b"]},
-             {"event": "layer", "layer": 0, "components": ["gen"]},
-             {"event": "call", "component": "fuse", "outputs": ["c"]},
-             {"event": "layer", "layer": 1, "components": ["fuse"]}]
-    assert first_layer_samples(trace) == ["a", "b"]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ FORBIDDEN = {
     "backends": {"techniques", "architecture", "runner", "spec", "eval", "server", "tasks"},
     "answers": {"techniques", "eval", "tasks", "architecture", "server"},
     "sandbox": {"techniques", "eval", "tasks", "architecture", "server"},
-    "tasks": {"eval", "architecture", "runner", "techniques", "server"},
+    "tasks": {"eval", "architecture", "runner", "spec", "techniques", "server"},
     "techniques": {"eval", "server", "architecture"},
 }
 ALLOWED_ONLY = {"engine": {"engine", "errors"}}  # the engine stands alone: it imports only itself and lamina.errors

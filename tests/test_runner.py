@@ -72,6 +72,12 @@ def test_derived_seeds_make_runs_repeatable_without_a_cache(models):
     assert len(set(first.candidates)) > 1  # samples of one request differ
 
 
+def test_a_layer_in_front_does_not_change_what_the_engine_samples(models):
+    alone = run(build(models, GEN4))
+    behind = run(build(models, [{"type": "generate", "samples": 1, "name": "pre"}], GEN4))
+    assert behind.candidates == alone.candidates  # seeds come from content, not from the layer's position
+
+
 def test_resolve_rules(models):
     longest = run(build(models, GEN4, resolve="longest"))
     assert longest.answer == max(longest.candidates, key=len)

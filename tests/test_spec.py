@@ -78,3 +78,11 @@ def test_examples_validate(path):
     parsed = load_spec(path)
     assert parsed.name == path.stem
     assert all(m.backend == "local" for m in parsed.models.values())
+
+
+def test_component_types_come_from_the_technique_registry():
+    from lamina.techniques import TECHNIQUES
+
+    for kind, technique in TECHNIQUES.items():
+        (component,) = parse_spec(spec([{"type": kind}])).layers[0]
+        assert type(component) is technique.spec_class and component.type == kind

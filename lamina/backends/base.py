@@ -24,6 +24,7 @@ class Completion:
     num_tokens: int
     logprobs: list[TokenLP] | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = None  # where the backend returns them (the local engine does)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -32,15 +33,17 @@ class Completion:
     def from_dict(cls, data: dict[str, Any]) -> "Completion":
         lps = data.get("logprobs")
         logprobs = None if lps is None else [TokenLP(lp["token"], lp["logprob"], lp.get("top") or {}) for lp in lps]
-        return cls(data["text"], int(data["num_tokens"]), logprobs, data.get("finish_reason"))
+        return cls(data["text"], int(data["num_tokens"]), logprobs, data.get("finish_reason"), data.get("token_ids"))
 
 
 class Completions(list):
     """The samples of one call, plus what the call cost."""
 
-    def __init__(self, items=(), prompt_tokens: int = 0, seconds: float = 0.0, spent_tokens: int | None = None) -> None:
+    def __init__(self, items=(), prompt_tokens: int = 0, seconds: float = 0.0, spent_tokens: int | None = None,
+                 cached_prompt_tokens: int = 0) -> None:
         super().__init__(items)
         self.prompt_tokens = prompt_tokens
+        self.cached_prompt_tokens = cached_prompt_tokens  # of prompt_tokens, those served from a prefix cache
         self.seconds = seconds
         self.spent_tokens = spent_tokens  # tokens generated, kept or not (first_finish cancels the rest)
 
@@ -75,14 +78,17 @@ class Backend:
     async def complete(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> Completions:
         async with self.slots():
             out = await self._complete(messages, prompt, params)
-        self.usage.add_call(self.identity, out.prompt_tokens, out.completion_tokens, out.seconds, cached=False)
-        return out
+        return self._record(out)
 
     async def first_finish(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> Completions:
         """The first of `params.n` samples to finish; the others are cancelled."""
         async with self.slots():
             out = await self._first_finish(messages, prompt, params)
-        self.usage.add_call(self.identity, out.prompt_tokens, out.completion_tokens, out.seconds, cached=False)
+        return self._record(out)
+
+    def _record(self, out: Completions) -> Completions:
+        self.usage.add_call(self.identity, out.prompt_tokens, out.completion_tokens, out.seconds, cached=False,
+                            cached_prompt_tokens=out.cached_prompt_tokens)
         return out
 
     def count_tokens(self, text: str) -> int:

@@ -95,18 +95,21 @@ class LocalBackend(Backend):
             final = out
         assert final is not None
         tok = engine.tokenizer
-        items = [Completion(o.text, len(o.token_ids), _logprobs(o.logprobs, tok), o.finish_reason) for o in final.outputs]
-        return Completions(items, len(final.prompt_token_ids), time.perf_counter() - start)
+        items = [Completion(o.text, len(o.token_ids), _logprobs(o.logprobs, tok), o.finish_reason, list(o.token_ids))
+                 for o in final.outputs]
+        return Completions(items, len(final.prompt_token_ids), time.perf_counter() - start,
+                           cached_prompt_tokens=final.num_cached_tokens)
 
     async def _first_finish(self, messages: Messages | None, prompt: str | None,
                             params: SamplingParams) -> Completions:
         engine = await self.engine()
         text = await self._prompt(messages, prompt)
-        start, winner, spent, prompt_tokens = time.perf_counter(), None, 0, 0
+        start, winner, spent, prompt_tokens, cached = time.perf_counter(), None, 0, 0, 0
         stream = engine.generate(text, params)
         try:
             async for out in stream:
-                prompt_tokens, spent = len(out.prompt_token_ids), out.num_completion_tokens
+                prompt_tokens, cached = len(out.prompt_token_ids), out.num_cached_tokens
+                spent = out.num_completion_tokens
                 done = [o for o in out.outputs if o.finish_reason is not None]
                 if done:
                     winner = min(done, key=lambda o: (len(o.token_ids), o.index))
@@ -115,8 +118,8 @@ class LocalBackend(Backend):
             await stream.aclose()
         assert winner is not None
         item = Completion(winner.text, len(winner.token_ids), _logprobs(winner.logprobs, engine.tokenizer),
-                          winner.finish_reason)
-        return Completions([item], prompt_tokens, time.perf_counter() - start, spent)
+                          winner.finish_reason, list(winner.token_ids))
+        return Completions([item], prompt_tokens, time.perf_counter() - start, spent, cached)
 
 
 def _logprobs(logprobs, tokenizer) -> list[TokenLP] | None:

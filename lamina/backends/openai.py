@@ -76,7 +76,8 @@ class OpenAIBackend(Backend):
                 return first
             self.supports_n = False
             if first:  # a server that ignores n answered fewer samples: keep (and count) them, ask only for the rest
-                parts.append(Completions(first[: params.n], first.prompt_tokens, first.seconds, first.completion_tokens))
+                parts.append(Completions(first[: params.n], first.prompt_tokens, first.seconds, first.completion_tokens,
+                                         first.cached_prompt_tokens))
         have = len(parts[0]) if parts else 0
         rest = await asyncio.gather(*(self._post(messages, prompt, _single(params, i)) for i in range(have, params.n)))
         return _join(parts + [self._parse(r, chat, start) for r in rest], start)
@@ -152,8 +153,9 @@ class OpenAIBackend(Backend):
         completion_tokens = int(usage.get("completion_tokens") or 0)
         for item in items:
             item.num_tokens = len(item.logprobs) if item.logprobs else max(1, completion_tokens // max(1, len(items)))
+        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
         return Completions(items, int(usage.get("prompt_tokens") or 0), time.perf_counter() - start,
-                           completion_tokens or None)
+                           completion_tokens or None, cached)
 
 
 class _NRefused(Exception):
@@ -198,7 +200,8 @@ def _single(params: SamplingParams, index: int) -> SamplingParams:
 def _join(parts: list[Completions], start: float) -> Completions:
     items = [c for part in parts for c in part]
     spent = sum(p.completion_tokens for p in parts)
-    return Completions(items, sum(p.prompt_tokens for p in parts), time.perf_counter() - start, spent)
+    return Completions(items, sum(p.prompt_tokens for p in parts), time.perf_counter() - start, spent,
+                       sum(p.cached_prompt_tokens for p in parts))
 
 
 def _chat_logprobs(raw: dict[str, Any] | None) -> list[TokenLP] | None:

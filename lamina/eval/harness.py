@@ -45,13 +45,6 @@ def run_config(arch: Any, task: Task, options: EvalOptions, scorer: ScorerSpec |
             "concurrency": options.concurrency, "scorer": (scorer or task.scorer).identity()}
 
 
-def first_layer_samples(trace: list[dict[str, Any]]) -> list[str]:
-    """The outputs of the first layer's model calls: the raw samples a sampling architecture drew."""
-    layer0 = next((e["components"] for e in trace if e.get("event") == "layer" and e.get("layer") == 0), [])
-    return [text for e in trace if e.get("event") == "call" and e.get("component") in layer0
-            for text in e.get("outputs", [])]
-
-
 class Evaluator:
     def __init__(self, arch: Any, task: Task, store: RunStore, options: EvalOptions,
                  scorer: Scorer | None = None) -> None:
@@ -117,7 +110,7 @@ class Evaluator:
         result = await self.arch.run(messages, tests=example.public_tests or None)
         score = await self.scorer.score(result.answer, example, question)
         sample_each = self.options.score_samples and self.scorer.kind != "judge"
-        samples = first_layer_samples(result.trace) if sample_each else []
+        samples = [c.text for c in result.first_layer_samples()] if sample_each else []
         sample_scores: list[float] = []
         if len(samples) > 1:
             scored = await asyncio.gather(*(self.scorer.score(s, example, question) for s in samples))

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lamina.answers import EXTRACTORS
 from lamina.errors import SpecError
-from lamina.spec import read_spec_file
+from lamina.config_file import read_spec_file
 from lamina.tasks import datasets, generated
 from lamina.tasks.scorer_spec import ScorerSpec
 

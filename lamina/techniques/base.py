@@ -4,7 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from lamina.backends.base import Completion
 from lamina.budget import Estimate
+from lamina.techniques.parse import mean_entropy, mean_logprob
+from lamina.techniques.spec_base import Component
 
 if TYPE_CHECKING:
     from lamina.calls import Caller
@@ -12,18 +15,33 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class Candidate:
+    """One response flowing between layers, and what techniques learnt of it."""
+
     text: str
-    source: str
-    model: str | None = None
-    score: float | None = None
+    source: str  # the display name of the component that wrote it
+    model: str | None = None  # the model alias that wrote it
+    score: float | None = None  # reward/rank judge: 1-10 rating, or P(yes) in [0, 1] by verdict logprob
     critique: str | None = None
-    pass_rate: float | None = None
-    mean_logprob: float | None = None
-    mean_entropy: float | None = None
-    answer: str | None = None
+    pass_rate: float | None = None  # unit_test: fraction of tests passed, in [0, 1]
+    mean_logprob: float | None = None  # mean per-token logprob (nats), when logprobs were requested
+    mean_entropy: float | None = None  # mean per-token entropy (nats), when logprobs were requested
+    answer: str | None = None  # vote: the extracted answer
+    token_ids: list[int] | None = None  # the sampled tokens, where the backend returns them
+    finish_reason: str | None = None  # "stop" | "length" | ...
+
+    @classmethod
+    def sampled(cls, completion: Completion, source: str, model: str | None) -> "Candidate":
+        """A fresh sample from a model, with what its logprobs (if any) tell."""
+        lps = completion.logprobs
+        return cls(completion.text, source, model, mean_logprob=mean_logprob(lps), mean_entropy=mean_entropy(lps),
+                   token_ids=completion.token_ids, finish_reason=completion.finish_reason)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
+
+    def content(self) -> dict[str, Any]:
+        """What the candidate says and what is known of it, without where it came from (component, alias)."""
+        return {name: getattr(self, name) for name in self.__slots__ if name not in ("source", "model")}
 
 
 @dataclass(slots=True)
@@ -54,8 +72,11 @@ class State:
 class Technique:
     """One component of a layer: `run(state)` returns the candidates it produces, or None to pass them through."""
 
-    kind: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # the spec's `type`
+    spec_class: ClassVar[type[Component]] = Component  # the pydantic spec this technique is built from
     builtin: ClassVar[dict[str, Any]] = {"temperature": 0.0, "max_tokens": 64}
+    judge: ClassVar[bool] = True  # its built-in settings win over the alias's params (see Caller.params)
+    reads_candidates: ClassVar[bool] = True  # False: its calls depend on the query only (seeds; Runner.content_key)
 
     def __init__(self, spec: Any, name: str) -> None:
         self.spec = spec
@@ -68,8 +89,10 @@ class Technique:
         """An upper bound on the calls and tokens `run` may spend, checked against the budget first."""
         return Estimate()
 
-    def params(self, state: State, **force: Any) -> dict[str, Any]:
-        return state.calls.params(self.spec.model, self.builtin, {**self.spec.overrides(), **force})
+    def params(self, state: State, alias: str | None = None, **force: Any) -> dict[str, Any]:
+        """The settings of a call to `alias` (default: the component's model); `force` wins over everything."""
+        return state.calls.params(alias or self.spec.model, self.builtin, {**self.spec.overrides(), **force},
+                                  self.judge)
 
     def max_tokens(self, state: State) -> int:
         return int(self.params(state).get("max_tokens", 16))

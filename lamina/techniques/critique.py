@@ -3,16 +3,24 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Literal
 
 from lamina.budget import Estimate
 from lamina.techniques.base import Candidate, State, Technique
+from lamina.techniques.spec_base import Component
 
 CRITIQUE_PROMPT = ("Question: {query}\n\nResponse: {response}\n\n"
                    "List the strengths and the weaknesses of this response in two short bullet lists.")
 
 
+class CritiqueSpec(Component):
+    type: Literal["critique"]
+
+
 class Critique(Technique):
     kind = "critique"
+    spec_class = CritiqueSpec
+    spec: CritiqueSpec
     builtin = {"temperature": 0.0, "max_tokens": 96}
 
     async def run(self, state: State) -> list[Candidate]:

@@ -28,11 +28,10 @@ def parse_ranking(text: str, n: int) -> list[int] | None:
 
 
 def parse_ab(text: str) -> str | None:
-    match = re.search(r"\b([AB])\b", text.strip().replace("*", ""))
-    if match:
-        return match.group(1)
-    head = text.strip()[:1].upper()
-    return head if head in ("A", "B") else None
+    """"A" or "B": a capital A/B word anywhere, else a lowercase a/b as the first word ("Both ..." is neither)."""
+    text = text.strip().replace("*", "")
+    match = re.search(r"\b([AB])\b", text) or re.match(r"([ab])\b", text)
+    return match.group(1).upper() if match else None
 
 
 def parse_score(text: str, low: float = 1, high: float = 10) -> float | None:

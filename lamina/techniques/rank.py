@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Literal
+
+from pydantic import Field
 
 from lamina.budget import Estimate
-from lamina.spec import RankSpec
 from lamina.techniques.base import Candidate, State, Technique, numbered
 from lamina.techniques.parse import parse_ab, parse_ranking
 from lamina.techniques.reward import by_score, score_candidates, score_estimate
+from lamina.techniques.spec_base import Component
 
 LISTWISE_PROMPT = ("Question: {query}\n\nResponses:\n{responses}\n\n"
                    "Rank the responses from best to worst. Reply only with their numbers, e.g. [2] > [1] > [3].")
@@ -16,8 +19,17 @@ PAIRWISE_PROMPT = ("Question: {query}\n\nResponse A: {a}\n\nResponse B: {b}\n\n"
                    "Which response is better? Reply with A or B only.")
 
 
+class RankSpec(Component):
+    type: Literal["rank"]
+    method: Literal["listwise", "pairwise", "reward"] = "listwise"
+    top_k: int | None = Field(None, ge=1)
+    use_critiques: bool = False
+    reward_mode: Literal["judge", "logprob"] = "judge"
+
+
 class Rank(Technique):
     kind = "rank"
+    spec_class = RankSpec
     builtin = {"temperature": 0.0, "max_tokens": 32}
     spec: RankSpec
 

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Literal
+
+from pydantic import Field
 
 from lamina.budget import Estimate
-from lamina.spec import RewardSpec
 from lamina.techniques.base import Candidate, State, Technique
 from lamina.techniques.parse import parse_score, verdict_probability
+from lamina.techniques.spec_base import Component
 
 JUDGE_PROMPT = ("Question: {query}\n\nResponse: {response}\n\n"
                 "Rate how good and correct the response is, from 1 (bad) to 10 (excellent). Reply with the number only.")
@@ -44,8 +47,15 @@ def score_estimate(tech: Technique, state: State, mode: str) -> Estimate:
                                 len(state.candidates))
 
 
+class RewardSpec(Component):
+    type: Literal["reward"]
+    mode: Literal["judge", "logprob"] = "judge"
+    top_k: int | None = Field(None, ge=1)
+
+
 class Reward(Technique):
     kind = "reward"
+    spec_class = RewardSpec
     builtin = {"temperature": 0.0, "max_tokens": 8}
     spec: RewardSpec
 

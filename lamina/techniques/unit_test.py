@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Literal
+
+from pydantic import Field
 
 from lamina.budget import Estimate
 from lamina.errors import InvalidRequestError
-from lamina.spec import UnitTestSpec
 from lamina.techniques.base import Candidate, State, Technique
 from lamina.techniques.parse import extract_code, parse_tests, parse_verdict
+from lamina.techniques.spec_base import Component
 
 WRITE_TESTS_PROMPT = ("Task: {query}\n\nWrite {n} Python assert statements that a correct solution must pass, "
                       "one per line, e.g. assert f(2) == 4. Reply with the asserts only.")
@@ -23,8 +26,19 @@ def looks_like_code_tests(tests: list[str]) -> bool:
     return bool(tests) and all(t.lstrip().startswith("assert") for t in tests)
 
 
+class UnitTestSpec(Component):
+    type: Literal["unit_test"]
+    source: Literal["auto", "given", "generate"] = "auto"  # auto: the task's tests if it has them, else generate
+    num_tests: int = Field(3, ge=1, le=20)
+    mode: Literal["auto", "execute", "judge"] = "auto"  # auto: execute when the tests are code (assert ...)
+    keep: Literal["sort", "best", "passing"] = "sort"
+    timeout_s: float = Field(5.0, gt=0)
+    memory_mb: int = Field(512, ge=32)
+
+
 class UnitTest(Technique):
     kind = "unit_test"
+    spec_class = UnitTestSpec
     builtin = {"temperature": 0.0, "max_tokens": 128}
     spec: UnitTestSpec
 

@@ -2,19 +2,26 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from lamina.budget import Estimate
-from lamina.spec import VerifySpec
 from lamina.techniques.base import Candidate, State, Technique
 from lamina.techniques.parse import parse_verdict
+from lamina.techniques.spec_base import Component
 
 VERIFY_PROMPT = ("Question: {query}\n\nResponse: {response}\n\n"
                  "Check the reasoning of the response step by step in one or two sentences, "
                  "then end with 'Verdict: correct' or 'Verdict: incorrect'.")
 
 
+class VerifySpec(Component):
+    type: Literal["verify"]
+    fallback: Literal["keep_all", "keep_first", "none"] = "keep_all"
+
+
 class Verify(Technique):
     kind = "verify"
+    spec_class = VerifySpec
     builtin = {"temperature": 0.0, "max_tokens": 64}
     spec: VerifySpec
 

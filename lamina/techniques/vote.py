@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import replace
+from typing import Literal
 
 from lamina.answers import extract
-from lamina.spec import VoteSpec
 from lamina.techniques.base import Candidate, State, Technique
+from lamina.techniques.spec_base import Component
 
 
 def tally(candidates: list[Candidate], weights: list[float]) -> dict[str, float]:
@@ -22,8 +23,16 @@ def winner(totals: dict[str, float], order: list[str]) -> str:
     return max(order, key=lambda a: (totals[a], -order.index(a)))
 
 
+class VoteSpec(Component):
+    type: Literal["vote"]
+    method: Literal["majority", "best_of_majority", "inverse_entropy"] = "majority"
+    extract: Literal["auto", "number", "boxed", "choice", "code", "text"] = "auto"
+    keep: Literal["winner", "all"] = "winner"
+
+
 class Vote(Technique):
     kind = "vote"
+    spec_class = VoteSpec
     spec: VoteSpec
 
     async def run(self, state: State) -> list[Candidate]:
