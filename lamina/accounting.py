@@ -15,7 +15,8 @@ class Usage:
       costs what it cost when it was made and spends 0, so a replay reports the same cost as the run it replays.
     cached_prompt_tokens: of spent_prompt_tokens, those served from the engine's prefix cache (the engine's
       RequestOutput.num_cached_tokens; an OpenAI-compatible server's usage.prompt_tokens_details.cached_tokens).
-    calls: calls made to a backend now (one request, however many samples); cached_calls: calls replayed.
+    calls: requests made to a backend now (one request, however many samples; every request made counts, e.g. the
+      single-sample requests made where a server ignores `n`); cached_calls: calls replayed (as many as they took).
     seconds: summed wall time of the calls (concurrent calls overlap). by_component: the same, per display name.
     first_finish calls cost every token generated before the winner finished, not only the winner's.
     """
@@ -39,12 +40,13 @@ class Usage:
         return self.spent_prompt_tokens + self.spent_completion_tokens
 
     def add_call(self, component: str, prompt_tokens: int, completion_tokens: int, seconds: float, cached: bool,
-                 cached_prompt_tokens: int = 0) -> None:
+                 cached_prompt_tokens: int = 0, calls: int = 1) -> None:
         """One call that cost `prompt_tokens` + `completion_tokens`; `cached`: replayed from the call cache
-        (spent nothing); `cached_prompt_tokens`: prompt tokens the engine's prefix cache served (live calls)."""
+        (spent nothing); `cached_prompt_tokens`: prompt tokens the engine's prefix cache served (live calls);
+        `calls`: the requests it took (more than one where a server ignores or refuses `n`)."""
         spent = 0 if cached else 1
         call = Usage(prompt_tokens, completion_tokens, spent * prompt_tokens, spent * completion_tokens,
-                     spent * cached_prompt_tokens, spent, 1 - spent, seconds)
+                     spent * cached_prompt_tokens, spent * calls, (1 - spent) * calls, seconds)
         self._merge(call)
         self.by_component.setdefault(component, Usage())._merge(call)
 

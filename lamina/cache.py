@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS calls (
   completion TEXT NOT NULL,
   prompt_tokens INTEGER NOT NULL,
   completion_tokens INTEGER,
+  requests INTEGER,
   created REAL DEFAULT (julianday('now'))
 )
 """
@@ -47,32 +48,35 @@ class CallCache:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(calls)")}
             if "completion_tokens" not in columns:  # a cache written before rows kept their completion cost
                 self._db.execute("ALTER TABLE calls ADD COLUMN completion_tokens INTEGER")
+            if "requests" not in columns:  # ... or the requests their call took
+                self._db.execute("ALTER TABLE calls ADD COLUMN requests INTEGER")
         except (OSError, sqlite3.Error) as exc:
             raise LaminaError(f"call cache {self.path}: cannot open ({exc})") from exc
         self._lock = threading.Lock()
 
     def get_many(self, keys: list[str]) -> Completions | None:
-        """The samples under `keys`, in order, with what their call cost (prompt_tokens, completion_tokens; no
-        seconds, no prefix-cache hits: nothing ran); None when any is missing."""
+        """The samples under `keys`, in order, with what their call cost (prompt_tokens, completion_tokens, the
+        requests it took; no seconds, no prefix-cache hits: nothing ran); None when any is missing."""
         with self._lock:
             marks = ",".join("?" * len(keys))
-            rows = {k: (c, p, t) for k, c, p, t in self._db.execute(
-                f"SELECT key, completion, prompt_tokens, completion_tokens FROM calls WHERE key IN ({marks})", keys)}
+            rows = {k: (c, p, t, r) for k, c, p, t, r in self._db.execute(
+                f"SELECT key, completion, prompt_tokens, completion_tokens, requests FROM calls WHERE key IN ({marks})",
+                keys)}
         if len(rows) != len(set(keys)):
             return None
         items = [Completion.from_dict(json.loads(rows[k][0])) for k in keys]
         spent = sum(item.num_tokens if rows[k][2] is None else rows[k][2] for k, item in zip(keys, items))
-        return Completions(items, rows[keys[0]][1], 0.0, spent)
+        return Completions(items, rows[keys[0]][1], 0.0, spent, requests=rows[keys[0]][3] or 1)
 
     def put_many(self, backend: str, keys: list[str], out: Completions) -> None:
         """One row per sample of `out`; the rows' completion-token shares add up to the call's completion_tokens."""
         shares = [c.num_tokens for c in out]
         shares[0] += out.completion_tokens - sum(shares)
-        rows = [(k, backend, json.dumps(c.to_dict(), ensure_ascii=False), out.prompt_tokens, share)
+        rows = [(k, backend, json.dumps(c.to_dict(), ensure_ascii=False), out.prompt_tokens, share, out.requests)
                 for k, c, share in zip(keys, out, shares)]
         with self._lock:
             self._db.executemany("INSERT OR REPLACE INTO calls (key, backend, completion, prompt_tokens, "
-                                 "completion_tokens) VALUES (?, ?, ?, ?, ?)", rows)
+                                 "completion_tokens, requests) VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def __len__(self) -> int:
         with self._lock:

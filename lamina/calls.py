@@ -86,9 +86,9 @@ class Caller:
             self.guard.settle(need, 0, 0)
             raise
         prompt_tokens, completion_tokens, outs = got.prompt_tokens, got.completion_tokens, list(got)
-        self.guard.settle(need, 1, prompt_tokens + completion_tokens)  # the budget counts cost, cached or not
+        self.guard.settle(need, got.requests, prompt_tokens + completion_tokens)  # the budget counts cost, cached or not
         self.usage.add_call(component, prompt_tokens, completion_tokens, got.seconds, cached=hit is not None,
-                            cached_prompt_tokens=got.cached_prompt_tokens)
+                            cached_prompt_tokens=got.cached_prompt_tokens, calls=got.requests)
         self.trace.append({"event": "call", "component": component, "model": handle.alias, "backend": backend.identity,
                            "messages": messages, "params": sp.to_dict(), "outputs": [c.text for c in outs],
                            "finish_reasons": [c.finish_reason for c in outs], "prompt_tokens": prompt_tokens,

@@ -216,6 +216,7 @@ def test_n_is_emulated_by_parallel_calls_when_refused(stub):
     assert [c.text for c in first] == [f"seed={10 + i} i=0: hello there" for i in range(3)]
     assert before == 4  # the refused n=3 request, then three n=1 requests
     assert len(st.requests) == 7 and b.supports_n is False  # remembered: no second refusal
+    assert (first.requests, second.requests, b.usage.calls) == (4, 3, 7)  # every request made is a call
     assert [c.text for c in second] == [c.text for c in first]
     assert st.max_in_flight == 3  # the three calls were sent in parallel
 
@@ -237,7 +238,27 @@ def test_a_server_that_ignores_n_keeps_its_answer_counted_and_is_asked_only_for_
     assert b.supports_n is False
     words = len(MESSAGES[-1]["content"].split())  # the stub counts a prompt token per word, 4 per completion
     assert out.prompt_tokens == 3 * words and out.completion_tokens == 3 * 4  # all three requests are counted
-    assert b.usage.calls == 1 and b.usage.prompt_tokens == 3 * words and b.usage.completion_tokens == 12
+    assert out.requests == 3  # every request made is a call
+    assert b.usage.calls == 3 and b.usage.prompt_tokens == 3 * words and b.usage.completion_tokens == 12
+
+
+def test_an_architecture_counts_every_request_as_a_call_live_and_replayed(stub, tmp_path):
+    st = stub.reset(ignore_n=True)
+    alias = {"backend": "openai", "model": "stub-model", "base_url": stub.base_url, "params": {"max_tokens": 8}}
+    spec = {"name": "n3", "models": {"stub": alias}, "layers": [[{"type": "generate", "model": "stub", "samples": 3}]]}
+
+    async def go():
+        arch = Architecture.from_spec(spec, cache=tmp_path / "calls.sqlite")
+        try:
+            return await arch.run("hi", seed=1), await arch.run("hi", seed=1)
+        finally:
+            await arch.aclose()
+
+    live, replay = run(go())
+    assert len(st.requests) == 3  # one n=3 request answered with one choice, then two single requests
+    assert (live.usage.calls, live.usage.cached_calls) == (3, 0)
+    assert (replay.usage.calls, replay.usage.cached_calls) == (0, 3)  # the replay costs the same three calls
+    assert replay.usage.total_tokens == live.usage.total_tokens and replay.usage.spent_tokens == 0
 
 
 def test_completions_endpoint_and_logprobs(stub):
@@ -284,6 +305,7 @@ def test_first_finish_returns_the_earliest_without_waiting_for_the_rest(stub):
     out, still_held = run(go())
     assert [c.text for c in out] == ["seed=5 i=0: hello there"]
     assert sorted(r["body"]["seed"] for r in st.requests) == [3, 4, 5, 6] and still_held == 3
+    assert out.requests == 4 and b.usage.calls == 4  # the cancelled requests were made: they are calls
 
 
 def concurrency_spec(stub: StubServer, max_concurrency: int) -> dict:

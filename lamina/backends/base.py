@@ -40,8 +40,9 @@ class Completions(list):
     """The samples of one call, plus what the call cost."""
 
     def __init__(self, items=(), prompt_tokens: int = 0, seconds: float = 0.0, spent_tokens: int | None = None,
-                 cached_prompt_tokens: int = 0) -> None:
+                 cached_prompt_tokens: int = 0, requests: int = 1) -> None:
         super().__init__(items)
+        self.requests = requests  # requests made to the model server (or engine) for these samples: each is a call
         self.prompt_tokens = prompt_tokens
         self.cached_prompt_tokens = cached_prompt_tokens  # of prompt_tokens, those served from a prefix cache
         self.seconds = seconds
@@ -88,7 +89,7 @@ class Backend:
 
     def _record(self, out: Completions) -> Completions:
         self.usage.add_call(self.identity, out.prompt_tokens, out.completion_tokens, out.seconds, cached=False,
-                            cached_prompt_tokens=out.cached_prompt_tokens)
+                            cached_prompt_tokens=out.cached_prompt_tokens, calls=out.requests)
         return out
 
     def count_tokens(self, text: str) -> int:

@@ -70,14 +70,14 @@ class OpenAIBackend(Backend):
             try:
                 first = self._parse(await self._post(messages, prompt, params), chat, start)
             except _NRefused:
-                first = Completions()
+                first = Completions(requests=1)  # the refused request was made: it counts as a call
             if len(first) == params.n:
                 self.supports_n = True
                 return first
             self.supports_n = False
-            if first:  # a server that ignores n answered fewer samples: keep (and count) them, ask only for the rest
-                parts.append(Completions(first[: params.n], first.prompt_tokens, first.seconds, first.completion_tokens,
-                                         first.cached_prompt_tokens))
+            # a server that ignores n answered fewer samples: keep (and count) them, ask only for the rest
+            parts.append(Completions(first[: params.n], first.prompt_tokens, first.seconds, first.completion_tokens,
+                                     first.cached_prompt_tokens, first.requests))
         have = len(parts[0]) if parts else 0
         rest = await asyncio.gather(*(self._post(messages, prompt, _single(params, i)) for i in range(have, params.n)))
         return _join(parts + [self._parse(r, chat, start) for r in rest], start)
@@ -89,7 +89,9 @@ class OpenAIBackend(Backend):
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             first = min(done, key=tasks.index)
-            return self._parse(first.result(), messages is not None, start)
+            out = self._parse(first.result(), messages is not None, start)
+            out.requests = len(tasks)  # every request sent is a call, the cancelled ones too
+            return out
         finally:
             for task in tasks:
                 task.cancel()
@@ -201,7 +203,7 @@ def _join(parts: list[Completions], start: float) -> Completions:
     items = [c for part in parts for c in part]
     spent = sum(p.completion_tokens for p in parts)
     return Completions(items, sum(p.prompt_tokens for p in parts), time.perf_counter() - start, spent,
-                       sum(p.cached_prompt_tokens for p in parts))
+                       sum(p.cached_prompt_tokens for p in parts), sum(p.requests for p in parts))
 
 
 def _chat_logprobs(raw: dict[str, Any] | None) -> list[TokenLP] | None:
