@@ -30,10 +30,15 @@ CREATE TABLE IF NOT EXISTS calls (
 
 def call_key(backend: str, messages: list[dict] | None, prompt: str | None, params: SamplingParams, index: int,
              mode: str = "sample") -> str:
+    """The cache key of sample `index` of a call. A greedy call's output does not depend on its seed, so its key
+    leaves the seed out: deterministic calls (judges at temperature 0) replay whatever seed a run draws, while
+    sampled calls replay only under the same seed."""
     fields = params.to_dict()
     fields.pop("n")
+    seed = fields.pop("seed")
     blob = json.dumps({"backend": backend, "messages": messages, "prompt": prompt, "params": fields,
-                       "seed": params.seed, "index": index, "mode": mode}, sort_keys=True, ensure_ascii=False)
+                       "seed": None if params.greedy else seed, "index": index, "mode": mode}, sort_keys=True,
+                      ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 

@@ -64,6 +64,9 @@ def test_key_covers_backend_messages_params_seed_and_index(tmp_path):
                 call_key("local:default", QUESTION, None, params, 1),
                 call_key("local:default", QUESTION, None, params, 0, mode="first_finish")]
     assert len({base, *variants}) == 7
+    greedy = params.replace(temperature=0.0)  # a greedy call's output does not depend on its seed: neither does its key
+    assert call_key("local:default", QUESTION, None, greedy, 0) == call_key("local:default", QUESTION, None,
+                                                                           greedy.replace(seed=2), 0)
 
 
 def test_rows_round_trip_with_logprobs_and_cost(tmp_path):
