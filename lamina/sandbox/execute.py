@@ -156,8 +156,9 @@ def _run_parts(parts: list[tuple[str, str]], stdin: str, timeout_s: float, memor
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _command(isolation: Isolation, base: Path, work: Path, fds: tuple[int, int]) -> list[str]:
-    """argv of the child for `isolation`: the confining prefix, the base interpreter and child.py's arguments."""
+def _command(isolation: Isolation, base: Path, work: Path, fds: tuple[int, int], info_fd: int) -> list[str]:
+    """argv of the child for `isolation`: the confining prefix, the base interpreter and child.py's arguments
+    (bwrap writes the sandbox's pid to `info_fd`)."""
     rt = iso.runtime()
     parts = str(base / "parts.json")
     script = str(base / "child.py") if isolation.mechanism == "bwrap" else str(CHILD)
@@ -165,7 +166,7 @@ def _command(isolation: Isolation, base: Path, work: Path, fds: tuple[int, int])
     if isolation.mechanism == "bwrap":
         prefix = iso.bwrap_command(rt, child=(str(CHILD), script), parts=parts, work=str(work),
                                    empty=str(base / "empty"))
-        return [*prefix, *child]
+        return [*prefix, "--info-fd", str(info_fd), *child]
     if isolation.mechanism == "landlock":
         child.append(json.dumps(iso.landlock_rules(rt, str(work))))
     return [*_netns_prefix(), *child]
@@ -184,12 +185,12 @@ def _spawn(base: Path, work: Path, stdin: str, timeout_s: float, memory_mb: int,
     start = time.monotonic()
     try:
         with open(base / "stdout", "wb+") as out, open(base / "stderr", "wb+") as err, \
-                open(base / "status", "wb+") as status:
-            cmd = _command(isolation, base, work, (nonce_r, status.fileno()))
+                open(base / "status", "wb+") as status, open(base / "info", "wb+") as info:
+            cmd = _command(isolation, base, work, (nonce_r, status.fileno()), info.fileno())
             try:
                 proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=work,
                                         env=_child_env(work), start_new_session=True,
-                                        pass_fds=(nonce_r, status.fileno()),
+                                        pass_fds=(nonce_r, status.fileno(), info.fileno()),
                                         preexec_fn=_limits(timeout_s, memory_mb))
             except OSError as exc:
                 raise SandboxError(f"cannot start sandbox process {cmd[0]!r}: {exc}") from exc
@@ -197,6 +198,8 @@ def _spawn(base: Path, work: Path, stdin: str, timeout_s: float, memory_mb: int,
                 os.close(nonce_r)
                 nonce_r = -1
             timed_out = _wait(proc, stdin, timeout_s)
+            if isolation.mechanism == "bwrap":
+                _await_namespace_exit(info)
             seconds = time.monotonic() - start
             stdout, stderr = _read(out), _read(err)
             status.seek(0)
@@ -222,6 +225,24 @@ def _wait(proc: subprocess.Popen, stdin: str, timeout_s: float) -> bool:
         return True
     finally:
         _kill_group(proc.pid)
+
+
+def _await_namespace_exit(info) -> None:
+    """Return once bwrap's pid-namespace init (the `child-pid` it wrote to `info`) is dead: the kernel kills every
+    process of the namespace before its init finishes exiting, so then nothing the run started is left."""
+    info.seek(0)
+    try:
+        pid = int(json.loads(info.read(4096).decode() or "{}").get("child-pid", 0))
+    except (ValueError, AttributeError):
+        return
+    for _ in range(200):  # 10 s at most; SIGKILL is already on its way (group kill and --die-with-parent)
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in "ZX":
+            return
+        time.sleep(0.05)
 
 
 def _kill_group(pid: int) -> None:

@@ -80,7 +80,7 @@ def bwrap_command(rt: Runtime, *, child: tuple[str, str], parts: str, work: str,
     if not bwrap:
         raise FileNotFoundError("bwrap is not installed (Debian: apt-get install -y bubblewrap)")
     cmd = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-           "--cap-drop", "ALL", "--die-with-parent", "--new-session"]
+           "--cap-drop", "ALL", "--die-with-parent"]
     if "--disable-userns" in _bwrap_help(bwrap):
         cmd.append("--disable-userns")
     for path in sorted(set(_with_targets(rt.read))):
