@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# The code sandbox isolates candidate programs' file system with bubblewrap (else Landlock): install it when missing.
+if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  { apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; }; } >/dev/null 2>&1 \
+    || echo "bootstrap: could not install bubblewrap; the sandbox falls back to Landlock where the kernel has it"
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
@@ -25,3 +30,5 @@ assert gguf.stat().st_size > 90_000_000, f"embedded model missing or truncated: 
 PY
 # Lamina's native CPU kernels compile once per machine (about a minute); without a compiler the engine falls back.
 .venv/bin/python -m lamina.engine.kernels || echo "continuing without native kernels"
+# Which file system isolation the code sandbox gets here (exit 1 and the reason when none works).
+.venv/bin/python -m lamina.sandbox || echo "bootstrap: code sandbox runs will be refused (see docs/tasks.md)"

@@ -1,12 +1,14 @@
 """Runs inside the sandbox process: installs the audit hook, then executes the code parts in one namespace.
 
-Invoked as `python -I -B child.py WORKDIR PARTS_JSON NONCE_FD STATUS_FD`; never imported by Lamina itself.
+Invoked as `python -I -S -B child.py WORKDIR PARTS_JSON NONCE_FD STATUS_FD [LANDLOCK_JSON]`; never imported by
+Lamina itself. With LANDLOCK_JSON ({"read": [...], "write": [...]}) the process first confines itself with Landlock.
 The parent writes a random nonce into the pipe NONCE_FD; it is read and the pipe closed before any candidate code
 runs, and the nonce is written to STATUS_FD only after the last part ran to completion, so an early exit
 (`sys.exit`, `os._exit`, ...) cannot pass for a finished run.
 """
 import json
 import os
+import struct
 import sys
 import traceback
 
@@ -84,6 +86,54 @@ def _disable_fork_exec() -> None:
     _posixsubprocess.fork_exec = fork_exec
 
 
+def restrict_paths(read: list, write: list) -> None:
+    """Landlock: from here on this process may read (and execute) only beneath `read` and write only beneath `write`;
+    where the kernel's ABI has them, TCP bind/connect and signals or abstract sockets beyond itself are refused too."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+
+    def call(*args) -> int:
+        result = libc.syscall(*args)
+        if result < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"landlock: {os.strerror(err)}")
+        return result
+
+    u32 = ctypes.c_uint32
+    abi = call(ctypes.c_long(444), None, ctypes.c_size_t(0), u32(1))  # LANDLOCK_CREATE_RULESET_VERSION
+    fs = (1 << (13 + min(abi, 3) - 1)) - 1 | ((1 << 15) if abi >= 5 else 0)  # every fs right this ABI knows
+    file_rights = fs & (1 | 2 | 4 | (1 << 14) | (1 << 15))  # execute, write, read, truncate, ioctl_dev
+    read_rights = 1 | 4 | 8  # execute, read_file, read_dir
+    attr = (ctypes.c_uint64 * 3)(fs, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)  # fs, net (tcp), scoped
+    ruleset = call(ctypes.c_long(444), ctypes.byref(attr), ctypes.c_size_t(24 if abi >= 6 else 16 if abi >= 4 else 8),
+                   u32(0))
+    for paths, rights in ((read, read_rights), (write, fs)):
+        for path in paths:
+            fd = os.open(path, getattr(os, "O_PATH", os.O_RDONLY) | os.O_CLOEXEC)
+            try:
+                allowed = rights if os.path.isdir(path) else rights & file_rights
+                rule = ctypes.create_string_buffer(struct.pack("=Qi", allowed, fd), 12)
+                call(ctypes.c_long(445), ctypes.c_int(ruleset), ctypes.c_int(1), rule, u32(0))  # PATH_BENEATH
+            finally:
+                os.close(fd)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS, required to restrict an unprivileged process
+        raise OSError(ctypes.get_errno(), "landlock: prctl(PR_SET_NO_NEW_PRIVS) failed")
+    call(ctypes.c_long(446), ctypes.c_int(ruleset), u32(0))  # landlock_restrict_self
+    os.close(ruleset)
+    for name in [m for m in sys.modules if m in BLOCKED_MODULES or m.startswith("ctypes.")]:
+        del sys.modules[name]  # candidate code must import ctypes afresh, which the audit hook refuses
+
+
+def restore_builtins() -> None:
+    """`python -S` skips site, which defines exit(), quit() and help(); programs expect them (site adds no path)."""
+    import site
+
+    site.setquit()
+    site.sethelper()
+
+
 def run_parts(parts: list) -> int:
     """Exit code of running every part in turn; a SystemExit in any part but a lone one is reported as a failure."""
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
@@ -108,10 +158,14 @@ def run_parts(parts: list) -> int:
 
 def main() -> None:
     workdir, parts_file, nonce_fd, status_fd = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    landlock = json.loads(sys.argv[5]) if len(sys.argv) > 5 else None
     nonce = _read_all(nonce_fd)
     os.close(nonce_fd)
     with open(parts_file, encoding="utf-8") as fh:
         parts = json.load(fh)
+    if landlock is not None:
+        restrict_paths(landlock["read"], landlock["write"])
+    restore_builtins()
     sys.argv = ["program"]
     sys.path.insert(0, workdir)
     install_guard(workdir)
