@@ -90,3 +90,29 @@ def test_grid():
 def test_unknown_extractor_raises():
     with pytest.raises(ValueError, match="unknown extractor"):
         extract("x", "nope")
+
+
+# LaTeX and separator forms that GSM8K/MATH/AIME solutions and model replies write, with their right values
+@pytest.mark.parametrize("text, want", [
+    (r"\boxed{$9{,}500}", "9500"),                       # issue 11: gave 500
+    (r"so \boxed{1{,}000{,}000}.", "1000000"),
+    (r"\boxed{1\,000\,000}", "1000000"),                 # thin-space thousands
+    (r"\boxed{12\!345}", "12345"),
+    (r"The total is \$1,234.50.", "1234.50"),
+    (r"The answer is $\$18.00$.", "18.00"),
+    (r"$50\%$ of them", "50"),
+    (r"\boxed{\text{12 apples}}", "12"),
+    (r"\boxed{18\text{ dollars}}", "18"),
+    (r"\boxed{5\ \text{cm}}", "5"),
+    (r"\boxed{\frac{1}{2}}", "1/2"),
+    (r"\boxed{-\dfrac{3}{4}}", "-3/4"),
+    (r"\boxed{\tfrac12}", "1/2"),
+    (r"\boxed{2\frac{1}{4}}", "9/4"),                    # mixed number
+    (r"x^2\frac{1}{2}", "1/2"),                           # an exponent is not a whole part
+    (r"\boxed{\left(\frac{1}{2}\right)}", "1/2"),
+    (r"\boxed{90^\circ}", "90"), (r"\boxed{10^{\circ}}", "10"), ("an angle of 45°", "45"),
+    (r"\boxed{1.5\times 10^{3}}", "1.5e3"),
+    ("#### 9,500", "9500"),
+])
+def test_number_latex_forms(text, want):
+    assert extract(text, "number") == want

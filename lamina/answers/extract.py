@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import re
 
+from lamina.answers.latex import plain_number_text
+
 EXTRACTORS = ("auto", "boxed", "phrase", "number", "code", "choice", "grid", "text")
 
-_NUMBER = re.compile(r"(?<![\w.])[-−]?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?![\d])")
+_NUMBER = re.compile(
+    r"(?<![\w.])[-−]?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+(?![\w.]))?(?:/\d+)?(?![\d])")
 _PHRASE = re.compile(
     r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*[:=]|answer\s*[:=]|####)\s*[:=]?\s*(.+)",
     re.IGNORECASE)
@@ -64,8 +67,9 @@ def extract_phrase(text: str) -> str | None:
 
 
 def extract_number(text: str) -> str | None:
-    """The last number in the text, normalised: thousands separators and '$' dropped, trailing '.0' kept as written."""
-    matches = _NUMBER.findall(text)
+    """The last number in the text, normalised: LaTeX forms read (`9{,}500`, `\\frac{1}{2}`, `\\$5`, `50\\%`:
+    `lamina.answers.latex`), thousands separators and '$' dropped, trailing '.0' kept as written."""
+    matches = _NUMBER.findall(plain_number_text(text))
     if not matches:
         return None
     raw = matches[-1].replace("−", "-").replace("$", "").replace(",", "").replace(" ", "")
