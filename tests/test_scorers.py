@@ -103,6 +103,24 @@ def test_code_scorer_executes_tests():
     assert none.value == 0.0 and none.detail == "no code found"
 
 
+@pytest.mark.parametrize("reply", [
+    "def double(x):\n    return 2 * x\n```",                                  # bare function, lone closing fence
+    "Here is the function you asked for:\ndef double(x):\n    return 2 * x",  # a prose line before a bare def
+    "```python\ndef double(x):\n    return 2 * x\n\nassert double(1) == 3  # the model's own wrong test\n```",
+])
+def test_code_scorer_runs_the_program_of_each_reply_shape(reply):
+    """Issue 11's code shapes pass the example's tests in the sandbox."""
+    result = score("code", reply, CODE_EX)
+    assert (result.value, result.detail) == (1.0, "passed 2/2")
+
+
+def test_code_program_keeps_the_names_tests_call():
+    ex = Example("c", {"entry_point": "double"}, "", ["assert double(2) == 4", "assert half(4) == 2"])
+    reply = "```python\ndef double(x):\n    return 2 * x\n\ndef half(x):\n    return x // 2\n\nprint(half(9))\n```"
+    assert code_program(reply, ex) == "def double(x):\n    return 2 * x\n\ndef half(x):\n    return x // 2"
+    assert score("code", reply, ex).value == 1.0
+
+
 def test_code_program_completes_humaneval_style_bodies():
     ex = Example("h", {"prompt": "from typing import List\n\ndef inc(xs: List[int]) -> List[int]:\n",
                        "entry_point": "inc"}, "", ["assert inc([1]) == [2]"])

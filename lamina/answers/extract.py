@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
+from lamina.answers.code import extract_program
 from lamina.answers.latex import plain_number_text
 
 EXTRACTORS = ("auto", "boxed", "phrase", "number", "code", "choice", "grid", "text")
@@ -12,7 +14,6 @@ _NUMBER = re.compile(
 _PHRASE = re.compile(
     r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*[:=]|answer\s*[:=]|####)\s*[:=]?\s*(.+)",
     re.IGNORECASE)
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _CHOICE_PHRASE = re.compile(
     r"(?:answer|option|choice)\s*(?:is|:)?\s*(?:\*\*)?\s*[\(\[]?([A-J])[\)\].:]?(?![a-zA-Z])", re.IGNORECASE)
 _BOXED_CMDS = ("\\boxed", "\\fbox")
@@ -76,16 +77,11 @@ def extract_number(text: str) -> str | None:
     return raw
 
 
-def extract_code(text: str) -> str | None:
-    """The Python code in the reply: the last fenced block that defines something, else the last block, else the text."""
-    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
-    python = [body for lang, body in blocks if lang in ("", "python", "py", "python3")]
-    candidates = python or [body for _, body in blocks]
-    defining = [body for body in candidates if re.search(r"^\s*(def|class|import|from)\s", body, re.MULTILINE)]
-    chosen = (defining or candidates or [None])[-1]
-    if chosen is None:
-        return text.strip() if re.search(r"^\s*def\s+\w+\s*\(", text, re.MULTILINE) else None
-    return chosen.strip("\n") or None
+def extract_code(text: str, names: Collection[str] = ()) -> str | None:
+    """The program in the reply, and only it (`lamina.answers.code`: fences, `<code>`, bare code amid prose,
+    `>>>` sessions; blocks merged by the names they define); `names` are those the program must define (a task's
+    entry point, the names its tests call). None when there is no code."""
+    return extract_program(text, names)
 
 
 def extract_choice(text: str, choices: str = "ABCD") -> str | None:

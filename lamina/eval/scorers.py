@@ -3,6 +3,7 @@
 Answers compare by `lamina.answers.equivalent`, the same definition votes use."""
 from __future__ import annotations
 
+import ast
 import asyncio
 import re
 from dataclasses import dataclass
@@ -72,9 +73,10 @@ def score_code(text: str, example: "Example", timeout_s: float = 5.0, memory_mb:
 
 
 def code_program(text: str, example: "Example") -> str | None:
-    """The candidate program; a HumanEval-style body completion is appended to the task's prompt."""
-    program = extract_code(text)
+    """The candidate program: extracted for the names the task needs (its entry point and the names its tests call,
+    see `lamina.answers.code`); a HumanEval-style body completion is appended to the task's prompt."""
     prompt, entry = example.inputs.get("prompt"), example.inputs.get("entry_point")
+    program = extract_code(text, ([entry] if isinstance(entry, str) else []) + called_names(example.tests))
     if not isinstance(prompt, str) or not entry:
         return program
     if program is None or not re.search(rf"def\s+{re.escape(entry)}\b", program):
@@ -82,6 +84,18 @@ def code_program(text: str, example: "Example") -> str | None:
         return prompt + body if body.strip() else None
     imports = [line for line in prompt.splitlines() if line.startswith(("import ", "from "))]
     return "\n".join(imports + [program])
+
+
+def called_names(tests: list[str]) -> list[str]:
+    """The names the tests load (`assert double(2) == 4` -> double), in order; tests that do not parse give none."""
+    names: dict[str, None] = {}
+    for test in tests:
+        try:
+            tree = ast.parse(test)
+        except (SyntaxError, ValueError):
+            continue
+        names.update((n.id, None) for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
+    return list(names)
 
 
 def make_scorer(config: str | dict[str, Any], default_extract: str = "auto", source: str = "<task>") -> Scorer:
