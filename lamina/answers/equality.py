@@ -18,7 +18,8 @@ An answer *kind* says how answers compare:
 
 `answer_key(answer, kind)` is a canonical string such that equal keys mean equal answers (for every kind but
 `math`, equal answers also have equal keys), so votes group by it. `equivalent(a, b, kind)` is the comparison
-scorers use; for `math` it also tries math-verify, which keys cannot express.
+scorers use; for `math` it also tries math-verify, which keys cannot express. `contains(answer, reference)` (the
+reference's words appear in the answer) is a scorer's test, not an equality: votes never group by it.
 """
 from __future__ import annotations
 
@@ -118,6 +119,14 @@ def equivalent(answer: str | None, reference: str | None, kind: str = "auto") ->
         return answer is not None and reference is not None and math_compare(answer, reference)[0]
     key = answer_key(answer, kind)
     return key is not None and key == answer_key(reference, kind)
+
+
+def contains(answer: str | None, reference: str | None) -> bool:
+    """Whether `reference` appears in `answer` as whole words after the task normalisation (lowercase, punctuation
+    and articles dropped; HELM's quasi-match, simple-evals' normalised containment): "The capital of France is
+    Paris." contains "paris" and "the Paris", "Parisian" does not contain "Paris"; an empty reference is in nothing."""
+    wanted = normalize_text(reference or "")
+    return bool(wanted) and answer is not None and f" {wanted} " in f" {normalize_text(answer)} "
 
 
 def math_compare(answer: str | None, reference: str, timeout_s: float | None = None) -> tuple[bool, str]:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from dataclasses import dataclass
 
 from lamina.answers.code import extract_program
 from lamina.answers.latex import plain_number_text
 
-EXTRACTORS = ("auto", "boxed", "phrase", "number", "code", "choice", "grid", "text")
+EXTRACTORS = ("auto", "boxed", "phrase", "number", "code", "choice", "grid", "text", "regex")
+SELECT = ("first", "last")
 
 _NUMBER = re.compile(
     r"(?<![\w.])[-−]?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+(?![\w.]))?(?:/\d+)?(?![\d])")
@@ -19,7 +21,24 @@ _CHOICE_PHRASE = re.compile(
 _BOXED_CMDS = ("\\boxed", "\\fbox")
 
 
-def extract(text: str, method: str = "auto", choices: str = "ABCD") -> str | None:
+@dataclass(frozen=True, slots=True)
+class RegexExtract:
+    """The `regex` extractor's settings (lm-evaluation-harness' regex filter): the answer is `group` (a number or a
+    name; 0 is the whole match) of the `select` (`first` or `last`) match of `pattern`."""
+    pattern: re.Pattern[str]
+    group: int | str = 1
+    select: str = "last"
+
+    def __call__(self, text: str) -> str | None:
+        """The selected match's group, stripped; None when nothing matches (or the group took no part)."""
+        found = [m for m in self.pattern.finditer(text) if m.group(self.group) is not None]
+        if not found:
+            return None
+        return found[0 if self.select == "first" else -1].group(self.group).strip() or None
+
+
+def extract(text: str, method: str = "auto", choices: str = "ABCD", regex: RegexExtract | None = None) -> str | None:
+    """The answer in `text` by extractor `method` (one of EXTRACTORS), or None; `regex` is required by `regex`."""
     if method == "auto":
         return extract_boxed(text) or extract_phrase(text) or extract_number(text) or (text.strip() or None)
     if method == "boxed":
@@ -36,6 +55,10 @@ def extract(text: str, method: str = "auto", choices: str = "ABCD") -> str | Non
         return extract_grid(text)
     if method == "text":
         return text.strip() or None
+    if method == "regex":
+        if regex is None:
+            raise ValueError("the regex extractor needs a pattern (RegexExtract)")
+        return regex(text)
     raise ValueError(f"unknown extractor {method!r}; known: {', '.join(EXTRACTORS)}")
 
 

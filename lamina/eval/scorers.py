@@ -1,6 +1,9 @@
-"""Scorers: text match, numeric, math equivalence (math-verify), multiple choice, executed code tests, LLM judge.
+"""Scorers: text match, numeric, math equivalence (math-verify), multiple choice, containment, executed code tests,
+LLM judge.
 
-Answers compare by `lamina.answers.equivalent`, the same definition votes use."""
+Answers compare by `lamina.answers.equivalent`, the same definition votes use; `contains` by
+`lamina.answers.contains`. An example with several acceptable references (`Example.references`) scores 1 when
+the answer matches any of them."""
 from __future__ import annotations
 
 import ast
@@ -9,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lamina.answers import equivalent, math_compare
+from lamina.answers import contains, equivalent, math_compare
 from lamina.answers.extract import extract, extract_code
 from lamina.errors import SpecError
 from lamina.eval.judge import baseline_answers, judge_score
@@ -53,11 +56,15 @@ class Scorer(ScorerSpec):
         if self.kind == "judge":
             value, detail = await judge_score(text, example, question=question, judge=self.judge, **self.options)
             return Score(value, text, detail)
-        answer = extract(text, self.extract, self.options.get("choices", "ABCD"))
+        answer = extract(text, self.extract, self.options.get("choices", "ABCD"), self.regex())
+        references = example.references or [example.reference]
         if self.kind == "math":
-            equal, detail = math_compare(answer, example.reference)
-            return Score(float(equal), answer, detail)
-        return Score(float(equivalent(answer, example.reference, ANSWER_KINDS[self.kind])), answer)
+            verdicts = [math_compare(answer, reference) for reference in references]
+            return Score(float(any(equal for equal, _ in verdicts)), answer, "; ".join(d for _, d in verdicts if d))
+        if self.kind == "contains":
+            return Score(float(any(contains(answer, reference) for reference in references)), answer)
+        kind = ANSWER_KINDS[self.kind]
+        return Score(float(any(equivalent(answer, reference, kind) for reference in references)), answer)
 
 
 def score_code(text: str, example: "Example", timeout_s: float = 5.0, memory_mb: int = 512) -> Score:
