@@ -49,7 +49,8 @@ def test_numeric_scorer_reads_latex_numbers(reply, reference, extractor):
     """The numeric scorer agrees with number extraction whichever extractor hands it the answer."""
     if extractor == "boxed" and "boxed" not in reply:
         return
-    assert asyncio.run(make_scorer({"type": "numeric", "extract": extractor}).score(reply, Example("q", {}, reference))).value == 1.0
+    scorer = make_scorer({"type": "numeric", "extract": extractor})
+    assert asyncio.run(scorer.score(reply, Example("q", {}, reference))).value == 1.0
 
 
 @pytest.mark.parametrize("text", ["1,2,3", "12,34", "abc", "1/0", "", None])

@@ -120,7 +120,8 @@ def test_code_for_named_entry_point_keeps_only_what_it_reaches():
                        "def double(x):\n    return helper(x)")
     assert "assert" in extract_code(reply)  # without names the block is kept whole
     assert extract_code(reply, ["other"]) == extract_code(reply)  # names it does not define: as without names
-    decorated = "```python\nfrom functools import cache\n\n@cache\ndef fib(n):\n    return n if n < 2 else fib(n-1) + fib(n-2)\n```"
+    decorated = ("```python\nfrom functools import cache\n\n@cache\ndef fib(n):\n"
+                 "    return n if n < 2 else fib(n-1) + fib(n-2)\n```")
     assert extract_code(decorated, ["fib"]).splitlines()[2] == "@cache"
 
 

@@ -159,7 +159,8 @@ def test_contains_scorer_takes_the_whole_reply_and_any_reference():
     ex = Example("q", {}, "George Washington", references=["George Washington", "Washington"])
     assert score("contains", "I believe it was Washington.", ex).value == 1.0
     assert score("contains", "It was George.", ex).value == 0.0
-    assert score({"type": "contains", "extract": "phrase"}, "Paris, then... The answer is Rome.", Example("q", {}, "Paris")).value == 0.0
+    phrase = {"type": "contains", "extract": "phrase"}
+    assert score(phrase, "Paris, then... The answer is Rome.", Example("q", {}, "Paris")).value == 0.0
     assert score({"type": "exact"}, "Washington", ex).value == 1.0  # every comparing scorer accepts any reference
 
 

@@ -184,20 +184,23 @@ def test_regex_extractor_task_from_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("scorer, message", [
-    ("{type: numeric, extract: regex, pattern: 'answer: ([0-9'}", r"r\.yaml: scorer\.pattern 'answer: \(\[0-9' is not a "
-     "valid regular expression: unterminated character set at position 9"),
+    ("{type: numeric, extract: regex, pattern: 'answer: ([0-9'}",
+     r"r\.yaml: scorer\.pattern 'answer: \(\[0-9' is not a valid regular expression: "
+     "unterminated character set at position 9"),
     ("{type: numeric, extract: regex}", r"r\.yaml: scorer\.pattern is required with `extract: regex`.*got None"),
     ("{type: exact, extract: regex, pattern: '(a)(b)', group: 3}", r"r\.yaml: scorer\.group must be a group of "
      r"pattern '\(a\)\(b\)' \(0\.\.2\), got 3"),
     ("{type: exact, extract: regex, pattern: '(?P<x>a)', group: y}", r"scorer\.group .*\(0\.\.1, x\), got 'y'"),
     ("{type: exact, extract: regex, pattern: '(a)', select: middle}", r"scorer\.select must be one of first, last, "
      "got 'middle'"),
-    ("{type: exact, pattern: '(a)'}", r"r\.yaml: scorer\.pattern is only used with `extract: regex`, got extract 'auto'"),
+    ("{type: exact, pattern: '(a)'}",
+     r"r\.yaml: scorer\.pattern is only used with `extract: regex`, got extract 'auto'"),
     ("numeric\nextract: regex", r"r\.yaml: scorer\.pattern is required"),  # task-level extract: regex, no pattern
 ])
 def test_regex_scorer_errors_name_file_field_and_value(tmp_path, scorer, message):
     (tmp_path / "d.jsonl").write_text(json.dumps({"id": "a", "q": "x", "reference": "4"}))
-    (tmp_path / "r.yaml").write_text(f"name: rx\nsource: {{type: jsonl, path: d.jsonl}}\nprompt: '{{q}}'\nscorer: {scorer}\n")
+    (tmp_path / "r.yaml").write_text(
+        f"name: rx\nsource: {{type: jsonl, path: d.jsonl}}\nprompt: '{{q}}'\nscorer: {scorer}\n")
     with pytest.raises(SpecError, match=message) as err:
         load_task(str(tmp_path / "r.yaml"))
     assert "\n" not in str(err.value)

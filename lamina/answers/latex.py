@@ -8,11 +8,11 @@ write it):
 | `{,}` / `{.}` (a separator in braces)      | `,` / `.`   | `9{,}500` -> `9,500`                       |
 | `\\,` `\\!` `\\;` `\\:` `\\ ` `~` `\\quad`   | nothing between digits, else a space | `1\\,000` -> `1000` |
 | `\\$` `\\%`                                | `$` `%`     | `\\$1,234.50` -> `$1,234.50`               |
-| `\\text{..}` `\\textbf` `\\mathrm` `\\mbox` ... | the words, or nothing when they hold no digit (units) | `\\text{12 apples}` -> `12 apples`, `5\\text{ cm}` -> `5` |
+| `\\text{..}` `\\textbf` `\\mathrm` `\\mbox` ... | the words; nothing when no digit (units) | `5\\text{ cm}` -> `5` |
 | `\\left(` `\\right)` `\\displaystyle` `$` `\\(` `\\)` `\\[` `\\]` | the bracket / nothing |              |
 | `^\\circ` `^{\\circ}` `\\circ` `\\degree` `°` | nothing   | `90^\\circ` -> `90`                        |
 | a whole number then `\\frac{a}{b}`          | one fraction | `2\\frac{1}{4}` -> `9/4`                 |
-| `\\frac` `\\dfrac` `\\tfrac` `\\cfrac` {a}{b}, `\\frac12` | `a/b` (`(a)/(b)` when a part is not a number) | `-\\dfrac{3}{4}` -> `-3/4` |
+| `\\frac` `\\dfrac` `\\tfrac` `\\cfrac` {a}{b}, `\\frac12` | `a/b` (`(a)/(b)` else) | `-\\dfrac{3}{4}` -> `-3/4` |
 | `a \\times 10^{n}`, `a \\cdot 10^n`        | `aen`       | `1.5\\times10^{3}` -> `1.5e3`              |
 """
 from __future__ import annotations
