@@ -5,7 +5,8 @@
    the last code line counts), `<code>`/`<pre>` elements (HTML entities decoded), and bare code in the text
    outside them: a run that starts at an unindented code line (`def`, `class`, `import`, `from .. import`,
    `@decorator`, an assignment, `for`/`while`/`with`/`try`, `print(`, `if __name__`) and is the longest
-   such run that compiles, so prose before and after it is left out. A block of `>>>` / `...` prompts becomes its statements, outputs and bare expressions dropped.
+   such run that compiles, so prose before and after it is left out. A block of `>>>` / `...` prompts
+   becomes its statements, outputs and bare expressions dropped.
 2. Python blocks (tagged python/py/python3/py3/pycon or untagged) that compile are the candidates.
 3. When `names` (the task's entry point, the names its tests call) are given and some candidate defines one:
    the program is every import of the candidates plus the definitions (functions, classes, assignments) those names
