@@ -27,6 +27,32 @@ def test_parse_number(text, value):
     assert parse_number(text) == value
 
 
+@pytest.mark.parametrize("text, value", [
+    (r"9{,}500", 9500), (r"\$1,234.50", Fraction(2469, 2)), (r"50\%", 50), (r"\frac{1}{2}", Fraction(1, 2)),
+    (r"\dfrac{3}{4}", Fraction(3, 4)), (r"-\tfrac{1}{4}", Fraction(-1, 4)), (r"2\frac{1}{2}", Fraction(5, 2)),
+    (r"12\text{ cm}", 12), (r"90^{\circ}", 90), (r"1\,000", 1000), (r"\left(7\right)", 7), ("1.5/2", Fraction(3, 4)),
+    (r"2.5\times 10^{-1}", Fraction(1, 4)), ("$18$", 18)])
+def test_parse_number_latex(text, value):
+    assert parse_number(text) == value
+
+
+@pytest.mark.parametrize("text", [r"\frac{\sqrt{3}}{2}", r"\text{twelve}", r"x^{\circ}", r"\frac{1}{0}"])
+def test_latex_non_numbers(text):
+    assert parse_number(text) is None
+
+
+@pytest.mark.parametrize("reply, reference", [(r"\boxed{$9{,}500}", "9500"), (r"\boxed{\frac{1}{2}}", "0.5"),
+                                              (r"The price is \$1,234.50", "1234.5"), (r"\boxed{50\%}", "50"),
+                                              (r"\boxed{\text{12 apples}}", "12")])
+@pytest.mark.parametrize("extractor", ["number", "auto", "boxed"])
+def test_numeric_scorer_reads_latex_numbers(reply, reference, extractor):
+    """The numeric scorer agrees with number extraction whichever extractor hands it the answer."""
+    if extractor == "boxed" and "boxed" not in reply:
+        return
+    scorer = make_scorer({"type": "numeric", "extract": extractor})
+    assert asyncio.run(scorer.score(reply, Example("q", {}, reference))).value == 1.0
+
+
 @pytest.mark.parametrize("text", ["1,2,3", "12,34", "abc", "1/0", "", None])
 def test_not_a_number(text):
     assert parse_number(text) is None and answer_key(text, "number") is None

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from lamina.answers import equivalent, parse_number
+from lamina.answers import contains, equivalent, extract_raw, parse_number
 from lamina.errors import SpecError
 from lamina.eval.judge import parse_verdict
 from lamina.eval.scorers import code_program, make_scorer
@@ -103,6 +103,24 @@ def test_code_scorer_executes_tests():
     assert none.value == 0.0 and none.detail == "no code found"
 
 
+@pytest.mark.parametrize("reply", [
+    "def double(x):\n    return 2 * x\n```",                                  # bare function, lone closing fence
+    "Here is the function you asked for:\ndef double(x):\n    return 2 * x",  # a prose line before a bare def
+    "```python\ndef double(x):\n    return 2 * x\n\nassert double(1) == 3  # the model's own wrong test\n```",
+])
+def test_code_scorer_runs_the_program_of_each_reply_shape(reply):
+    """Issue 11's code shapes pass the example's tests in the sandbox."""
+    result = score("code", reply, CODE_EX)
+    assert (result.value, result.detail) == (1.0, "passed 2/2")
+
+
+def test_code_program_keeps_the_names_tests_call():
+    ex = Example("c", {"entry_point": "double"}, "", ["assert double(2) == 4", "assert half(4) == 2"])
+    reply = "```python\ndef double(x):\n    return 2 * x\n\ndef half(x):\n    return x // 2\n\nprint(half(9))\n```"
+    assert code_program(reply, ex) == "def double(x):\n    return 2 * x\n\ndef half(x):\n    return x // 2"
+    assert score("code", reply, ex).value == 1.0
+
+
 def test_code_program_completes_humaneval_style_bodies():
     ex = Example("h", {"prompt": "from typing import List\n\ndef inc(xs: List[int]) -> List[int]:\n",
                        "entry_point": "inc"}, "", ["assert inc([1]) == [2]"])
@@ -125,3 +143,40 @@ def test_make_scorer_errors_name_the_source():
     with pytest.raises(SpecError, match="my.yaml: scorer.extract must be one of auto, .*got 'last'"):
         make_scorer({"type": "numeric", "extract": "last"}, source="my.yaml")
     assert make_scorer("code").extract == "code" and make_scorer({"type": "choice"}).extract == "choice"
+
+
+@pytest.mark.parametrize("answer, reference, ok", [
+    ("The capital of France is Paris.", "Paris", True), ("PARIS!", "paris", True),
+    ("It is the Paris of the east", "the Paris", True),   # articles dropped on both sides
+    ("New York City", "york", True), ("Parisian cafés", "Paris", False), ("I am not sure.", "Paris", False),
+    ("Saint-Louis", "saint louis", True), ("anything", "", False), (None, "Paris", False),
+])
+def test_contains(answer, reference, ok):
+    assert contains(answer, reference) is ok
+
+
+def test_contains_scorer_takes_the_whole_reply_and_any_reference():
+    ex = Example("q", {}, "George Washington", references=["George Washington", "Washington"])
+    assert score("contains", "I believe it was Washington.", ex).value == 1.0
+    assert score("contains", "It was George.", ex).value == 0.0
+    phrase = {"type": "contains", "extract": "phrase"}
+    assert score(phrase, "Paris, then... The answer is Rome.", Example("q", {}, "Paris")).value == 0.0
+    assert score({"type": "exact"}, "Washington", ex).value == 1.0  # every comparing scorer accepts any reference
+
+
+@pytest.mark.parametrize("config, text, want", [
+    ({"pattern": r"ANSWER: (\w+)"}, "ANSWER: x ... ANSWER: y", "y"),                 # last match by default
+    ({"pattern": r"ANSWER: (\w+)", "select": "first"}, "ANSWER: x ... ANSWER: y", "x"),
+    ({"pattern": r"(?P<num>-?\d+) apples"}, "3 pears and 12 apples", "12"),
+    ({"pattern": r"(?P<num>-?\d+) (?P<unit>\w+)", "group": "unit"}, "3 pears", "pears"),
+    ({"pattern": r"\d+"}, "a 1 b 22", "22"),                                         # no group: the whole match
+    ({"pattern": r"#### (.*)", "group": 1}, "no marker", None),
+])
+def test_regex_extractor(config, text, want):
+    scorer = make_scorer({"type": "exact", "extract": "regex", **config})
+    assert scorer.regex() is not None and extract_raw(text, "regex", regex=scorer.regex()) == want
+
+
+def test_regex_extractor_needs_its_pattern():
+    with pytest.raises(ValueError, match="needs a pattern"):
+        extract_raw("x", "regex")

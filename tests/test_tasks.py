@@ -152,3 +152,55 @@ def test_every_builtin_task_loads_and_renders():
         task = load_task(name)
         ex = task.examples("all", limit=1)[0]
         assert task.messages(ex)[-1]["content"].strip(), name
+
+
+def test_contains_task_from_yaml_with_several_references(tmp_path):
+    rows = [{"id": "fr", "q": "Capital of France?", "answer": "Paris"},
+            {"id": "us", "q": "Who was the first US president?", "answer": ["George Washington", "Washington"]}]
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "qa.yaml").write_text(
+        "name: qa\nsource: {type: jsonl, path: qa.jsonl}\nfields: {reference: answer}\nprompt: '{q}'\n"
+        "scorer: contains\n")
+    task = load_task(str(tmp_path / "qa.yaml"))
+    assert (task.scorer.kind, task.scorer.extract) == ("contains", "text")
+    fr, us = task.examples()
+    assert score(task, "The capital of France is Paris.", fr) == 1.0
+    assert score(task, "It is the Parisian region.", fr) == 0.0
+    assert (us.reference, us.references) == ("George Washington", ["George Washington", "Washington"])
+    assert score(task, "That was Washington, of course.", us) == 1.0
+    assert score(task, "Abraham Lincoln", us) == 0.0
+
+
+def test_regex_extractor_task_from_yaml(tmp_path):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"id": "a", "q": "2+2", "reference": "4"}))
+    (tmp_path / "r.yaml").write_text(
+        "name: rx\nsource: {type: jsonl, path: d.jsonl}\nprompt: '{q}'\n"
+        "scorer: {type: numeric, extract: regex, pattern: 'RESULT=(-?\\d+)', select: first}\n")
+    task = load_task(str(tmp_path / "r.yaml"))
+    ex = task.examples()[0]
+    assert score(task, "try RESULT=4, then RESULT=5 and 6", ex) == 1.0  # first match, not the last number
+    assert score(task, "the answer is 4", ex) == 0.0  # no match: no answer
+    assert task.scorer.identity()["pattern"] == "RESULT=(-?\\d+)"  # part of the run identity
+
+
+@pytest.mark.parametrize("scorer, message", [
+    ("{type: numeric, extract: regex, pattern: 'answer: ([0-9'}",
+     r"r\.yaml: scorer\.pattern 'answer: \(\[0-9' is not a valid regular expression: "
+     "unterminated character set at position 9"),
+    ("{type: numeric, extract: regex}", r"r\.yaml: scorer\.pattern is required with `extract: regex`.*got None"),
+    ("{type: exact, extract: regex, pattern: '(a)(b)', group: 3}", r"r\.yaml: scorer\.group must be a group of "
+     r"pattern '\(a\)\(b\)' \(0\.\.2\), got 3"),
+    ("{type: exact, extract: regex, pattern: '(?P<x>a)', group: y}", r"scorer\.group .*\(0\.\.1, x\), got 'y'"),
+    ("{type: exact, extract: regex, pattern: '(a)', select: middle}", r"scorer\.select must be one of first, last, "
+     "got 'middle'"),
+    ("{type: exact, pattern: '(a)'}",
+     r"r\.yaml: scorer\.pattern is only used with `extract: regex`, got extract 'auto'"),
+    ("numeric\nextract: regex", r"r\.yaml: scorer\.pattern is required"),  # task-level extract: regex, no pattern
+])
+def test_regex_scorer_errors_name_file_field_and_value(tmp_path, scorer, message):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"id": "a", "q": "x", "reference": "4"}))
+    (tmp_path / "r.yaml").write_text(
+        f"name: rx\nsource: {{type: jsonl, path: d.jsonl}}\nprompt: '{{q}}'\nscorer: {scorer}\n")
+    with pytest.raises(SpecError, match=message) as err:
+        load_task(str(tmp_path / "r.yaml"))
+    assert "\n" not in str(err.value)

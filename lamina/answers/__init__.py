@@ -8,13 +8,13 @@ others -> auto). The raw extractors are in `lamina.answers.extract` (import name
 """
 from __future__ import annotations
 
-from lamina.answers.equality import (KINDS, answer_key, equivalent, math_compare, normalize_text, number_key,
-                                     parse_number)
-from lamina.answers.extract import EXTRACTORS
+from lamina.answers.equality import (KINDS, answer_key, contains, equivalent, math_compare, normalize_text,
+                                     number_key, parse_number)
+from lamina.answers.extract import EXTRACTORS, SELECT, RegexExtract
 from lamina.answers.extract import extract as extract_raw
 
-__all__ = ["EXTRACTORS", "KINDS", "answer_key", "equivalent", "extract", "extract_raw", "kind_for", "math_compare",
-           "normalize_text", "number_key", "parse_number"]
+__all__ = ["EXTRACTORS", "KINDS", "SELECT", "RegexExtract", "answer_key", "contains", "equivalent", "extract",
+           "extract_raw", "kind_for", "math_compare", "normalize_text", "number_key", "parse_number"]
 
 _KIND_OF_EXTRACTOR = {"number": "number", "choice": "choice", "code": "code", "text": "text", "grid": "exact"}
 
@@ -24,7 +24,7 @@ def kind_for(method: str) -> str:
     return _KIND_OF_EXTRACTOR.get(method, "auto")
 
 
-def extract(text: str, method: str = "auto") -> str | None:
+def extract(text: str, method: str = "auto", regex: RegexExtract | None = None) -> str | None:
     """The canonical key of the answer in `text` by extractor `method` (auto, boxed, phrase, number, choice, code,
-    grid, text), or None when there is none: candidates with equal keys are the same answer."""
-    return answer_key(extract_raw(text, method), kind_for(method))
+    grid, text, regex with `regex`), or None when there is none: candidates with equal keys are the same answer."""
+    return answer_key(extract_raw(text, method, regex=regex), kind_for(method))

@@ -7,7 +7,9 @@ An answer *kind* says how answers compare:
 | `exact`  | the strings are equal after stripping surrounding whitespace                                    |
 | `text`   | equal after the task normalisation: lowercase, punctuation to spaces, articles dropped         |
 | `number` | both are numbers of the same value: `1/2` = `0.5`, `1,000` = `1000`, `-0` = `0`, `$5` = `5` = `5%` |
-|          | (`$`, thousands commas, a trailing `%` or `.` are dropped); a non-number equals nothing           |
+|          | (`$`, thousands commas, a trailing `%` or `.` are dropped; LaTeX forms read: `9{,}500`,          |
+|          | `\\frac{1}{2}`, `\\$5`, `50\\%`, `90^\\circ`; unit words after the number dropped: `12 apples`);   |
+|          | a non-number equals nothing                                                                      |
 | `math`   | numbers by value, else the same text without whitespace and outer `$`/`.`, else when math-verify |
 |          | (sympy) proves them equal                                                                       |
 | `choice` | the same option letter, case-insensitive, brackets and a trailing dot dropped (`(b)` = `B`)     |
@@ -16,7 +18,8 @@ An answer *kind* says how answers compare:
 
 `answer_key(answer, kind)` is a canonical string such that equal keys mean equal answers (for every kind but
 `math`, equal answers also have equal keys), so votes group by it. `equivalent(a, b, kind)` is the comparison
-scorers use; for `math` it also tries math-verify, which keys cannot express.
+scorers use; for `math` it also tries math-verify, which keys cannot express. `contains(answer, reference)` (the
+reference's words appear in the answer) is a scorer's test, not an equality: votes never group by it.
 """
 from __future__ import annotations
 
@@ -27,10 +30,13 @@ import string
 import threading
 from fractions import Fraction
 
+from lamina.answers.latex import plain_number_text
+
 KINDS = ("exact", "text", "number", "math", "choice", "code", "auto")
 
 _PUNCT_TO_SPACE = str.maketrans(string.punctuation, " " * len(string.punctuation))
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_NUMBER_THEN_WORDS = re.compile(r"\s*([-−$]*\d[\d.,/%]*)\s+[^\W\d_][^\d]*")
 MATH_TIMEOUT_S = 5  # per math-verify step; math-verify's own timeout is whole seconds (SIGALRM)
 
 
@@ -43,12 +49,17 @@ def normalize_text(text: str) -> str:
 
 
 def parse_number(text: str | None) -> Fraction | None:
-    """The exact value of a written number (`1,000`, `$18`, `-3.5`, `1/2`, `50%` as 50, `1e3`), or None."""
+    """The exact value of a written number (`1,000`, `$18`, `-3.5`, `1/2`, `1.5/2`, `50%` as 50, `1e3`, `(7)`),
+    LaTeX forms included (`9{,}500`, `\\dfrac{3}{4}`, `\\$5`, `50\\%`, `90^\\circ`: `lamina.answers.latex`), or None."""
     if text is None:
         return None
-    cleaned = _THOUSANDS.sub("", text.strip()).replace("$", "").replace("−", "-").rstrip(".%").strip()
+    cleaned = _THOUSANDS.sub("", plain_number_text(text.strip())).replace("$", "").replace("−", "-")
+    cleaned = cleaned.rstrip(".%").strip()
+    if cleaned.startswith("(") and cleaned.endswith(")"):
+        cleaned = cleaned[1:-1].strip()
+    top, slash, bottom = cleaned.partition("/")
     try:
-        return Fraction(cleaned)
+        return Fraction(top) / Fraction(bottom) if slash and "/" not in bottom else Fraction(cleaned)
     except (ValueError, ZeroDivisionError):
         return None
 
@@ -86,6 +97,9 @@ def answer_key(answer: str | None, kind: str = "auto") -> str | None:
         key = "\n".join(line.rstrip() for line in answer.strip().splitlines() if line.strip())
     elif kind in ("number", "math", "auto"):
         value = parse_number(answer)
+        if value is None and kind == "number":  # a number then unit words: `12 apples`, `\\text{5 cm}`
+            unit = _NUMBER_THEN_WORDS.fullmatch(plain_number_text(answer))
+            value = parse_number(unit.group(1)) if unit else None
         if value is not None:
             return number_key(value)
         if kind == "number":
@@ -105,6 +119,14 @@ def equivalent(answer: str | None, reference: str | None, kind: str = "auto") ->
         return answer is not None and reference is not None and math_compare(answer, reference)[0]
     key = answer_key(answer, kind)
     return key is not None and key == answer_key(reference, kind)
+
+
+def contains(answer: str | None, reference: str | None) -> bool:
+    """Whether `reference` appears in `answer` as whole words after the task normalisation (lowercase, punctuation
+    and articles dropped; HELM's quasi-match, simple-evals' normalised containment): "The capital of France is
+    Paris." contains "paris" and "the Paris", "Parisian" does not contain "Paris"; an empty reference is in nothing."""
+    wanted = normalize_text(reference or "")
+    return bool(wanted) and answer is not None and f" {wanted} " in f" {normalize_text(answer)} "
 
 
 def math_compare(answer: str | None, reference: str, timeout_s: float | None = None) -> tuple[bool, str]:

@@ -2,20 +2,43 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
+from dataclasses import dataclass
 
-EXTRACTORS = ("auto", "boxed", "phrase", "number", "code", "choice", "grid", "text")
+from lamina.answers.code import extract_program
+from lamina.answers.latex import plain_number_text
 
-_NUMBER = re.compile(r"(?<![\w.])[-−]?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?![\d])")
+EXTRACTORS = ("auto", "boxed", "phrase", "number", "code", "choice", "grid", "text", "regex")
+SELECT = ("first", "last")
+
+_NUMBER = re.compile(
+    r"(?<![\w.])[-−]?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+(?![\w.]))?(?:/\d+)?(?![\d])")
 _PHRASE = re.compile(
     r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*[:=]|answer\s*[:=]|####)\s*[:=]?\s*(.+)",
     re.IGNORECASE)
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _CHOICE_PHRASE = re.compile(
     r"(?:answer|option|choice)\s*(?:is|:)?\s*(?:\*\*)?\s*[\(\[]?([A-J])[\)\].:]?(?![a-zA-Z])", re.IGNORECASE)
 _BOXED_CMDS = ("\\boxed", "\\fbox")
 
 
-def extract(text: str, method: str = "auto", choices: str = "ABCD") -> str | None:
+@dataclass(frozen=True, slots=True)
+class RegexExtract:
+    """The `regex` extractor's settings (lm-evaluation-harness' regex filter): the answer is `group` (a number or a
+    name; 0 is the whole match) of the `select` (`first` or `last`) match of `pattern`."""
+    pattern: re.Pattern[str]
+    group: int | str = 1
+    select: str = "last"
+
+    def __call__(self, text: str) -> str | None:
+        """The selected match's group, stripped; None when nothing matches (or the group took no part)."""
+        found = [m for m in self.pattern.finditer(text) if m.group(self.group) is not None]
+        if not found:
+            return None
+        return found[0 if self.select == "first" else -1].group(self.group).strip() or None
+
+
+def extract(text: str, method: str = "auto", choices: str = "ABCD", regex: RegexExtract | None = None) -> str | None:
+    """The answer in `text` by extractor `method` (one of EXTRACTORS), or None; `regex` is required by `regex`."""
     if method == "auto":
         return extract_boxed(text) or extract_phrase(text) or extract_number(text) or (text.strip() or None)
     if method == "boxed":
@@ -32,6 +55,10 @@ def extract(text: str, method: str = "auto", choices: str = "ABCD") -> str | Non
         return extract_grid(text)
     if method == "text":
         return text.strip() or None
+    if method == "regex":
+        if regex is None:
+            raise ValueError("the regex extractor needs a pattern (RegexExtract)")
+        return regex(text)
     raise ValueError(f"unknown extractor {method!r}; known: {', '.join(EXTRACTORS)}")
 
 
@@ -64,24 +91,20 @@ def extract_phrase(text: str) -> str | None:
 
 
 def extract_number(text: str) -> str | None:
-    """The last number in the text, normalised: thousands separators and '$' dropped, trailing '.0' kept as written."""
-    matches = _NUMBER.findall(text)
+    """The last number in the text, normalised: LaTeX forms read (`9{,}500`, `\\frac{1}{2}`, `\\$5`, `50\\%`:
+    `lamina.answers.latex`), thousands separators and '$' dropped, trailing '.0' kept as written."""
+    matches = _NUMBER.findall(plain_number_text(text))
     if not matches:
         return None
     raw = matches[-1].replace("−", "-").replace("$", "").replace(",", "").replace(" ", "")
     return raw
 
 
-def extract_code(text: str) -> str | None:
-    """The Python code in the reply: the last fenced block that defines something, else the last block, else the text."""
-    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
-    python = [body for lang, body in blocks if lang in ("", "python", "py", "python3")]
-    candidates = python or [body for _, body in blocks]
-    defining = [body for body in candidates if re.search(r"^\s*(def|class|import|from)\s", body, re.MULTILINE)]
-    chosen = (defining or candidates or [None])[-1]
-    if chosen is None:
-        return text.strip() if re.search(r"^\s*def\s+\w+\s*\(", text, re.MULTILINE) else None
-    return chosen.strip("\n") or None
+def extract_code(text: str, names: Collection[str] = ()) -> str | None:
+    """The program in the reply, and only it (`lamina.answers.code`: fences, `<code>`, bare code amid prose,
+    `>>>` sessions; blocks merged by the names they define); `names` are those the program must define (a task's
+    entry point, the names its tests call). None when there is no code."""
+    return extract_program(text, names)
 
 
 def extract_choice(text: str, choices: str = "ABCD") -> str | None:

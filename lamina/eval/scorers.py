@@ -1,14 +1,18 @@
-"""Scorers: text match, numeric, math equivalence (math-verify), multiple choice, executed code tests, LLM judge.
+"""Scorers: text match, numeric, math equivalence (math-verify), multiple choice, containment, executed code tests,
+LLM judge.
 
-Answers compare by `lamina.answers.equivalent`, the same definition votes use."""
+Answers compare by `lamina.answers.equivalent`, the same definition votes use; `contains` by
+`lamina.answers.contains`. An example with several acceptable references (`Example.references`) scores 1 when
+the answer matches any of them."""
 from __future__ import annotations
 
+import ast
 import asyncio
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lamina.answers import equivalent, math_compare
+from lamina.answers import contains, equivalent, math_compare
 from lamina.answers.extract import extract, extract_code
 from lamina.errors import SpecError
 from lamina.eval.judge import baseline_answers, judge_score
@@ -52,11 +56,15 @@ class Scorer(ScorerSpec):
         if self.kind == "judge":
             value, detail = await judge_score(text, example, question=question, judge=self.judge, **self.options)
             return Score(value, text, detail)
-        answer = extract(text, self.extract, self.options.get("choices", "ABCD"))
+        answer = extract(text, self.extract, self.options.get("choices", "ABCD"), self.regex())
+        references = example.references or [example.reference]
         if self.kind == "math":
-            equal, detail = math_compare(answer, example.reference)
-            return Score(float(equal), answer, detail)
-        return Score(float(equivalent(answer, example.reference, ANSWER_KINDS[self.kind])), answer)
+            verdicts = [math_compare(answer, reference) for reference in references]
+            return Score(float(any(equal for equal, _ in verdicts)), answer, "; ".join(d for _, d in verdicts if d))
+        if self.kind == "contains":
+            return Score(float(any(contains(answer, reference) for reference in references)), answer)
+        kind = ANSWER_KINDS[self.kind]
+        return Score(float(any(equivalent(answer, reference, kind) for reference in references)), answer)
 
 
 def score_code(text: str, example: "Example", timeout_s: float = 5.0, memory_mb: int = 512) -> Score:
@@ -72,9 +80,10 @@ def score_code(text: str, example: "Example", timeout_s: float = 5.0, memory_mb:
 
 
 def code_program(text: str, example: "Example") -> str | None:
-    """The candidate program; a HumanEval-style body completion is appended to the task's prompt."""
-    program = extract_code(text)
+    """The candidate program: extracted for the names the task needs (its entry point and the names its tests call,
+    see `lamina.answers.code`); a HumanEval-style body completion is appended to the task's prompt."""
     prompt, entry = example.inputs.get("prompt"), example.inputs.get("entry_point")
+    program = extract_code(text, ([entry] if isinstance(entry, str) else []) + called_names(example.tests))
     if not isinstance(prompt, str) or not entry:
         return program
     if program is None or not re.search(rf"def\s+{re.escape(entry)}\b", program):
@@ -82,6 +91,18 @@ def code_program(text: str, example: "Example") -> str | None:
         return prompt + body if body.strip() else None
     imports = [line for line in prompt.splitlines() if line.startswith(("import ", "from "))]
     return "\n".join(imports + [program])
+
+
+def called_names(tests: list[str]) -> list[str]:
+    """The names the tests load (`assert double(2) == 4` -> double), in order; tests that do not parse give none."""
+    names: dict[str, None] = {}
+    for test in tests:
+        try:
+            tree = ast.parse(test)
+        except (SyntaxError, ValueError):
+            continue
+        names.update((n.id, None) for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
+    return list(names)
 
 
 def make_scorer(config: str | dict[str, Any], default_extract: str = "auto", source: str = "<task>") -> Scorer:

@@ -2,20 +2,23 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from lamina.answers import EXTRACTORS
+from lamina.answers import EXTRACTORS, SELECT, RegexExtract
 from lamina.errors import SpecError
 
-SCORERS = ("exact", "normalized", "numeric", "math", "choice", "code", "judge")
-_DEFAULT_EXTRACT = {"code": "code", "choice": "choice"}
+SCORERS = ("exact", "normalized", "numeric", "math", "choice", "contains", "code", "judge")
+_DEFAULT_EXTRACT = {"code": "code", "choice": "choice", "contains": "text"}
+_REGEX_FIELDS = ("pattern", "group", "select")
 
 
 @dataclass(slots=True)
 class ScorerSpec:
     """Extract with `extract` (one of `EXTRACTORS`), then compare with `kind` (one of `SCORERS`); `options` carry
-    kind-specific settings (e.g. the judge's `baseline` and `model`, the code scorer's `timeout_s`)."""
+    kind-specific settings (e.g. the judge's `baseline` and `model`, the code scorer's `timeout_s`, the regex
+    extractor's `pattern`, `group` and `select`)."""
     kind: str
     extract: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
@@ -23,7 +26,8 @@ class ScorerSpec:
     @classmethod
     def parse(cls, config: str | dict[str, Any], default_extract: str = "auto", source: str = "<task>") -> "ScorerSpec":
         """From a task's `scorer:` field: a type name or `{type, extract?, ...options}`.
-        Raises SpecError naming `source` for an unknown type or extractor."""
+        Raises SpecError naming `source`, the field and the value for an unknown type or extractor and for a
+        missing or invalid regex `pattern`, `group` or `select`."""
         options = {"type": config} if isinstance(config, str) else dict(config)
         kind = options.pop("type", None)
         if kind not in SCORERS:
@@ -31,7 +35,35 @@ class ScorerSpec:
         extract = options.pop("extract", _DEFAULT_EXTRACT.get(kind, default_extract))
         if extract not in EXTRACTORS:
             raise SpecError(f"{source}: scorer.extract must be one of {', '.join(EXTRACTORS)}, got {extract!r}")
-        return cls(kind, extract, options)
+        spec = cls(kind, extract, options)
+        if extract == "regex":
+            spec.regex(source)
+        elif given := [name for name in _REGEX_FIELDS if name in options]:
+            raise SpecError(f"{source}: scorer.{given[0]} is only used with `extract: regex`, got extract {extract!r}")
+        return spec
+
+    def regex(self, source: str = "<task>") -> RegexExtract | None:
+        """The regex extractor from `options` (None unless `extract` is `regex`). Raises SpecError naming `source`
+        and the field for a missing or invalid `pattern`, a `group` the pattern lacks, or a `select` not first/last."""
+        if self.extract != "regex":
+            return None
+        pattern = self.options.get("pattern")
+        if not isinstance(pattern, str) or not pattern:
+            raise SpecError(f"{source}: scorer.pattern is required with `extract: regex` (a regular expression with a "
+                            f"group around the answer, e.g. 'answer: (\\d+)'), got {pattern!r}")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise SpecError(f"{source}: scorer.pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        group = self.options.get("group", 1 if compiled.groups else 0)
+        if not (isinstance(group, str) and group in compiled.groupindex
+                or isinstance(group, int) and not isinstance(group, bool) and 0 <= group <= compiled.groups):
+            raise SpecError(f"{source}: scorer.group must be a group of pattern {pattern!r} (0..{compiled.groups}"
+                            f"{''.join(', ' + name for name in compiled.groupindex)}), got {group!r}")
+        select = self.options.get("select", "last")
+        if select not in SELECT:
+            raise SpecError(f"{source}: scorer.select must be one of {', '.join(SELECT)}, got {select!r}")
+        return RegexExtract(compiled, group, select)
 
     def identity(self) -> dict[str, Any]:
         """What a run's scores depend on (type, extractor and options, e.g. the judge's baseline and model), as JSON:

@@ -27,6 +27,7 @@ class Example:
     tests: list[str] = field(default_factory=list)
     public_tests: list[str] = field(default_factory=list)
     split: str = "test"
+    references: list[str] = field(default_factory=list)  # every acceptable answer when the record gives a list
 
 
 class _Strict(BaseModel):
@@ -146,13 +147,18 @@ class Task:
 
     def _example(self, index: int, record: dict[str, Any]) -> Example:
         f = self.spec.fields
-        reference = str(record.get(f.reference, ""))
-        if self.spec.reference_pattern:
-            found = re.search(self.spec.reference_pattern, reference, re.DOTALL)
-            reference = (found.group(1) if found and found.groups() else reference).strip()
+        given = record.get(f.reference, "")
+        references = [self._reference(str(r)) for r in given] if isinstance(given, list) else []
+        reference = references[0] if references else self._reference("" if isinstance(given, list) else str(given))
         split = str(record.get("split") or self._split_for(str(record.get(f.id, index))))
         return Example(str(record.get(f.id, index)), record, reference, _tests(record.get(f.tests)),
-                       _tests(record.get(f.public_tests)), split)
+                       _tests(record.get(f.public_tests)), split, references)
+
+    def _reference(self, text: str) -> str:
+        if not self.spec.reference_pattern:
+            return text
+        found = re.search(self.spec.reference_pattern, text, re.DOTALL)
+        return (found.group(1) if found and found.groups() else text).strip()
 
     def _split_for(self, key: str) -> str:
         if not self.spec.splits:
