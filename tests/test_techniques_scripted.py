@@ -7,7 +7,8 @@ import math
 import pytest
 
 from lamina.backends.base import Completion, TokenLP
-from lamina.errors import InvalidRequestError
+from lamina.errors import InvalidRequestError, SpecError
+from lamina.spec import parse_spec
 
 from tests.archs import run_spec
 from tests.scripted import ScriptedBackend
@@ -216,6 +217,18 @@ def test_majority_vote_on_sampled_answers():
     assert [(c.text, c.answer) for c in result.final] == [("It is 4.", "4"), ("so 4", "4"), ("5", "5"),
                                                            ("maybe 5", "5")]
     assert len(backend.calls) == 1  # the vote asks no model
+
+
+def test_regex_vote_groups_by_the_pattern_group_and_bad_settings_name_the_field():
+    first, rules = given("Answer: B (because)", "answer: c", "I pick Answer: C", "Answer: B")
+    vote = {"type": "vote", "extract": "regex", "pattern": r"(?i)answer:\s*([a-d])", "keep": "all"}
+    result, _ = run([first, [vote]], rules)
+    # keys are the captured letters under the text normalisation: 'B' twice, then 'c' twice (ties go to the first seen)
+    assert [c.answer for c in result.final] == ["b", "b", "c", "c"]
+    for bad, field in (({"pattern": "(unclosed"}, "pattern"), ({"pattern": "x(y)", "group": 3}, "group"),
+                       ({"extract": "number", "pattern": "x"}, "pattern")):
+        with pytest.raises(SpecError, match=field):
+            parse_spec({"name": "bad", "layers": [first, [{**vote, **bad}]]})
 
 
 def sure(text, logprob):

@@ -29,6 +29,27 @@ class RegexExtract:
     group: int | str = 1
     select: str = "last"
 
+    @classmethod
+    def build(cls, pattern: object, group: object = None, select: object = "last") -> "RegexExtract":
+        """Checked settings (group None: 1 when the pattern has a group, else 0). Raises ValueError naming the field
+        (`pattern`, `group` or `select`) and its value: a missing or invalid pattern, a group the pattern lacks, a
+        select not first/last."""
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(f"pattern is required with `extract: regex` (a regular expression with a group around "
+                             f"the answer, e.g. 'answer: (\\d+)'), got {pattern!r}")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        group = (1 if compiled.groups else 0) if group is None else group
+        if not (isinstance(group, str) and group in compiled.groupindex
+                or isinstance(group, int) and not isinstance(group, bool) and 0 <= group <= compiled.groups):
+            raise ValueError(f"group must be a group of pattern {pattern!r} (0..{compiled.groups}"
+                             f"{''.join(', ' + name for name in compiled.groupindex)}), got {group!r}")
+        if select not in SELECT:
+            raise ValueError(f"select must be one of {', '.join(SELECT)}, got {select!r}")
+        return cls(compiled, group, str(select))
+
     def __call__(self, text: str) -> str | None:
         """The selected match's group, stripped; None when nothing matches (or the group took no part)."""
         found = [m for m in self.pattern.finditer(text) if m.group(self.group) is not None]

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from lamina.answers import EXTRACTORS, SELECT, RegexExtract
+from lamina.answers import EXTRACTORS, RegexExtract
 from lamina.errors import SpecError
 
 SCORERS = ("exact", "normalized", "numeric", "math", "choice", "contains", "code", "judge")
@@ -47,23 +46,11 @@ class ScorerSpec:
         and the field for a missing or invalid `pattern`, a `group` the pattern lacks, or a `select` not first/last."""
         if self.extract != "regex":
             return None
-        pattern = self.options.get("pattern")
-        if not isinstance(pattern, str) or not pattern:
-            raise SpecError(f"{source}: scorer.pattern is required with `extract: regex` (a regular expression with a "
-                            f"group around the answer, e.g. 'answer: (\\d+)'), got {pattern!r}")
         try:
-            compiled = re.compile(pattern)
-        except re.error as exc:
-            raise SpecError(f"{source}: scorer.pattern {pattern!r} is not a valid regular expression: {exc}") from None
-        group = self.options.get("group", 1 if compiled.groups else 0)
-        if not (isinstance(group, str) and group in compiled.groupindex
-                or isinstance(group, int) and not isinstance(group, bool) and 0 <= group <= compiled.groups):
-            raise SpecError(f"{source}: scorer.group must be a group of pattern {pattern!r} (0..{compiled.groups}"
-                            f"{''.join(', ' + name for name in compiled.groupindex)}), got {group!r}")
-        select = self.options.get("select", "last")
-        if select not in SELECT:
-            raise SpecError(f"{source}: scorer.select must be one of {', '.join(SELECT)}, got {select!r}")
-        return RegexExtract(compiled, group, select)
+            return RegexExtract.build(self.options.get("pattern"), self.options.get("group"),
+                                      self.options.get("select", "last"))
+        except ValueError as exc:
+            raise SpecError(f"{source}: scorer.{exc}") from None
 
     def identity(self) -> dict[str, Any]:
         """What a run's scores depend on (type, extractor and options, e.g. the judge's baseline and model), as JSON:

@@ -5,7 +5,9 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Literal
 
-from lamina.answers import extract
+from pydantic import model_validator
+
+from lamina.answers import RegexExtract, extract
 from lamina.techniques.base import Candidate, State, Technique
 from lamina.techniques.spec_base import Component
 
@@ -24,10 +26,27 @@ def winner(totals: dict[str, float], order: list[str]) -> str:
 
 
 class VoteSpec(Component):
+    """`extract` names the extractor whose keys group the answers (lamina.answers: the scorers' one equality);
+    `regex` takes `pattern` (a group around the answer), `group` and `select` as a task's regex scorer does."""
+
     type: Literal["vote"]
     method: Literal["majority", "best_of_majority", "inverse_entropy"] = "majority"
-    extract: Literal["auto", "number", "boxed", "choice", "code", "text"] = "auto"
+    extract: Literal["auto", "number", "boxed", "phrase", "choice", "code", "grid", "text", "regex"] = "auto"
+    pattern: str | None = None
+    group: int | str | None = None
+    select: Literal["first", "last"] = "last"
     keep: Literal["winner", "all"] = "winner"
+
+    @model_validator(mode="after")
+    def _regex(self) -> "VoteSpec":
+        if self.extract == "regex":
+            RegexExtract.build(self.pattern, self.group, self.select)  # ValueError names the field
+        elif self.pattern is not None or self.group is not None:
+            raise ValueError(f"pattern and group are only used with extract: regex, got extract {self.extract!r}")
+        return self
+
+    def regex(self) -> RegexExtract | None:
+        return RegexExtract.build(self.pattern, self.group, self.select) if self.extract == "regex" else None
 
 
 class Vote(Technique):
@@ -36,7 +55,8 @@ class Vote(Technique):
     spec: VoteSpec
 
     async def run(self, state: State) -> list[Candidate]:
-        cands = [replace(c, answer=extract(c.text, self.spec.extract)) for c in state.candidates]
+        regex = self.spec.regex()
+        cands = [replace(c, answer=extract(c.text, self.spec.extract, regex=regex)) for c in state.candidates]
         order = list(dict.fromkeys(c.answer for c in cands if c.answer is not None))
         if not order:
             self.note(state, fallback="no answer extracted", rule="candidates kept in order")
