@@ -17,6 +17,7 @@ FORBIDDEN = {
     "sandbox": {"techniques", "eval", "tasks", "architecture", "server"},
     "tasks": {"eval", "architecture", "runner", "spec", "techniques", "server"},
     "techniques": {"eval", "server", "architecture"},
+    "rewards": {"techniques", "eval", "server", "architecture", "runner", "spec", "tasks"},
 }
 ALLOWED_ONLY = {"engine": {"engine", "errors"}}  # the engine stands alone: it imports only itself and lamina.errors
 SERVER_IMPORTERS = {"server", "cli"}  # nothing else imports the server
