@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Literal
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from lamina.budget import Estimate
-from lamina.rewards import VerdictJudge
+from lamina.rewards import Response, VerdictJudge
 from lamina.rewards.judge import VERDICT_LOGPROBS
 from lamina.techniques.base import Candidate, State, Technique
 from lamina.techniques.parse import parse_score
 from lamina.techniques.spec_base import Component
+
+if TYPE_CHECKING:
+    from lamina.rewards.learned import LearnedVerifier
 
 JUDGE_PROMPT = ("Question: {query}\n\nResponse: {response}\n\n"
                 "Rate how good and correct the response is, from 1 (bad) to 10 (excellent). Reply with the number only.")
@@ -32,13 +37,44 @@ def check_verifier(mode_field: str, mode: str, verifier: str | None) -> None:
         raise ValueError(f"verifier: is read only with {mode_field}: verifier (got {mode_field}: {mode})")
 
 
-async def own_scores(state: State, cands: list[Candidate], mode: str, verifier: str | None = None) -> list[float | None]:
+async def own_scores(state: State, cands: list[Candidate], mode: str,
+                     verifier: str | None = None) -> list[float | None]:
     """Scores that need no judge call: the candidates' own confidence, or a learned verifier's P(correct)."""
     if mode == "verifier":
-        from lamina.techniques.learned import verifier_scores
-
         return await verifier_scores(state, cands, str(verifier))
     return [getattr(c, mode) for c in cands]
+
+
+@lru_cache(maxsize=8)
+def _load_verifier(path: str, mtime: float) -> "LearnedVerifier":
+    from lamina.rewards.learned import LearnedVerifier
+
+    return LearnedVerifier.load(path)
+
+
+async def verifier_scores(state: State, cands: list[Candidate], path: str) -> list[float | None]:
+    """A learned verifier's P(correct) of each candidate, read from the states of the local model that wrote it
+    (the query's conversation, then the candidate's tokens). VerifierError for a missing file, a candidate of a
+    model without local hidden states, or a model the verifier was not trained on."""
+    from lamina.rewards.learned import VerifierError
+
+    try:
+        verifier = _load_verifier(path, Path(path).stat().st_mtime)
+    except OSError as exc:
+        raise VerifierError(f"verifier: cannot read {path}: {exc}") from None
+    scores: list[float | None] = [None] * len(cands)
+    for alias in dict.fromkeys(c.model for c in cands):
+        backend = state.calls.handle(alias).backend
+        if not hasattr(backend, "engine"):
+            raise VerifierError(f"verifier {path}: candidates of model alias {alias!r} ({backend.identity}) have no "
+                                "hidden states here; a learned verifier reads the local engine's")
+        engine = (await backend.engine()).engine
+        bound = verifier.bind(engine, backend.model)
+        rows = [i for i, c in enumerate(cands) if c.model == alias]
+        got = await bound.score(state.messages, [Response(cands[i].text, None, cands[i].token_ids) for i in rows])
+        for i, score in zip(rows, got):
+            scores[i] = score
+    return scores
 
 
 async def score_candidates(tech: Technique, state: State, mode: str,
