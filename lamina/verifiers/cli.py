@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--model", default="default", help="local model name or path (default: default)")
     _common(train, "train")
     train.add_argument("--layers", help="hidden-state layers, comma-separated (default: the middle and the last)")
+    train.add_argument("--train-size", type=int, help="a generated task: draw this many train questions (dev and "
+                       "test stay the same questions)")
     train.add_argument("--holdout", type=float, default=0.25, help="fraction of questions held out for metrics")
     train.add_argument("--out", required=True, help="the verifier file to write (JSON)")
     train.set_defaults(func=train_command)
@@ -64,6 +66,8 @@ def train_command(args: argparse.Namespace) -> int:
     except ValueError:
         raise SpecError(f"--layers: comma-separated integers, got {args.layers!r}") from None
     task = load_task(args.task)
+    if args.train_size is not None:
+        _grow_train(task, args.train_size)
     task.examples(args.split, args.limit)
     try:
         verifier = asyncio.run(train_verifier(args.model, task, args.split, args.samples, args.limit, seed=args.seed,
@@ -76,6 +80,17 @@ def train_command(args: argparse.Namespace) -> int:
           f"layers {verifier.info.layers}; held out:")
     _print(verifier.info.metrics, args.json)
     return 0
+
+
+def _grow_train(task, size: int) -> None:
+    from lamina.errors import SpecError
+    from lamina.tasks.generated import DEFAULT_SIZES
+
+    source = task.spec.source
+    if source.type != "generated" or size < 1:
+        raise SpecError(f"--train-size needs a generated task and a positive size (task {task.name!r} is "
+                        f"{source.type}, size {size})")
+    source.sizes = {**DEFAULT_SIZES, **(source.sizes or {}), "train": size}
 
 
 def eval_command(args: argparse.Namespace) -> int:
