@@ -53,7 +53,8 @@ def train_probe(features, labels, seed: int = 0, c: float = 1.0) -> Probe:
 
     x, y = np.asarray(features, dtype=np.float64), np.asarray(labels, dtype=np.int64)
     if len(set(y.tolist())) < 2:
-        raise ValueError(f"a probe needs right and wrong samples; all {len(y)} labels are {int(y[0]) if len(y) else '-'}")
+        only = int(y[0]) if len(y) else "-"
+        raise ValueError(f"a probe needs right and wrong samples; all {len(y)} labels are {only}")
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale < 1e-8] = 1.0
     model = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit((x - mean) / scale, y)
