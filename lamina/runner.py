@@ -114,6 +114,17 @@ class Runner:
             for layer, names in zip(spec.layers, component_names(spec))
         ]
         self.identities = component_identities(spec, models)
+        self._ask_for_logprobs()
+
+    def _ask_for_logprobs(self) -> None:
+        """Every component learns the most top logprobs any later layer needs of its candidates (a vote weighted
+        by self-certainty needs its generator's top-k); sampling components request them (samples unchanged)."""
+        needed: int | None = None
+        for layer in reversed(self.layers):
+            for technique in layer:
+                technique.logprobs_downstream = needed
+            wants = [k for k in (t.logprobs_needed() for t in layer) if k is not None]
+            needed = max(wants + ([needed] if needed is not None else []), default=None)
 
     async def run(self, messages: Any, tests: list[str] | None = None, seed: int | None = None) -> ArchResult:
         """`seed` varies the derived per-call seeds (e.g. to get n different runs of one query)."""

@@ -16,7 +16,8 @@ FORBIDDEN = {
     "answers": {"techniques", "eval", "tasks", "architecture", "server"},
     "sandbox": {"techniques", "eval", "tasks", "architecture", "server"},
     "tasks": {"eval", "architecture", "runner", "spec", "techniques", "server"},
-    "techniques": {"eval", "server", "architecture"},
+    "techniques": {"eval", "server", "architecture", "verifiers"},
+    "rewards": {"techniques", "eval", "server", "architecture", "runner", "spec", "tasks", "verifiers"},
 }
 ALLOWED_ONLY = {"engine": {"engine", "errors"}}  # the engine stands alone: it imports only itself and lamina.errors
 SERVER_IMPORTERS = {"server", "cli"}  # nothing else imports the server

@@ -204,3 +204,17 @@ def test_regex_scorer_errors_name_file_field_and_value(tmp_path, scorer, message
     with pytest.raises(SpecError, match=message) as err:
         load_task(str(tmp_path / "r.yaml"))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("generator,difficulty", [("arithmetic", 3), ("units", 3), ("code", 2)])
+def test_more_train_examples_leave_dev_and_test_untouched(generator, difficulty):
+    """Training data at scale: a larger train split never overlaps dev/test nor changes them."""
+    default = generate(generator, difficulty)
+    big = generate(generator, difficulty, sizes={"train": 1000, "dev": 100, "test": 200})
+    split = {s: [r for r in big if r["split"] == s] for s in ("train", "dev", "test")}
+    assert len(split["train"]) == 1000
+    for name in ("dev", "test"):
+        assert split[name] == [r for r in default if r["split"] == name]
+    assert split["train"][:200] == [r for r in default if r["split"] == "train"]
+    train = {r["question"] for r in split["train"]}
+    assert not train & {r["question"] for r in split["dev"] + split["test"]}

@@ -1,6 +1,10 @@
 """Seeded synthetic tasks with exact answers and tunable difficulty: arithmetic, unit conversion, small code functions.
 
-Problems are deduplicated and assigned to train/dev/test by a hash of their text, so splits never overlap.
+Problems are deduplicated and assigned to train/dev/test by a hash of their text, so splits never overlap. The
+hash divides the question space in DEFAULT_SIZES' proportions whatever sizes are asked (for the standard splits), so
+asking for more train examples never changes dev or test: they are the same questions in the same order, and a
+larger train split starts with the smaller one. A family yields at most its distinct questions (arithmetic
+difficulty 1 has 361 in all, about 40% of them train); a split that cannot be filled comes back short.
 """
 from __future__ import annotations
 
@@ -162,7 +166,7 @@ def generate(generator: str, difficulty: int = 1, seed: int = 0,
             continue
         seen.add(record["question"])
         split = _split_of(record["question"], sizes)
-        if len(buckets[split]) < sizes[split]:
+        if split in buckets and len(buckets[split]) < sizes[split]:
             buckets[split].append(record)
         if all(len(buckets[s]) >= sizes[s] for s in sizes):
             break
@@ -171,9 +175,12 @@ def generate(generator: str, difficulty: int = 1, seed: int = 0,
 
 
 def _split_of(question: str, sizes: dict[str, int]) -> str:
-    point = int(hashlib.sha1(question.encode()).hexdigest()[:8], 16) / 16 ** 8 * sum(sizes.values())
-    for split, size in sizes.items():
+    """The split a question belongs to: by its hash, in DEFAULT_SIZES' proportions when every split asked for is a
+    standard one (so the sizes asked never move a question between splits), else in the sizes' proportions."""
+    shares = DEFAULT_SIZES if set(sizes) <= set(DEFAULT_SIZES) else sizes
+    point = int(hashlib.sha1(question.encode()).hexdigest()[:8], 16) / 16 ** 8 * sum(shares.values())
+    for split, size in shares.items():
         if point < size:
             return split
         point -= size
-    return list(sizes)[-1]
+    return list(shares)[-1]

@@ -6,6 +6,7 @@ from lamina.techniques.critique import Critique
 from lamina.techniques.first_finish import FirstFinish
 from lamina.techniques.fuse import Fuse
 from lamina.techniques.generate import Generate
+from lamina.techniques.program import Program
 from lamina.techniques.rank import Rank
 from lamina.techniques.reward import Reward
 from lamina.techniques.unit_test import UnitTest
@@ -13,7 +14,8 @@ from lamina.techniques.verify import Verify
 from lamina.techniques.vote import Vote
 
 TECHNIQUES: dict[str, type[Technique]] = {
-    cls.kind: cls for cls in (Generate, Rank, Fuse, Critique, Verify, UnitTest, Vote, Reward, FirstFinish)
+    cls.kind: cls for cls in (Generate, Rank, Fuse, Critique, Verify, UnitTest, Vote, Reward, FirstFinish,
+                            Program)
 }
 
 __all__ = ["Candidate", "State", "Technique", "TECHNIQUES", "build_technique"]

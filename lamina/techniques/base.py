@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from lamina.backends.base import Completion
 from lamina.budget import Estimate
-from lamina.techniques.parse import mean_entropy, mean_logprob
+from lamina.rewards.confidence import mean_entropy, mean_logprob, self_certainty
 from lamina.techniques.spec_base import Component
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ class Candidate:
     pass_rate: float | None = None  # unit_test: fraction of tests passed, in [0, 1]
     mean_logprob: float | None = None  # mean per-token logprob (nats), when logprobs were requested
     mean_entropy: float | None = None  # mean per-token entropy (nats), when logprobs were requested
+    self_certainty: float | None = None  # mean KL(uniform || p) per token, nats >= 0 (top-k logprobs)
     answer: str | None = None  # vote: the extracted answer
     token_ids: list[int] | None = None  # the sampled tokens, where the backend returns them
     finish_reason: str | None = None  # "stop" | "length" | ...
@@ -34,7 +35,8 @@ class Candidate:
         """A fresh sample from a model, with what its logprobs (if any) tell."""
         lps = completion.logprobs
         return cls(completion.text, source, model, mean_logprob=mean_logprob(lps), mean_entropy=mean_entropy(lps),
-                   token_ids=completion.token_ids, finish_reason=completion.finish_reason)
+                   self_certainty=self_certainty(lps), token_ids=completion.token_ids,
+                   finish_reason=completion.finish_reason)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -81,6 +83,18 @@ class Technique:
     def __init__(self, spec: Any, name: str) -> None:
         self.spec = spec
         self.name = name
+        self.logprobs_downstream: int | None = None  # the top logprobs later layers need (set by the Runner)
+
+    def logprobs_needed(self) -> int | None:
+        """How many top logprobs per token this component needs its input candidates to carry (0: the sampled
+        tokens' own; None: none). The Runner asks every earlier sampling component (generate, program) for them."""
+        return None
+
+    def logprobs_to_request(self) -> int | None:
+        """A sampling component's `logprobs`: its spec's when set (the user's choice wins, even one too small for a
+        later layer, which then notes its fallback), else what later layers need."""
+        own = getattr(self.spec, "logprobs", None)
+        return own if own is not None else self.logprobs_downstream
 
     async def run(self, state: State) -> list[Candidate] | None:
         raise NotImplementedError

@@ -38,7 +38,8 @@ class Generate(Technique):
         return system + list(state.messages)
 
     def alias_params(self, state: State, alias: str | None) -> dict:
-        force = {"logprobs": self.spec.logprobs} if self.spec.logprobs is not None else {}
+        logprobs = self.logprobs_to_request()
+        force = {"logprobs": logprobs} if logprobs is not None else {}
         return self.params(state, alias, **force)
 
     async def run(self, state: State) -> list[Candidate]:

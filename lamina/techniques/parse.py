@@ -1,10 +1,7 @@
 """Lenient parsers for what small models write back; each returns None when nothing usable is found."""
 from __future__ import annotations
 
-import math
 import re
-
-from lamina.backends.base import TokenLP
 
 _INT = re.compile(r"\d+")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -60,40 +57,3 @@ def parse_tests(text: str, limit: int) -> list[str]:
     if not tests:
         tests = [line.strip(" -*0123456789.") for line in body.splitlines() if len(line.strip()) > 8]
     return list(dict.fromkeys(tests))[:limit]
-
-
-def extract_code(text: str) -> str:
-    from lamina.answers.extract import extract_code as extract_fenced
-
-    return extract_fenced(text) or text
-
-
-def mean_logprob(logprobs: list[TokenLP] | None) -> float | None:
-    if not logprobs:
-        return None
-    return sum(lp.logprob for lp in logprobs) / len(logprobs)
-
-
-def mean_entropy(logprobs: list[TokenLP] | None) -> float | None:
-    """Mean per-token entropy from the top-k alternatives; the leftover mass counts as one more outcome."""
-    if not logprobs or not any(lp.top for lp in logprobs):
-        return None
-    total = 0.0
-    for lp in logprobs:
-        probs = [math.exp(v) for v in (lp.top or {lp.token: lp.logprob}).values()]
-        rest = max(0.0, 1.0 - sum(probs))
-        total -= sum(p * math.log(p) for p in probs + [rest] if p > 0)
-    return total / len(logprobs)
-
-
-def verdict_probability(first: TokenLP | None, yes: tuple[str, ...] = ("yes", "correct", "true"),
-                        no: tuple[str, ...] = ("no", "incorrect", "false", "wrong")) -> float | None:
-    """P(yes) / (P(yes) + P(no)) over the first generated token's top alternatives."""
-    if first is None:
-        return None
-    options = dict(first.top) or {first.token: first.logprob}
-    p_yes = sum(math.exp(v) for k, v in options.items() if k.strip().lower() in yes)
-    p_no = sum(math.exp(v) for k, v in options.items() if k.strip().lower() in no)
-    if p_yes + p_no == 0:
-        return None
-    return p_yes / (p_yes + p_no)

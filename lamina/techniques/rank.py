@@ -5,12 +5,13 @@ import asyncio
 import itertools
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lamina.budget import Estimate
 from lamina.techniques.base import Candidate, State, Technique, numbered
 from lamina.techniques.parse import parse_ab, parse_ranking
-from lamina.techniques.reward import by_score, score_candidates, score_estimate
+from lamina.techniques.reward import (OWN_CONFIDENCE, RewardMode, by_score, check_verifier, score_candidates,
+                                     score_estimate)
 from lamina.techniques.spec_base import Component
 
 LISTWISE_PROMPT = ("Question: {query}\n\nResponses:\n{responses}\n\n"
@@ -24,7 +25,13 @@ class RankSpec(Component):
     method: Literal["listwise", "pairwise", "reward"] = "listwise"
     top_k: int | None = Field(None, ge=1)
     use_critiques: bool = False
-    reward_mode: Literal["judge", "logprob"] = "judge"
+    reward_mode: RewardMode = "judge"  # method reward: how candidates are scored (see the reward technique)
+    verifier: str | None = None  # reward_mode verifier: the verifier file
+
+    @model_validator(mode="after")
+    def _verifier_file(self) -> "RankSpec":
+        check_verifier("reward_mode", self.reward_mode, self.verifier)
+        return self
 
 
 class Rank(Technique):
@@ -33,11 +40,14 @@ class Rank(Technique):
     builtin = {"temperature": 0.0, "max_tokens": 32}
     spec: RankSpec
 
+    def logprobs_needed(self) -> int | None:
+        return OWN_CONFIDENCE.get(self.spec.reward_mode) if self.spec.method == "reward" else None
+
     async def run(self, state: State) -> list[Candidate]:
         if len(state.candidates) <= 1:
             return list(state.candidates)
         if self.spec.method == "reward":
-            ranked = by_score(await score_candidates(self, state, self.spec.reward_mode))
+            ranked = by_score(await score_candidates(self, state, self.spec.reward_mode, self.spec.verifier))
         elif self.spec.method == "pairwise":
             ranked = await self.pairwise(state)
         else:

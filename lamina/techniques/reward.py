@@ -1,38 +1,107 @@
-"""reward: score each candidate by a judge's 1-10 rating, or by the probability of a "Yes" verdict token."""
+"""reward: score each candidate and sort by the score. Modes: a judge's 1-10 rating (`judge`), a judge's
+probability of a "Yes" verdict token (`logprob`), the generator's own confidence (`self_certainty`, `mean_logprob`:
+no calls; the generator is asked for the logprobs they need, see Technique.logprobs_needed), or a learned verifier
+file on the generator's hidden states (`verifier`)."""
 from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Literal
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lamina.budget import Estimate
+from lamina.rewards import Response, VerdictJudge
+from lamina.rewards.judge import VERDICT_LOGPROBS
 from lamina.techniques.base import Candidate, State, Technique
-from lamina.techniques.parse import parse_score, verdict_probability
+from lamina.techniques.parse import parse_score
 from lamina.techniques.spec_base import Component
+
+if TYPE_CHECKING:
+    from lamina.rewards.learned import LearnedVerifier
 
 JUDGE_PROMPT = ("Question: {query}\n\nResponse: {response}\n\n"
                 "Rate how good and correct the response is, from 1 (bad) to 10 (excellent). Reply with the number only.")
-VERDICT_PROMPT = "Question: {query}\n\nResponse: {response}\n\nIs the response correct? Answer Yes or No."
+RewardMode = Literal["judge", "logprob", "self_certainty", "mean_logprob", "verifier"]
+# modes scored from what the candidates carry (no model calls) -> the top logprobs their generator must return
+OWN_CONFIDENCE = {"self_certainty": VERDICT_LOGPROBS, "mean_logprob": 0}
 
 
-async def score_candidates(tech: Technique, state: State, mode: str) -> list[Candidate]:
-    """Copies of the candidates with `score` set; unparsable ratings score None and are recorded in the trace."""
-    async def one(i: int, cand: Candidate) -> Candidate:
-        if mode == "logprob":
-            prompt = VERDICT_PROMPT.format(query=state.query, response=cand.text.strip())
-            out = (await tech.ask(state, prompt, call_index=i, max_tokens=1, temperature=0.0, logprobs=20))[0]
-            score = verdict_probability(out.logprobs[0] if out.logprobs else None)
-        else:
+def check_verifier(mode_field: str, mode: str, verifier: str | None) -> None:
+    """A spec check: mode `verifier` needs the `verifier` file, and only it takes one (ValueError names the field)."""
+    if mode == "verifier" and not verifier:
+        raise ValueError(f"{mode_field}: verifier needs the field `verifier: <a verifier file>`")
+    if verifier and mode != "verifier":
+        raise ValueError(f"verifier: is read only with {mode_field}: verifier (got {mode_field}: {mode})")
+
+
+async def own_scores(state: State, cands: list[Candidate], mode: str,
+                     verifier: str | None = None) -> list[float | None]:
+    """Scores that need no judge call: the candidates' own confidence, or a learned verifier's P(correct)."""
+    if mode == "verifier":
+        return await verifier_scores(state, cands, str(verifier))
+    return [getattr(c, mode) for c in cands]
+
+
+@lru_cache(maxsize=8)
+def _load_verifier(path: str, mtime: float) -> "LearnedVerifier":
+    from lamina.rewards.learned import LearnedVerifier
+
+    return LearnedVerifier.load(path)
+
+
+async def verifier_scores(state: State, cands: list[Candidate], path: str) -> list[float | None]:
+    """A learned verifier's P(correct) of each candidate, read from the states of the local model that wrote it
+    (the query's conversation, then the candidate's tokens). VerifierError for a missing file, a candidate of a
+    model without local hidden states, or a model the verifier was not trained on."""
+    from lamina.rewards.learned import VerifierError
+
+    try:
+        verifier = _load_verifier(path, Path(path).stat().st_mtime)
+    except OSError as exc:
+        raise VerifierError(f"verifier: cannot read {path}: {exc}") from None
+    scores: list[float | None] = [None] * len(cands)
+    for alias in dict.fromkeys(c.model for c in cands):
+        backend = state.calls.handle(alias).backend
+        if not hasattr(backend, "engine"):
+            raise VerifierError(f"verifier {path}: candidates of model alias {alias!r} ({backend.identity}) have no "
+                                "hidden states here; a learned verifier reads the local engine's")
+        engine = (await backend.engine()).engine
+        bound = verifier.bind(engine, backend.model)
+        rows = [i for i, c in enumerate(cands) if c.model == alias]
+        got = await bound.score(state.messages, [Response(cands[i].text, None, cands[i].token_ids) for i in rows])
+        for i, score in zip(rows, got):
+            scores[i] = score
+    return scores
+
+
+async def score_candidates(tech: Technique, state: State, mode: str,
+                           verifier: str | None = None) -> list[Candidate]:
+    """Copies of the candidates with `score` set; unscorable ones score None and are recorded in the trace."""
+    cands = state.candidates
+    if mode in OWN_CONFIDENCE or mode == "verifier":
+        scores = await own_scores(state, cands, mode, verifier)
+        replies: list[str | None] = [None] * len(cands)
+    elif mode == "logprob":
+        async def ask(prompt: str, i: int):
+            return (await tech.ask(state, prompt, call_index=i, max_tokens=1, temperature=0.0,
+                                   logprobs=VERDICT_LOGPROBS))[0]
+
+        verdicts = await VerdictJudge(ask).verdicts(state.query, [c.text for c in cands])
+        scores, replies = [s for s, _ in verdicts], [out.text for _, out in verdicts]
+    else:
+        async def rate(i: int, cand: Candidate) -> str:
             prompt = JUDGE_PROMPT.format(query=state.query, response=cand.text.strip())
-            out = (await tech.ask(state, prompt, call_index=i))[0]
-            score = parse_score(out.text)
-        if score is None:
-            tech.note(state, fallback="unscored", candidate=i, reply=out.text, rule="scores None, sorted last")
-        return replace(cand, score=score)
+            return (await tech.ask(state, prompt, call_index=i))[0].text
 
-    return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(state.candidates))))
+        replies = list(await asyncio.gather(*(rate(i, c) for i, c in enumerate(cands))))
+        scores = [parse_score(r) for r in replies]
+    for i, (score, reply) in enumerate(zip(scores, replies)):
+        if score is None:
+            tech.note(state, fallback="unscored", candidate=i, reply=reply, mode=mode, rule="scores None, sorted last")
+    return [replace(c, score=s) for c, s in zip(cands, scores)]
 
 
 def by_score(candidates: list[Candidate]) -> list[Candidate]:
@@ -41,6 +110,8 @@ def by_score(candidates: list[Candidate]) -> list[Candidate]:
 
 
 def score_estimate(tech: Technique, state: State, mode: str) -> Estimate:
+    if mode in OWN_CONFIDENCE or mode == "verifier":
+        return Estimate()
     longest = max((c.text for c in state.candidates), key=len, default="")
     max_tokens = 1 if mode == "logprob" else tech.max_tokens(state)
     return state.calls.estimate(tech.spec.model, JUDGE_PROMPT + state.query + longest, max_tokens, 1,
@@ -49,8 +120,14 @@ def score_estimate(tech: Technique, state: State, mode: str) -> Estimate:
 
 class RewardSpec(Component):
     type: Literal["reward"]
-    mode: Literal["judge", "logprob"] = "judge"
+    mode: RewardMode = "judge"
+    verifier: str | None = None  # mode verifier: the verifier file (lamina verifier train)
     top_k: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _verifier_file(self) -> "RewardSpec":
+        check_verifier("mode", self.mode, self.verifier)
+        return self
 
 
 class Reward(Technique):
@@ -59,9 +136,13 @@ class Reward(Technique):
     builtin = {"temperature": 0.0, "max_tokens": 8}
     spec: RewardSpec
 
+    def logprobs_needed(self) -> int | None:
+        return OWN_CONFIDENCE.get(self.spec.mode)
+
     async def run(self, state: State) -> list[Candidate]:
-        ranked = by_score(await score_candidates(self, state, self.spec.mode))
+        ranked = by_score(await score_candidates(self, state, self.spec.mode, self.spec.verifier))
         return ranked[: self.spec.top_k] if self.spec.top_k else ranked
 
     def estimate(self, state: State) -> Estimate:
         return score_estimate(self, state, self.spec.mode)
+

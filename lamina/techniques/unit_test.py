@@ -11,7 +11,8 @@ from pydantic import Field
 from lamina.budget import Estimate
 from lamina.errors import InvalidRequestError
 from lamina.techniques.base import Candidate, State, Technique
-from lamina.techniques.parse import extract_code, parse_tests, parse_verdict
+from lamina.rewards import Response, TestsPassed
+from lamina.techniques.parse import parse_tests, parse_verdict
 from lamina.techniques.spec_base import Component
 
 WRITE_TESTS_PROMPT = ("Task: {query}\n\nWrite {n} Python assert statements that a correct solution must pass, "
@@ -19,7 +20,6 @@ WRITE_TESTS_PROMPT = ("Task: {query}\n\nWrite {n} Python assert statements that 
 WRITE_CHECKS_PROMPT = "Task: {query}\n\nWrite {n} short checks that a good answer must satisfy, one per line."
 JUDGE_TEST_PROMPT = ("Task: {query}\n\nResponse: {response}\n\nDoes the response satisfy this check: {test}\n"
                      "Answer Yes or No.")
-SANDBOX_WORKERS = 4
 
 
 def looks_like_code_tests(tests: list[str]) -> bool:
@@ -66,17 +66,8 @@ class UnitTest(Technique):
         return tests if self.spec.mode == "judge" else [t for t in tests if t.startswith("assert")]
 
     async def execute(self, state: State, tests: list[str]) -> list[float]:
-        from lamina.sandbox import execute_tests
-
-        slots = asyncio.Semaphore(SANDBOX_WORKERS)
-
-        async def one(cand: Candidate) -> float:
-            async with slots:
-                report = await asyncio.to_thread(execute_tests, extract_code(cand.text), tests,
-                                                 timeout_s=self.spec.timeout_s, memory_mb=self.spec.memory_mb)
-            return report.pass_rate
-
-        return list(await asyncio.gather(*(one(c) for c in state.candidates)))
+        checker = TestsPassed(tests, timeout_s=self.spec.timeout_s, memory_mb=self.spec.memory_mb)
+        return [float(s or 0.0) for s in await checker.score(state.query, [Response(c.text) for c in state.candidates])]
 
     async def judge(self, state: State, tests: list[str]) -> list[float]:
         async def one(i: int, cand: Candidate) -> float:

@@ -1,6 +1,9 @@
-"""vote: majority vote over extracted answers, Best-of-Majority, or inverse-entropy weighted vote."""
+"""vote: majority vote over extracted answers, Best-of-Majority, or inverse-entropy weighted vote; the majority's
+votes may be weighted by a reward of each sample (`weights`): its self-certainty (nats, >= 0), its mean token
+probability exp(mean log-prob) in (0, 1], or a learned verifier's P(correct) in [0, 1]."""
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import replace
 from typing import Literal
@@ -9,6 +12,7 @@ from pydantic import model_validator
 
 from lamina.answers import RegexExtract, extract
 from lamina.techniques.base import Candidate, State, Technique
+from lamina.techniques.reward import OWN_CONFIDENCE, check_verifier, own_scores
 from lamina.techniques.spec_base import Component
 
 
@@ -36,6 +40,16 @@ class VoteSpec(Component):
     group: int | str | None = None
     select: Literal["first", "last"] = "last"
     keep: Literal["winner", "all"] = "winner"
+    weights: Literal["none", "self_certainty", "mean_logprob", "verifier"] = "none"
+    verifier: str | None = None  # weights verifier: the verifier file (lamina verifier train)
+
+    @model_validator(mode="after")
+    def _one_weighting(self) -> "VoteSpec":
+        if self.method == "inverse_entropy" and self.weights != "none":
+            raise ValueError(f"weights: {self.weights} cannot weight method inverse_entropy (its own weights); "
+                             "use method majority")
+        check_verifier("weights", self.weights, self.verifier)
+        return self
 
     @model_validator(mode="after")
     def _regex(self) -> "VoteSpec":
@@ -54,6 +68,11 @@ class Vote(Technique):
     spec_class = VoteSpec
     spec: VoteSpec
 
+    def logprobs_needed(self) -> int | None:
+        if self.spec.method == "inverse_entropy":
+            return OWN_CONFIDENCE["self_certainty"]
+        return OWN_CONFIDENCE.get(self.spec.weights)
+
     async def run(self, state: State) -> list[Candidate]:
         regex = self.spec.regex()
         cands = [replace(c, answer=extract(c.text, self.spec.extract, regex=regex)) for c in state.candidates]
@@ -61,26 +80,36 @@ class Vote(Technique):
         if not order:
             self.note(state, fallback="no answer extracted", rule="candidates kept in order")
             return cands
-        weights = self.weights(state, cands)
+        weights = await self.weights(state, cands)
         totals = tally(cands, weights)
         best = winner(totals, order)
         group = [c for c in cands if c.answer == best]
         if self.spec.method == "best_of_majority":
             group.sort(key=lambda c: -_quality(c))
-        self.note(state, votes=totals, winner=best, method=self.spec.method)
+        self.note(state, votes=totals, winner=best, method=self.spec.method, weights=self.spec.weights)
         if self.spec.keep == "winner":
             return group
         ranked = sorted(order, key=lambda a: (-totals[a], order.index(a)))
         rest = [c for a in ranked[1:] for c in cands if c.answer == a] + [c for c in cands if c.answer is None]
         return group + rest
 
-    def weights(self, state: State, cands: list[Candidate]) -> list[float]:
-        if self.spec.method != "inverse_entropy":
+    async def weights(self, state: State, cands: list[Candidate]) -> list[float]:
+        """One positive weight per candidate; unweighted (all 1) when any candidate lacks what the weighting reads."""
+        if self.spec.method == "inverse_entropy":
+            scores, kind = [c.mean_entropy for c in cands], "inverse-entropy vote"
+        elif self.spec.weights == "none":
             return [1.0] * len(cands)
-        if any(c.mean_entropy is None for c in cands):
-            self.note(state, fallback="no logprobs for inverse-entropy vote", rule="unweighted majority")
+        else:
+            scores = await own_scores(state, cands, self.spec.weights, self.spec.verifier)
+            kind = f"weights {self.spec.weights}"
+        if any(s is None for s in scores):
+            self.note(state, fallback=f"no scores for {kind}", rule="unweighted majority")
             return [1.0] * len(cands)
-        return [1.0 / max(c.mean_entropy or 0.0, 1e-3) for c in cands]
+        if self.spec.method == "inverse_entropy":
+            return [1.0 / max(s or 0.0, 1e-3) for s in scores]
+        if self.spec.weights == "mean_logprob":
+            return [math.exp(s or 0.0) for s in scores]
+        return [max(s or 0.0, 0.0) for s in scores]
 
 
 def _quality(cand: Candidate) -> float:

@@ -1,0 +1,94 @@
+"""Hidden states of the loaded model for given token sequences: a plain causal forward over the full sequences (no
+KV cache kept, no second model load), for learned verifiers and probes.
+
+Layer indices follow transformers' `output_hidden_states`: 0 is the token embeddings, i in 1..L the output of
+decoder layer i, and L (the last) is taken after the final norm; negative indices count from L (-1 is L).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lamina.engine.models.attention import AttentionMetadata, PrefillSegment
+from lamina.engine.models.llama import LlamaForCausalLM
+from lamina.errors import InvalidRequestError
+
+IDENTITY_BYTES = 8 << 20  # how much of each weights file the identity hash reads
+
+
+def _resolve_layers(layers: list[int], count: int) -> list[int]:
+    out = []
+    for layer in layers:
+        index = layer + count + 1 if layer < 0 else layer
+        if not 0 <= index <= count:
+            raise InvalidRequestError(f"hidden-state layer {layer} out of range for a model with {count} layers "
+                                      f"(0 = embeddings .. {count}, or -1 .. -{count + 1})")
+        out.append(index)
+    return out
+
+
+@torch.inference_mode()
+def hidden_states(model: LlamaForCausalLM, sequences: list[list[int]], layers: list[int],
+                  positions: list[list[int]] | None = None) -> Tensor:
+    """[batch, len(layers), P, hidden] float32: the states of `sequences` (token ids, one forward for the batch) at
+    `layers` and `positions` (per sequence, P each, negative from the end; None: the last token, P = 1).
+    InvalidRequestError for an empty sequence, a position or layer out of range, or ragged positions."""
+    if not sequences or any(not seq for seq in sequences):
+        raise InvalidRequestError("hidden_states needs non-empty token sequences")
+    count = len(model.layers)
+    wanted = _resolve_layers(layers, count)
+    rows = [[-1] for _ in sequences] if positions is None else [list(p) for p in positions]
+    if len(rows) != len(sequences) or len({len(r) for r in rows}) != 1 or not rows[0]:
+        raise InvalidRequestError("positions: one equally long, non-empty list per sequence")
+    flat_rows = []
+    start = 0
+    for seq, row in zip(sequences, rows):
+        for p in row:
+            if not -len(seq) <= p < len(seq):
+                raise InvalidRequestError(f"position {p} out of range for a sequence of {len(seq)} tokens")
+            flat_rows.append(start + (p % len(seq)))
+        start += len(seq)
+    ids = torch.tensor([t for seq in sequences for t in seq], dtype=torch.long)
+    pos = torch.cat([torch.arange(len(seq)) for seq in sequences])
+    meta = _uncached_metadata(model, sequences)
+    picks = torch.tensor(flat_rows)
+    x = model.embed_tokens(ids)
+    taken = {0: x[picks]} if 0 in wanted else {}
+    for i, layer in enumerate(model.layers, 1):
+        x = layer(x, pos, model.rope, meta)
+        if i in wanted:
+            taken[i] = (model.norm(x) if i == count else x)[picks]
+    stacked = torch.stack([taken[i] for i in wanted])  # [layers, batch * P, hidden]
+    return stacked.view(len(wanted), len(sequences), len(rows[0]), -1).transpose(0, 1).float().contiguous()
+
+
+def _uncached_metadata(model: LlamaForCausalLM, sequences: list[list[int]]) -> AttentionMetadata:
+    """Attention over each sequence's own new keys (a causal prefill per sequence); the k/v the attention writes go to
+    one scratch buffer shared by all layers and never read."""
+    total = sum(len(seq) for seq in sequences)
+    attn = model.layers[0].self_attn
+    scratch = torch.empty(attn.num_kv_heads, 1, total, attn.head_dim, dtype=model.embed_tokens.weight.dtype)
+    segments, start = [], 0
+    for seq in sequences:
+        segments.append(PrefillSegment(start, start + len(seq), len(seq), None))
+        start += len(seq)
+    return AttentionMetadata([scratch] * len(model.layers), [scratch] * len(model.layers), torch.arange(total),
+                             segments, decode_start=total)
+
+
+def model_identity(model: str | Path) -> str:
+    """A content identity of a model's weights: sha256 over each weights file's size and first IDENTITY_BYTES
+    (sorted by name for a folder), so a renamed copy keeps it and another model or quantisation changes it."""
+    from lamina.engine.loader import resolve_model_path
+
+    path = resolve_model_path(model)
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json")) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name if path.is_dir() else ''}:{file.stat().st_size}:".encode())
+        with file.open("rb") as f:
+            digest.update(f.read(IDENTITY_BYTES))
+    return digest.hexdigest()[:32]

@@ -1,0 +1,110 @@
+"""`lamina verifier train` (sample a task split, label, train a probe on hidden states, save) and `lamina verifier
+eval` (AUROC, calibration and best-of-N selection accuracy of a verifier file on a split)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _common(p: argparse.ArgumentParser, split: str) -> None:
+    p.add_argument("--task", required=True, help="a builtin task (e.g. arith-1) or a task YAML")
+    p.add_argument("--split", default=split, help=f"split to sample (default {split})")
+    p.add_argument("--samples", type=int, default=8, help="samples per question (default 8)")
+    p.add_argument("--limit", type=int, help="only the first N questions of the split")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
+    p.add_argument("--max-tokens", type=int, help="per sample (default: the task's max_tokens)")
+    p.add_argument("--seed", type=int, default=0, help="sampling and probe seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ver = sub.add_parser("verifier", help="train or evaluate a learned verifier on a model's hidden states")
+    vsub = ver.add_subparsers(dest="verifier_command", metavar="ACTION", required=True)
+    train = vsub.add_parser("train", help="sample a task split, label with its scorer, train a probe, save it")
+    train.add_argument("--model", default="default", help="local model name or path (default: default)")
+    _common(train, "train")
+    train.add_argument("--layers", help="hidden-state layers, comma-separated (default: the middle and the last)")
+    train.add_argument("--train-size", type=int, help="a generated task: draw this many train questions (dev and "
+                       "test stay the same questions)")
+    train.add_argument("--holdout", type=float, default=0.25, help="fraction of questions held out for metrics")
+    train.add_argument("--out", required=True, help="the verifier file to write (JSON)")
+    train.set_defaults(func=train_command)
+    ev = vsub.add_parser("eval", help="AUROC, calibration (ECE) and best-of-N selection accuracy on a split")
+    ev.add_argument("verifier", help="a verifier file")
+    ev.add_argument("--model", help="local model (default: the one the verifier was trained with)")
+    _common(ev, "dev")
+    ev.set_defaults(func=eval_command)
+
+
+def _check(args: argparse.Namespace) -> None:
+    from lamina.errors import SpecError
+
+    if args.samples < 1 or (args.limit is not None and args.limit < 1):
+        raise SpecError(f"--samples and --limit must be at least 1 (got {args.samples}, {args.limit})")
+
+
+def _print(metrics: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(metrics, indent=1))
+        return
+    for key, value in metrics.items():
+        print(f"{key:>22}: {value:.3f}" if isinstance(value, float) else f"{key:>22}: {value}")
+
+
+def train_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from lamina.errors import SpecError
+    from lamina.tasks.task import load_task
+    from lamina.verifiers.train import train_verifier
+
+    _check(args)
+    if not 0 < args.holdout < 1:
+        raise SpecError(f"--holdout must be in (0, 1), got {args.holdout}")
+    try:
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    except ValueError:
+        raise SpecError(f"--layers: comma-separated integers, got {args.layers!r}") from None
+    task = load_task(args.task)
+    if args.train_size is not None:
+        _grow_train(task, args.train_size)
+    task.examples(args.split, args.limit)
+    try:
+        verifier = asyncio.run(train_verifier(args.model, task, args.split, args.samples, args.limit, seed=args.seed,
+                                              temperature=args.temperature, layers=layers, holdout=args.holdout,
+                                              max_tokens=args.max_tokens))
+    except ValueError as exc:
+        raise SpecError(f"cannot train a verifier on {args.task} {args.split}: {exc}") from None
+    verifier.save(args.out)
+    print(f"wrote {args.out}: {verifier.info.samples} samples of {verifier.info.questions} questions, "
+          f"layers {verifier.info.layers}; held out:")
+    _print(verifier.info.metrics, args.json)
+    return 0
+
+
+def _grow_train(task, size: int) -> None:
+    from lamina.errors import SpecError
+    from lamina.tasks.generated import DEFAULT_SIZES
+
+    source = task.spec.source
+    if source.type != "generated" or size < 1:
+        raise SpecError(f"--train-size needs a generated task and a positive size (task {task.name!r} is "
+                        f"{source.type}, size {size})")
+    source.sizes = {**DEFAULT_SIZES, **(source.sizes or {}), "train": size}
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from lamina.rewards.learned import LearnedVerifier
+    from lamina.tasks.task import load_task
+    from lamina.verifiers.train import evaluate_verifier
+
+    _check(args)
+    verifier = LearnedVerifier.load(args.verifier)
+    task = load_task(args.task)
+    task.examples(args.split, args.limit)
+    model = args.model or verifier.info.model
+    _print(asyncio.run(evaluate_verifier(verifier, model, task, args.split, args.samples, args.limit, seed=args.seed,
+                                         temperature=args.temperature, max_tokens=args.max_tokens)), args.json)
+    return 0

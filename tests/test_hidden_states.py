@@ -1,0 +1,62 @@
+"""Hidden states from the engine's loaded model equal transformers' `output_hidden_states` (tiny and real model)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lamina.engine.hidden_states import hidden_states, model_identity
+from lamina.errors import InvalidRequestError
+
+TEXTS = ["The capital of France is", "What is 7 + 5? The answer is 12, because seven plus five is twelve."]
+
+
+def reference(hf_model, ids: list[int]) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        return [h[0] for h in hf_model(torch.tensor([ids]), output_hidden_states=True).hidden_states]
+
+
+def check_against(llm, hf_model, atol: float) -> None:
+    seqs = [llm.tokenizer.encode(t) for t in TEXTS]
+    count = len(llm.engine.model.layers)
+    layers = [0, count // 2, count]
+    last = hidden_states(llm.engine.model, seqs, layers)
+    chosen = hidden_states(llm.engine.model, seqs, [-1, 1], positions=[[0, 2, -1], [1, 5, -2]])
+    assert last.shape == (2, 3, 1, llm.engine.model.config.hidden_size) and last.dtype == torch.float32
+    assert chosen.shape == (2, 2, 3, llm.engine.model.config.hidden_size)
+    for b, (ids, spots) in enumerate(zip(seqs, [[0, 2, -1], [1, 5, -2]])):
+        ref = reference(hf_model, ids)
+        for k, layer in enumerate(layers):
+            torch.testing.assert_close(last[b, k, 0], ref[layer][-1], atol=atol, rtol=1e-3)
+        for k, layer in enumerate([count, 1]):
+            torch.testing.assert_close(chosen[b, k], ref[layer][spots], atol=atol, rtol=1e-3)
+
+
+def test_tiny_model_states_equal_transformers(tiny_llm, tiny_llama_dir):
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    check_against(tiny_llm, hf, atol=1e-4)
+
+
+def test_real_model_states_equal_transformers(real_llm, hf_smollm2):
+    check_against(real_llm, hf_smollm2, atol=3e-3)
+
+
+def test_bad_requests_are_clear_errors(tiny_llm):
+    model = tiny_llm.engine.model
+    with pytest.raises(InvalidRequestError, match="layer 5 out of range for a model with 2 layers"):
+        hidden_states(model, [[1, 2]], [5])
+    with pytest.raises(InvalidRequestError, match="position 3 out of range"):
+        hidden_states(model, [[1, 2]], [1], positions=[[3]])
+    with pytest.raises(InvalidRequestError, match="equally long"):
+        hidden_states(model, [[1, 2], [3, 4]], [1], positions=[[0], [0, 1]])
+
+
+def test_model_identity_follows_the_weights_not_the_name(tiny_llama_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "renamed"
+    shutil.copytree(tiny_llama_dir, copy)
+    assert model_identity(str(copy)) == model_identity(str(tiny_llama_dir))
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("\n", "\n "))
+    assert model_identity(str(copy)) != model_identity(str(tiny_llama_dir))

@@ -1,0 +1,121 @@
+"""Learned verifiers on the tiny model: deterministic probe training, identical scores after save/load, the wrong
+model refused, the metrics exact on small cases, and the verifier as a reward / vote weight in an architecture."""
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from lamina.rewards import Response
+from lamina.rewards.learned import LearnedVerifier, VerifierError, VerifierInfo, features_of, train_probe
+from lamina.verifiers import metrics
+from lamina.verifiers.train import Samples, fit
+
+from tests.archs import run_spec
+from tests.scripted import ScriptedBackend
+
+QUESTION = "What is 2 + 2?"
+
+
+def toy_samples(tokenizer, n_questions=6, per=4, seed=0):
+    """Samples whose label is whether the answer text says 4 (so the states carry the label)."""
+    rng = random.Random(seed)
+    out = Samples()
+    for q in range(n_questions):
+        for _ in range(per):
+            answer = rng.choice(["4", "The answer is 4.", "5", "It is 7.", "four", "3"])
+            out.question_ids.append(f"q{q}")
+            out.labels.append(int("4" in answer or answer == "four"))
+            out.sequences.append(tokenizer.encode(f"Q{q}: {QUESTION} A: {answer}"))
+            out.texts.append(answer)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_verifier(tiny_llm, tiny_llama_dir):
+    from lamina.engine.hidden_states import model_identity
+
+    samples = toy_samples(tiny_llm.tokenizer)
+    features = features_of(tiny_llm.engine, samples.sequences, [1, 2])
+    info = VerifierInfo(str(tiny_llama_dir), model_identity(str(tiny_llama_dir)), [1, 2], "toy", "train", seed=3)
+    return fit(samples, features, info, holdout=0.34), samples, features
+
+
+def test_probe_training_is_deterministic_with_a_seed(tiny_verifier, tiny_llm):
+    verifier, samples, features = tiny_verifier
+    again = train_probe(features[:18], samples.labels[:18], seed=3)
+    assert again == train_probe(features[:18], samples.labels[:18], seed=3)
+    info = verifier.info
+    assert info.layers == [1, 2] and info.questions == 4 and info.samples == 16
+    assert set(info.metrics) >= {"auroc", "ece", "selection_accuracy", "coverage", "first_sample_accuracy"}
+    assert info.metrics["questions"] == 2
+    with pytest.raises(ValueError, match="needs right and wrong samples"):
+        train_probe(features[:3], [1, 1, 1])
+
+
+def test_a_saved_verifier_scores_identically_and_refuses_another_model(tiny_verifier, tiny_llm, tiny_llama_dir,
+                                                                       tmp_path):
+    verifier, _, _ = tiny_verifier
+    path = tmp_path / "v.json"
+    verifier.save(path)
+    loaded = LearnedVerifier.load(path)
+    answers = [Response("4"), Response("5"), Response("x", token_ids=tiny_llm.tokenizer.encode(" It is 4."))]
+    before = asyncio.run(verifier.bind(tiny_llm.engine, str(tiny_llama_dir)).score(QUESTION, answers))
+    after = asyncio.run(loaded.bind(tiny_llm.engine, str(tiny_llama_dir)).score(QUESTION, answers))
+    assert before == after and all(0.0 <= s <= 1.0 for s in after) and len(set(after)) == 3
+    assert loaded.info == verifier.info
+    loaded.info.model_identity = "0" * 32
+    with pytest.raises(VerifierError, match="cannot score model .* train one for that model"):
+        loaded.bind(tiny_llm.engine, str(tiny_llama_dir))
+    with pytest.raises(VerifierError, match="must be bound"):
+        loaded.score_sequences([[1, 2]])
+    (tmp_path / "bad.json").write_text('{"format": "other"}')
+    with pytest.raises(VerifierError, match="not a verifier file"):
+        LearnedVerifier.load(tmp_path / "bad.json")
+
+
+def test_metrics_on_small_cases():
+    assert metrics.auroc([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0]) == 0.75
+    assert metrics.auroc([0.5, 0.5], [1, 0]) == 0.5 and metrics.auroc([0.5], [1]) is None
+    assert metrics.ece([0.9, 0.9, 0.1, 0.1], [1, 0, 0, 0]) == pytest.approx((0.8 + 0.2) / 4)
+    qs = ["a", "a", "b", "b", "c"]
+    assert metrics.selection_accuracy(qs, [0.2, 0.7, 0.5, 0.5, 0.1], [0, 1, 0, 1, 0]) == pytest.approx(1 / 3)
+    assert metrics.coverage(qs, [0, 1, 0, 1, 0]) == pytest.approx(2 / 3)
+    assert metrics.first_sample_accuracy(qs, [0, 1, 1, 0, 0]) == pytest.approx(1 / 3)
+
+
+def test_an_architecture_ranks_and_weights_by_the_verifier(tiny_verifier, tiny_llama_dir, tmp_path):
+    verifier, _, _ = tiny_verifier
+    path = tmp_path / "v.json"
+    verifier.save(path)
+    model = {"m": {"model": str(tiny_llama_dir), "engine": {"num_kv_blocks": 128, "block_size": 4},
+                   "params": {"max_tokens": 6, "temperature": 1.0}}}
+    layers = [[{"type": "generate", "samples": 4}], [{"type": "reward", "mode": "verifier", "verifier": str(path)}]]
+    result = run_spec({"name": "v", "models": model, "layers": layers}, QUESTION)
+    scores = [c.score for c in result.final]
+    assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
+    from lamina import LLM
+
+    llm = LLM(str(tiny_llama_dir), num_kv_blocks=64, block_size=4)
+    direct = asyncio.run(verifier.bind(llm.engine, str(tiny_llama_dir)).score(
+        QUESTION, [Response(c.text, token_ids=c.token_ids) for c in result.final]))
+    assert direct == pytest.approx(scores, abs=1e-9)
+    vote = [[{"type": "generate", "samples": 4}],
+            [{"type": "vote", "weights": "verifier", "verifier": str(path), "extract": "text", "keep": "all"}]]
+    voted = run_spec({"name": "v", "models": model, "layers": vote}, QUESTION)
+    assert not [e for e in voted.trace if e.get("fallback")]
+
+
+def test_a_verifier_on_a_backend_without_hidden_states_is_a_clear_error(tiny_verifier, tmp_path):
+    verifier, _, _ = tiny_verifier
+    verifier.save(tmp_path / "v.json")
+    layers = [[{"type": "generate", "samples": 2}],
+              [{"type": "reward", "mode": "verifier", "verifier": str(tmp_path / "v.json")}]]
+    with pytest.raises(VerifierError, match="have no hidden states here"):
+        run_spec({"name": "v", "models": {"m": {"model": "scripted"}}, "layers": layers}, QUESTION,
+                 backends={"m": ScriptedBackend()})
+    layers[1][0]["verifier"] = str(tmp_path / "missing.json")
+    with pytest.raises(VerifierError, match="cannot read"):
+        run_spec({"name": "v", "models": {"m": {"model": "scripted"}}, "layers": layers}, QUESTION,
+                 backends={"m": ScriptedBackend()})
