@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="seconds between a running trial's heartbeats; a trial silent for two is failed and "
                           "re-queued (default 60)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers for its processes
     run.set_defaults(func=run_command)
 
     rep = commands.add_parser("report", help="trials, Pareto front, PNG, best specs as YAML; --test re-scores them")
@@ -75,7 +76,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise SpecError("give --task to start a search, or --name (and --storage) to continue or join one")
     name = args.name or f"{args.task.replace('/', '-').removesuffix('.yaml')}-{args.strategy}"
     job = SearchJob(name, settings, args.trials, args.storage, args.root, args.workers, not args.no_progress,
-                    args.heartbeat)
+                    args.heartbeat, args.worker_index)
     study = run_search(job)
     from lamina.search.report import summary_line
 

@@ -27,6 +27,7 @@ class SearchJob:
     workers: int = 1
     progress: bool = True
     heartbeat_s: int = 60
+    worker: int | None = None  # this worker's index among several sharing the study (its sampler seed)
 
     @property
     def directory(self) -> Path:
@@ -53,7 +54,8 @@ def run_search(job: SearchJob) -> Any:
     space = parse_space(settings.space, settings.space_source)
     objective = Objective(space, settings, job.directory, job.trials, progress=job.progress and job.workers == 1)
     grid = space.grid(objective.has_tests) if settings.strategy == "grid" else None
-    study, settings = create_or_load(job.name, storage, settings, grid)
+    worker = job.worker if job.worker is not None or job.settings is not None else os.getpid()  # a joiner
+    study, settings = create_or_load(job.name, storage, settings, grid, worker)
     budget = objective.trial_budget = job.trials if grid is None else min(job.trials, _grid_size(grid))
     if job.workers > 1:
         _spawn_workers(job, study, budget)
@@ -72,14 +74,36 @@ def run_search(job: SearchJob) -> Any:
 
 
 def counted(study: Any) -> int:
-    """Trials that count toward the budget: finished (complete or pruned) or running, not surplus; stale running
-    trials (their worker died) are failed first, which re-queues them."""
+    """Trials that count toward the budget: finished (complete or pruned) or running, not surplus. Running trials
+    whose worker died are failed first (which re-queues their parameters)."""
+    import optuna
+
+    fail_dead_trials(study)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+    return sum(not t.user_attrs.get(SURPLUS) for t in study.get_trials(deepcopy=False, states=states))
+
+
+def fail_dead_trials(study: Any) -> None:
+    """Optuna fails a running trial whose heartbeat went stale, but not one that died before its first heartbeat
+    (between `ask` and the objective's start, where Objective records a heartbeat and the `worker` attr): such a
+    trial older than the grace period is failed here, and its fixed parameters (greedy, a retry) re-queued."""
+    import datetime
+
     import optuna
     from optuna.storages import fail_stale_trials
 
     fail_stale_trials(study)
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
-    return sum(not t.user_attrs.get(SURPLUS) for t in study.get_trials(deepcopy=False, states=states))
+    storage = study._storage
+    grace = getattr(storage, "grace_period", None) or 2 * (storage.get_heartbeat_interval() or 60)
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if "worker" in trial.user_attrs or trial.datetime_start is None:
+            continue
+        if (now - trial.datetime_start).total_seconds() > grace:
+            if storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL):
+                fixed = trial.system_attrs.get("fixed_params")
+                if fixed:
+                    study.enqueue_trial(fixed, user_attrs=dict(trial.user_attrs))
 
 
 class StudyBar:
@@ -180,7 +204,7 @@ def _spawn_workers(job: SearchJob, study: Any, budget: int) -> None:
     cmd = [sys.executable, "-m", "lamina", "search", "run", "--name", job.name, "--storage", job.storage_url,
            "--root", job.root, "--trials", str(job.trials), "--heartbeat", str(job.heartbeat_s), "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(job.workers)]
+    procs = [subprocess.Popen(cmd + ["--worker-index", str(i)], env=env) for i in range(job.workers)]
     bar = StudyBar(study, budget, job.progress)
     try:
         while any(p.poll() is None for p in procs):

@@ -73,6 +73,9 @@ class Objective:
     def __call__(self, trial: Any) -> float | tuple[float, float]:
         import optuna
 
+        storage = trial.study._storage
+        if storage.get_heartbeat_interval():  # beat now: a trial with the worker attr has a heartbeat (driver.py)
+            storage.record_heartbeat(trial._trial_id)
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
         if is_surplus(trial, self.trial_budget):
             trial.set_user_attr(SURPLUS, True)

@@ -73,6 +73,7 @@ def open_storage(url: str, heartbeat_s: int = 60):
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    url = _postgres_driver(url)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
@@ -82,15 +83,27 @@ def open_storage(url: str, heartbeat_s: int = 60):
                         f"{str(exc).splitlines()[0]})") from None
 
 
+def _postgres_driver(url: str) -> str:
+    """postgresql://... with the driver installed: SQLAlchemy 2.1 defaults to psycopg 3; psycopg2 works as well."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def default_storage(directory: Path) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{directory / 'study.sqlite'}"
 
 
-def make_sampler(settings: SearchSettings, grid: dict[str, list[Any]] | None = None):
+def make_sampler(settings: SearchSettings, grid: dict[str, list[Any]] | None = None, worker: int | None = None):
+    """The strategy's sampler. Workers sharing a study each get their own seed (`worker`: its index), else they
+    would all propose the same sequence of trials."""
     import optuna
 
-    seed = settings.seed
+    seed = settings.seed if worker is None else settings.seed + 7919 * (worker + 1)
     if settings.strategy == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
     if settings.strategy == "nsga2":
@@ -108,7 +121,8 @@ def make_pruner(settings: SearchSettings):
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=settings.rungs[0], reduction_factor=settings.eta)
 
 
-def create_or_load(name: str, storage: Any, settings: SearchSettings | None, grid: dict[str, list[Any]] | None = None):
+def create_or_load(name: str, storage: Any, settings: SearchSettings | None, grid: dict[str, list[Any]] | None = None,
+                   worker: int | None = None):
     """(study, settings): a new study with `settings`, or the existing one whose stored settings must agree.
     `settings` None: load an existing study as it is (report, join)."""
     import optuna
@@ -126,7 +140,7 @@ def create_or_load(name: str, storage: Any, settings: SearchSettings | None, gri
             raise SpecError(f"study {name!r} holds a different search ({shown}); choose another --name")
     check_settings(settings)
     study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
-                                directions=settings.objectives, sampler=make_sampler(settings, grid),
+                                directions=settings.objectives, sampler=make_sampler(settings, grid, worker),
                                 pruner=make_pruner(settings))
     if existing is None:
         study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
