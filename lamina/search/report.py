@@ -161,9 +161,10 @@ def greedy_spec(settings: SearchSettings, max_tokens: int) -> dict[str, Any]:
             "seed": settings.space.get("seed", 0)}
 
 
-def rescore_on_test(specs: list[tuple[str, dict[str, Any]]], settings: SearchSettings, directory: Path,
-                    limit: int | None, progress: bool) -> list[Any]:
-    """Each (label, spec) scored on the task's test split, in its own run store under DIRECTORY/test (resumable)."""
+def rescore(specs: list[tuple[str, dict[str, Any]]], settings: SearchSettings, directory: Path,
+            limit: int | None, progress: bool, split: str = "test") -> list[Any]:
+    """Each (label, spec) scored on the task's `split` (the held-out test split by default), in its own run store
+    under DIRECTORY/SPLIT (resumable)."""
     from lamina.architecture import Architecture
     from lamina.eval.harness import EvalOptions, evaluate
     from lamina.eval.store import RunStore
@@ -176,14 +177,14 @@ def rescore_on_test(specs: list[tuple[str, dict[str, Any]]], settings: SearchSet
     async def one(label: str, spec: dict[str, Any]):
         arch = Architecture(parse_spec(with_threads(spec, settings.threads), label), cache=directory / "calls.sqlite")
         try:
-            with RunStore(directory / "test" / f"{label}.sqlite") as store:
-                options = EvalOptions("test", limit, settings.concurrency, progress)
+            with RunStore(directory / split / f"{label}.sqlite") as store:
+                options = EvalOptions(split, limit, settings.concurrency, progress)
                 summary, failures = await evaluate(arch, task, store, options)
         finally:
             await arch.aclose()
         if failures:
-            raise SpecError(f"{label}: {len(failures)} test example(s) failed ({failures[0][1]}); rerun to retry")
-        summary.name = f"{label} [{task.name}/test]"
+            raise SpecError(f"{label}: {len(failures)} {split} example(s) failed ({failures[0][1]}); rerun to retry")
+        summary.name = f"{label} [{task.name}/{split}]"
         return summary
 
     for label, spec in specs:
@@ -222,7 +223,7 @@ def report(study_arg: str, *, storage: str | None = None, root: str = "runs/sear
         for r in front:
             chosen.setdefault(r.spec["name"], (f"pareto-{r.number}", r.spec))
         specs = list(chosen.values()) + [("greedy-1-call", greedy_spec(settings, load_task(settings.task).spec.max_tokens))]
-        result["test"] = rescore_on_test(specs, settings, directory, test_limit, progress)
+        result["test"] = rescore(specs, settings, directory, test_limit, progress)
         print("\nheld-out test split (never seen by the search):", file=out)
         print(format_table(result["test"]), file=out)
     return result

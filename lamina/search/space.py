@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lamina.errors import SpecError
 from lamina.spec import COMPONENT_TYPES, parse_spec, read_spec_file
+from lamina.spec import _describe as describe_error  # the spec's one wording of a pydantic error
 
 Value = str | int | float | bool | None  # what an Optuna categorical choice may be
 # Techniques that select among candidates: over one candidate they change nothing, so such a stack is redundant.
@@ -343,27 +344,15 @@ def _probe_layers(component: dict[str, Any]) -> list[list[dict[str, Any]]]:
 
 
 def _reason(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        return f"{loc}: {err['msg']}" if loc else err["msg"]
-    return str(exc)
-
-
-def _describe(error: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in error["loc"]) or "<root>"
-    value = error.get("input")
-    shown = "" if error["type"] == "missing" or isinstance(value, (dict, list)) else f" (got {value!r})"
-    return f"{loc}: {error['msg']}{shown}"
+    return describe_error(exc.errors()[0]) if isinstance(exc, ValidationError) else str(exc)
 
 
 def parse_space(data: Any, source: str = "<dict>") -> SearchSpace:
-    if not isinstance(data, dict):
-        raise SpecError(f"{source}: a search space must be a mapping, got {type(data).__name__}")
+    """A validated space; any error is one line naming `source`, the field and the value."""
     try:
         spec = SpaceSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(f"{source}: invalid search space: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        raise SpecError(f"{source}: invalid search space: " + "; ".join(map(describe_error, exc.errors()))) from None
     return SearchSpace(spec, source, data)
 
 
