@@ -356,3 +356,17 @@ def test_a_trial_beyond_the_budget_is_surplus_unless_an_earlier_one_failed():
     assert not is_surplus(second, 2) and is_surplus(third, 2) and not is_surplus(third, 3)
     study.tell(first, state=optuna.trial.TrialState.FAIL)  # a failed trial frees its slot
     assert not is_surplus(third, 2)
+
+
+def test_a_search_whose_trials_keep_failing_stops_with_one_line(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(stub_space(dead)))
+    code, _, err = cli("search", "run", "--task", TASK, "--space", str(space), "--root", str(tmp_path), "--name", "s",
+                       "--strategy", "grid", "--limit", "2", "--no-halving", "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "3 trials in a row failed" in err and "ConnectError" in err
+    study = load_study("s", root=str(tmp_path))[0]
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 3 and all("ConnectError" in t.user_attrs["error"] for t in failed)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina.errors import LaminaError, SpecError
-from lamina.search.objective import SURPLUS, Objective
+from lamina.search.objective import SURPLUS, Objective, TrialFailed
 from lamina.search.space import SearchSpace, layer_keys, parse_space
 from lamina.search.study import SearchSettings, create_or_load, default_storage, open_storage, stored_settings, study_dir
 
@@ -61,13 +61,13 @@ def run_search(job: SearchJob) -> Any:
         _spawn_workers(job, study, budget)
         return study
     bar = StudyBar(study, budget, job.progress)
-    objective.tally.bar = bar.bar
+    objective.tally.bar, objective.tally.spent_tokens = bar.bar, bar.spent_tokens()
     try:
         if settings.strategy == "greedy":
             greedy(study, space, objective, settings, budget, bar)
         else:
             while counted(study) < budget:
-                study.optimize(objective, n_trials=1, catch=(LaminaError,), callbacks=[bar.callback])
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[bar.callback])
     finally:
         bar.close()
     return study
@@ -133,8 +133,11 @@ class StudyBar:
         full = [t.user_attrs["accuracy"] for t in done if t.state == optuna.trial.TrialState.COMPLETE
                 and "accuracy" in t.user_attrs]
         self.bar.n = min(self.bar.total, len(done))
-        self.bar.set_postfix(best="-" if not full else f"{max(full):.3f}",
-                             tokens=sum(int(t.user_attrs.get("spent_tokens", 0)) for t in done), refresh=True)
+        self.bar.set_postfix(best="-" if not full else f"{max(full):.3f}", tokens=self.spent_tokens(), refresh=True)
+
+    def spent_tokens(self) -> int:
+        """Tokens the study's trials have spent so far (all workers, all runs)."""
+        return sum(int(t.user_attrs.get("spent_tokens", 0)) for t in self.study.get_trials(deepcopy=False))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -192,7 +195,7 @@ def _drain_round(study: Any, objective: Objective, k: int, budget: int, bar: Stu
         if counted(study) >= budget and not any(t.state == running for t in pending):
             return
         if any(t.state == waiting for t in pending):
-            study.optimize(objective, n_trials=1, catch=(LaminaError,), callbacks=[bar.callback])
+            study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[bar.callback])
         elif pending:
             time.sleep(1.0)  # another worker is finishing this round's last trials
         else:

@@ -15,6 +15,7 @@ from lamina.search.space import SearchSpace, spec_hash
 from lamina.search.study import SearchSettings
 
 SURPLUS = "surplus"  # user attr of a trial started after the study's trial budget was reached by other workers
+MAX_FAILURES_IN_A_ROW = 3  # then the search stops: an unreachable backend would otherwise fail trials forever
 
 
 @dataclass(slots=True)
@@ -53,6 +54,7 @@ class Objective:
     trial_budget: int
     progress: bool = False
     tally: Tally = field(default_factory=Tally)
+    failures_in_a_row: int = 0
 
     def __post_init__(self) -> None:
         from lamina.tasks.task import load_task
@@ -87,9 +89,18 @@ class Objective:
         trial.set_user_attr("run_store", str(self.run_path(digest)))
         spent = self.tally.spent_tokens
         try:
-            return asyncio.run(self._evaluate(trial, spec, digest))
+            value = asyncio.run(self._evaluate(trial, spec, digest))
+        except LaminaError as exc:
+            self.failures_in_a_row += 1
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                raise SearchStopped(f"{self.failures_in_a_row} trials in a row failed; the last: "
+                                    f"{type(exc).__name__}: {exc}") from None
+            raise TrialFailed(str(exc)) from exc
         finally:
             trial.set_user_attr("spent_tokens", self.tally.spent_tokens - spent)
+        self.failures_in_a_row = 0
+        return value
 
     async def _evaluate(self, trial: Any, spec: dict[str, Any], digest: str) -> float | tuple[float, float]:
         import optuna
@@ -129,6 +140,14 @@ class Objective:
             trial.report(summary.accuracy, rung)
             return trial.should_prune()
         return dominated_at_rung(trial, rung, summary.accuracy, summary.tokens)
+
+
+class TrialFailed(LaminaError):
+    """One trial failed (recorded as FAIL, with its `error` attr); the search goes on."""
+
+
+class SearchStopped(LaminaError):
+    """Trials keep failing (e.g. a backend is unreachable): the search stops instead of failing trials forever."""
 
 
 def record(trial: Any, summary: Any) -> None:
