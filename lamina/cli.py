@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "lamina.architecture_cli",  # run, import-archon
     "lamina.eval.cli",  # eval, report
     "lamina.server.cli",  # serve
+    "lamina.search.cli",  # search run, search report
     "lamina.verifiers.cli",  # verifier train, verifier eval
 )
 

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lamina.errors import BackendError, LaminaError
 from lamina.eval.scorers import Scorer
@@ -47,8 +47,9 @@ def run_config(arch: Any, task: Task, options: EvalOptions, scorer: ScorerSpec |
 
 class Evaluator:
     def __init__(self, arch: Any, task: Task, store: RunStore, options: EvalOptions,
-                 scorer: Scorer | None = None) -> None:
+                 scorer: Scorer | None = None, on_example: Callable[[ResultRow], None] | None = None) -> None:
         self.arch, self.task, self.store, self.options = arch, task, store, options
+        self.on_example = on_example
         self.scorer = scorer or Scorer.from_spec(task.scorer)
         self.failures: list[tuple[str, str]] = []
         self.scores: list[float] = []
@@ -99,6 +100,8 @@ class Evaluator:
                                 error=f"{type(exc).__name__}: {exc}", attempt=self.attempt)
             self.store.add(row)
             self.scores.append(row.score)
+            if self.on_example is not None:
+                self.on_example(row)
             if bar is not None:
                 self._postfix(bar)
                 bar.update(1)
@@ -121,9 +124,11 @@ class Evaluator:
 
 
 async def evaluate(arch: Any, task: Task, store: RunStore, options: EvalOptions | None = None,
-                   scorer: Scorer | None = None) -> tuple[RunSummary, list]:
+                   scorer: Scorer | None = None,
+                   on_example: Callable[[ResultRow], None] | None = None) -> tuple[RunSummary, list]:
     """Run (or resume) an eval; returns the summary and the examples that failed transiently (rerun to retry).
-    `scorer` scores the answers (e.g. with an explicit judge backend); None builds one from `task.scorer`."""
-    evaluator = Evaluator(arch, task, store, options or EvalOptions(), scorer)
+    `scorer` scores the answers (e.g. with an explicit judge backend); None builds one from `task.scorer`.
+    `on_example(row)` is called with each newly finished example's row, once it is committed to the store."""
+    evaluator = Evaluator(arch, task, store, options or EvalOptions(), scorer, on_example)
     summary = await evaluator.run()
     return summary, evaluator.failures
