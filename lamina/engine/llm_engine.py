@@ -104,8 +104,10 @@ class LLMEngine:
     def _schedule(self) -> ScheduledBatch:
         """The scheduler's batch; a prompt whose prefill completes in it forks its n - 1 siblings, sharing every block."""
         batch = self.scheduler.schedule()
-        for parent, chunk, _ in batch.prefills:
-            if not parent.fork_pending or parent.num_computed_tokens + chunk < len(parent.token_ids):
+        completing = [seq for seq, chunk, _ in batch.prefills if seq.num_computed_tokens + chunk == len(seq.token_ids)]
+        completing += [seq for seq, _ in batch.decodes]  # a prompt's last token may be scheduled as a decode
+        for parent in completing:
+            if not parent.fork_pending:
                 continue
             parent.fork_pending = False
             request = self.requests[parent.request_id]
