@@ -143,13 +143,13 @@ async def direct_phase(engine, args: argparse.Namespace, concurrency: int, bar) 
     async def one(c: int, r: int) -> Sample:
         prompt = tokenizer.apply_chat_template(prompt_for(c, r), add_generation_prompt=True)
         params = SamplingParams(max_tokens=args.max_tokens, temperature=0.8, seed=c * 1000 + r, ignore_eos=True)
-        start, ttft, final = time.perf_counter(), None, None
-        async for out in engine.generate(prompt, params):
-            if ttft is None and out.outputs and out.outputs[0].text:
+        start, ttft, tokens = time.perf_counter(), None, 0
+        async for delta in engine.generate(prompt, params):
+            if ttft is None and delta.outputs and delta.outputs[0].text:
                 ttft = time.perf_counter() - start
-            final = out
+            tokens += delta.num_completion_tokens
         latency = time.perf_counter() - start
-        return Sample(ttft if ttft is not None else latency, latency, final.num_completion_tokens if final else 0)
+        return Sample(ttft if ttft is not None else latency, latency, tokens)
 
     await one(0, -1)
     return await run_clients(concurrency, args.requests_per_client, one, bar)

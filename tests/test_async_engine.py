@@ -6,6 +6,7 @@ import asyncio
 import pytest
 
 from lamina import AsyncEngine, SamplingParams
+from lamina.engine.outputs import DeltaJoiner, OutputKind
 from lamina.errors import InvalidRequestError, LaminaError
 
 
@@ -31,34 +32,43 @@ def test_llm_refuses_while_async_engine_drives(engine, tiny_llm):
         AsyncEngine.from_llm(tiny_llm)
 
 
-def test_streams_are_cumulative_and_match_offline(engine, expected):
-    params = PARAMS
-
+def _collect(engine, prompt, params, **kw) -> list:
     async def run():
-        seen = []
-        async for out in engine.generate("Hello there", params):
-            seen.append(out)
-        return seen
+        return [out async for out in engine.generate(prompt, params, **kw)]
 
-    seen = asyncio.run(run())
-    assert len(seen) == 12 and seen[-1].finished and not seen[0].finished
-    lengths = [len(o.outputs[0].token_ids) for o in seen]
-    assert lengths == sorted(lengths) and lengths[-1] == 12
+    return asyncio.run(run())
+
+
+def test_streams_deltas_that_join_to_the_offline_output(engine, expected):
+    seen = _collect(engine, "Hello there", PARAMS)
+    assert len(seen) == 12 and seen[-1].finished and not any(o.finished for o in seen[:-1])
+    assert all(len(o.outputs) == 1 and len(o.outputs[0].token_ids) == 1 for o in seen)  # one new token per step
+    joiner = DeltaJoiner()
+    for out in seen:
+        joiner.add(out.outputs[0])
+    (joined,) = joiner.outputs()
+    assert joined.token_ids == expected.token_ids and joined.text == expected.text
+    assert [o.outputs[0].finish_reason for o in seen] == [None] * 11 + ["length"]
+
+
+def test_cumulative_streams_on_request(engine, expected):
+    seen = _collect(engine, "Hello there", PARAMS, output_kind=OutputKind.CUMULATIVE)
+    assert [len(o.outputs[0].token_ids) for o in seen] == list(range(1, 13))
     assert seen[-1].outputs[0].token_ids == expected.token_ids and seen[-1].outputs[0].text == expected.text
+    final = _collect(engine, "Hello there", PARAMS, output_kind=OutputKind.FINAL_ONLY)
+    assert len(final) == 1 and final[0].outputs[0].text == expected.text
 
 
 def test_many_concurrent_tasks_all_finish(engine):
     async def one(i: int):
-        last = None
-        async for out in engine.generate(f"Prompt number {i}", SamplingParams(max_tokens=8, seed=i, ignore_eos=True)):
-            last = out
-        return last
+        params = SamplingParams(max_tokens=8, seed=i, ignore_eos=True)
+        return [out async for out in engine.generate(f"Prompt number {i}", params)]
 
     async def run():
         return await asyncio.gather(*(one(i) for i in range(24)))
 
-    outs = asyncio.run(run())
-    assert all(o.finished and len(o.outputs[0].token_ids) == 8 for o in outs)
+    streams = asyncio.run(run())
+    assert all(s[-1].finished and sum(o.num_completion_tokens for o in s) == 8 for s in streams)
     assert engine.stats()["num_free_blocks"] == engine.stats()["num_total_blocks"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from lamina import LLM, SamplingParams
+from lamina.engine.outputs import DeltaJoiner, OutputKind
 from lamina.errors import InvalidRequestError
 from tests.conftest import assert_pool_full
 
@@ -142,6 +143,80 @@ def test_stop_strings_tokens_and_lengths(real_llm):
     by_id = real_llm.generate("Count: 1, 2, 3, 4,", SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[first]))[0]
     assert by_id.outputs[0].token_ids == base.outputs[0].token_ids[: base.outputs[0].token_ids.index(first) + 1]
     assert by_id.outputs[0].stop_reason == first
+
+
+def _drain(engine, request_ids: list[str], max_steps: int = 5000) -> dict[str, list]:
+    """Step until every request finishes (at most max_steps): each request's outputs, in order."""
+    seen: dict[str, list] = {r: [] for r in request_ids}
+    for _ in range(max_steps):
+        if not engine.has_unfinished_requests():
+            break
+        for out in engine.step():
+            seen[out.request_id].append(out)
+    assert not engine.has_unfinished_requests(), "the engine stalled"
+    return seen
+
+
+def _join(deltas: list) -> list:
+    joiner = DeltaJoiner()
+    for out in deltas:
+        for o in out.outputs:
+            joiner.add(o)
+    return joiner.outputs()
+
+
+def test_deltas_join_to_the_final_output(real_llm):
+    params = SamplingParams(n=4, temperature=0.8, seed=21, max_tokens=40, stop=[".", " and"], logprobs=2)
+    prompt = "Tell me about the sea"
+    (final,) = real_llm.generate(prompt, params)
+    request_id = real_llm.engine.add_request(prompt, params, output_kind=OutputKind.DELTA)
+    deltas = _drain(real_llm.engine, [request_id])[request_id]
+    assert deltas[-1].finished and not any(d.finished for d in deltas[:-1])
+    joined = _join(deltas)
+    assert [(o.text, o.token_ids, o.finish_reason, o.stop_reason) for o in joined] == \
+        [(o.text, o.token_ids, o.finish_reason, o.stop_reason) for o in final.outputs]
+    assert [[lp.logprob for lp in o.logprobs] for o in joined] == [[lp.logprob for lp in o.logprobs] for o in final.outputs]
+    assert any(o.finish_reason == "stop" for o in final.outputs)  # the held-back text was exercised
+    streamed = [o.text for d in deltas for o in d.outputs]
+    assert not any(stop in text for text in streamed for stop in params.stop)
+
+
+@pytest.mark.parametrize("stops", [["lo", "ell"], ["ell", "lo"]])
+def test_earliest_stop_string_wins_on_the_real_model(real_llm, stops):
+    params = SamplingParams(max_tokens=1, temperature=0, stop=stops)
+    out = real_llm.generate("hello hello hello hello hello hello", params)[0].outputs[0]
+    assert real_llm.tokenizer.decode(out.token_ids) == " hello"
+    assert (out.text, out.finish_reason, out.stop_reason) == (" h", "stop", "ell")
+    request_id = real_llm.engine.add_request("hello hello hello hello hello hello", params, output_kind=OutputKind.DELTA)
+    assert [o.text for o in _join(_drain(real_llm.engine, [request_id])[request_id])] == [" h"]
+
+
+def test_a_sample_that_outgrows_the_kv_pool_ends_with_length_and_others_keep_flowing(tiny_llama_dir):
+    small = LLM(str(tiny_llama_dir), num_kv_blocks=16, block_size=4)  # 64 tokens in all
+    engine = small.engine
+    long_id = engine.add_request(PROMPT, SamplingParams(max_tokens=300, ignore_eos=True, seed=1))
+    short_ids = [engine.add_request(f"{i} short", SamplingParams(max_tokens=4, ignore_eos=True, seed=i)) for i in range(3)]
+    finals = {r: outs[-1] for r, outs in _drain(engine, [long_id, *short_ids]).items()}
+    (long,) = finals[long_id].outputs
+    assert long.finish_reason == "length" and len(finals[long_id].prompt_token_ids) + len(long.token_ids) == 64
+    assert all(finals[r].outputs[0].finish_reason == "length" and len(finals[r].outputs[0].token_ids) == 4
+               for r in short_ids)
+    assert_pool_full(small)
+
+
+def test_long_prompts_in_small_chunks_on_a_small_pool_match_plain(tiny_llama_dir, plain):
+    small = LLM(str(tiny_llama_dir), num_kv_blocks=16, block_size=4, max_num_batched_tokens=6)
+    ids = small.tokenizer.encode(PROMPT * 4)
+    prompts = [ids[:n] for n in (37, 31, 25, 20)]  # 64 tokens fit in the pool; 37 = 6 * 6 + 1: the prompt's last
+    params = SamplingParams(n=2, temperature=0.8, seed=3, max_tokens=32, ignore_eos=True)  # token runs as a decode
+    request_ids = [small.engine.add_request(p, params) for p in prompts]
+    finals = [outs[-1] for outs in _drain(small.engine, request_ids).values()]
+    assert [len(f.outputs) for f in finals] == [2, 2, 2, 2]
+    assert [[len(f.prompt_token_ids) + len(o.token_ids) for o in f.outputs] for f in finals] == \
+        [[64, 64], [63, 63], [57, 57], [52, 52]]  # the 37-token prompt's samples end at the pool's 64 tokens
+    assert tokens(finals) == [t[: 64 - len(p)] for p, t in zip([p for p in prompts for _ in range(2)],
+                                                                tokens(plain.generate(prompts, params)))]
+    assert_pool_full(small)
 
 
 def test_chat_stops_at_end_of_turn(real_llm):

@@ -143,6 +143,70 @@ def test_stop_string(client):
     assert "7" not in out.choices[0].text and out.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.parametrize("stop", [["lo", "ell"], ["ell", "lo"]])
+def test_earliest_stop_string_wins(client, stop):
+    body = dict(model="default", prompt="hello hello hello hello hello hello", max_tokens=1, temperature=0, stop=stop)
+    out = client.completions.create(**body)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(**body, stream=True) if c.choices)
+    assert out.choices[0].text == streamed == " h"  # the token is " hello": "ell" starts before "lo"
+    assert out.choices[0].finish_reason == "stop"
+
+
+JAPANESE = [{"role": "user", "content": "Translate 'thank you' into Japanese. Reply with only the Japanese words."}]
+
+
+def test_chat_logprob_bytes_are_each_tokens_raw_bytes(client):
+    out = client.chat.completions.create(model="default", messages=JAPANESE, max_tokens=2, temperature=0, logprobs=True)
+    content = out.choices[0].logprobs.content
+    assert out.choices[0].message.content == "\u304a"  # two tokens, each holding part of the character
+    assert [e.bytes for e in content] == [[0xE3, 0x81], [0x8A]]
+    assert bytes(b for e in content for b in e.bytes).decode() == out.choices[0].message.content
+
+
+def test_completion_logprob_bytes_and_offsets_follow_the_text(client, real_server, real_loaded_model):
+    prompt = real_loaded_model.tokenizer.apply_chat_template(JAPANESE, add_generation_prompt=True)
+    body = dict(model="default", prompt=prompt, max_tokens=6, temperature=0, logprobs=1)
+    choice = client.completions.create(**body).choices[0]
+    tokens = choice.logprobs.tokens
+    raw = [bytes(e["bytes"]) for e in httpx.post(real_server + "/v1/chat/completions", headers=auth(), timeout=60, json={
+        "model": "default", "messages": JAPANESE, "max_tokens": 6, "temperature": 0, "logprobs": True,
+    }).json()["choices"][0]["logprobs"]["content"]]
+    assert len(raw) == len(tokens) == 6
+    offsets = choice.logprobs.text_offset
+    assert offsets == sorted(offsets) and offsets[0] == 0
+    for i, at in enumerate(offsets):  # each token starts after the characters completed before it
+        assert choice.text[:at] == b"".join(raw[:i]).decode("utf-8", "ignore")
+    streamed = [o for c in client.completions.create(**body, stream=True) if c.choices and c.choices[0].logprobs
+                for o in c.choices[0].logprobs.text_offset]
+    assert streamed == offsets
+
+
+@pytest.fixture(scope="module")
+def small_pool_server() -> Iterator[str]:
+    """The real model with a 16-block KV pool: 256 tokens in all."""
+    with serve("--model", "default", "--num-kv-blocks", "16") as base:
+        yield base
+
+
+def test_a_request_outgrowing_the_kv_pool_ends_with_length_and_others_flow(small_pool_server):
+    client = openai.OpenAI(base_url=small_pool_server + "/v1", api_key="none", max_retries=0, timeout=300)
+    stream = client.completions.create(model="default", prompt="Once upon a time", max_tokens=300, temperature=0,
+                                       stream=True, stream_options={"include_usage": True},
+                                       extra_body={"ignore_eos": True})
+    chunks, short = [], None
+    for chunk in stream:
+        chunks.append(chunk)
+        if short is None and len(chunks) == 20:  # sent while the long one holds most of the pool
+            short = client.completions.create(model="default", prompt="Hi", max_tokens=4, temperature=0,
+                                              extra_body={"ignore_eos": True})
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    usage = chunks[-1].usage
+    assert finishes == ["length"] and usage.prompt_tokens + usage.completion_tokens == 16 * 16
+    assert short is not None and short.usage.completion_tokens == 4 and short.choices[0].finish_reason == "length"
+    health = httpx.get(small_pool_server + "/v1/internal/stats", timeout=10).json()["models"]["default"]
+    assert health["num_free_blocks"] == health["num_total_blocks"] == 16
+
+
 def _error(response: httpx.Response) -> dict:
     body = response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}

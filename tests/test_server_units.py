@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from lamina.engine.outputs import CompletionOutput, TokenLogprob
 from lamina.server.admission import Admission
 from lamina.server.errors import APIError, _validation_error
-from lamina.server.formats import ChatFormat, TextFormat
+from lamina.server.formats import ChatFormat, TextFormat, TextOffsets
 from lamina.server.metrics import Counter, Histogram, Metrics
 from lamina.server.protocol import ChatCompletionRequest, CompletionRequest
 from lamina.server.responses import Call, _ChoiceState, _deltas
@@ -97,11 +97,11 @@ def _events(chunks: list[bytes]) -> list[dict]:
 
 
 def test_deltas_cover_late_forked_choices_and_finish_once():
-    call = Call("id", "m", "chat", ChatFormat(str), Metrics(dict, lambda: 0, 1))
+    call = Call("id", "m", "chat", ChatFormat(None), Metrics(dict, lambda: 0, 1))
     states: dict[int, _ChoiceState] = {}
-    snapshots = [_gen((0, "He", None)), _gen((0, "Hel", None), (1, "W", None)), _gen((0, "Hello", "stop"), (1, "Wo", None)),
-                 _gen((0, "Hello", "stop"), (1, "World", "length"))]
-    events = [e for g in snapshots for e in _events(_deltas(call, g, states))]
+    deltas = [_gen((0, "He", None)), _gen((0, "l", None), (1, "W", None)), _gen((0, "lo", "stop"), (1, "o", None)),
+              _gen((1, "", None)), _gen((1, "rld", "length"))]
+    events = [e for g in deltas for e in _events(_deltas(call, g, states))]
     text = {0: "", 1: ""}
     finishes: dict[int, list[str]] = {0: [], 1: []}
     for e in events:
@@ -112,14 +112,42 @@ def test_deltas_cover_late_forked_choices_and_finish_once():
     assert text == {0: "Hello", 1: "World"} and finishes == {0: ["stop"], 1: ["length"]}
     firsts = [e["choices"][0]["delta"].get("role") for e in events]
     assert firsts.count("assistant") == 2
+    assert len(events) == 6  # the empty delta of choice 1 sends nothing
 
 
-def test_text_logprobs_offsets_follow_token_text():
-    fmt = TextFormat({1: "Hel", 2: "lo", 3: "!"}.__getitem__)
-    lps = [TokenLogprob(1, "Hel", -0.5, {1: -0.5, 3: -2.0}), TokenLogprob(2, "lo", -0.1, {2: -0.1})]
-    out = fmt.logprobs(lps, text_offset=4)
-    assert out == {"tokens": ["Hel", "lo"], "token_logprobs": [-0.5, -0.1],
-                   "top_logprobs": [{"Hel": -0.5, "!": -2.0}, {"lo": -0.1}], "text_offset": [4, 7]}
+class _Vocab:
+    """Three tokens: "Hel", "lo" and the two halves of "é" (0xC3 0xA9)."""
+
+    pieces = {1: b"Hel", 2: b"lo", 3: b"\xc3", 4: b"\xa9"}
+
+    def id_to_token(self, token_id: int) -> str:
+        return self.pieces[token_id].decode("utf-8", "replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.pieces[token_id]
+
+
+def _lps(*ids: int) -> list[TokenLogprob]:
+    vocab = _Vocab()
+    return [TokenLogprob(t, vocab.id_to_token(t), -0.5, {t: -0.5, 2: -2.0}) for t in ids]
+
+
+def test_text_logprobs_offsets_count_the_characters_before_each_token():
+    fmt = TextFormat(_Vocab())
+    out = fmt.logprobs(_lps(1, 2))
+    assert out == {"tokens": ["Hel", "lo"], "token_logprobs": [-0.5, -0.5],
+                   "top_logprobs": [{"Hel": -0.5, "lo": -2.0}, {"lo": -2.0}], "text_offset": [0, 3]}
+    offsets = TextOffsets()  # streamed: one chunk per token, a character split over two tokens
+    streamed = [fmt.logprobs(_lps(t), offsets)["text_offset"][0] for t in (1, 3, 4, 2)]
+    assert streamed == [0, 3, 3, 4] and fmt.logprobs(_lps(1, 3, 4, 2))["text_offset"] == streamed  # "Helélo"
+
+
+def test_logprob_bytes_are_each_tokens_raw_bytes():
+    out = ChatFormat(_Vocab()).logprobs(_lps(1, 3, 4))
+    content = out["content"]
+    assert [e["bytes"] for e in content] == [list(b"Hel"), [0xC3], [0xA9]]
+    assert bytes(b for e in content for b in e["bytes"]).decode() == "Hel\u00e9"
+    assert content[1]["top_logprobs"][0] == {"token": "\ufffd", "logprob": -0.5, "bytes": [0xC3]}
 
 
 def test_admission_bounds_and_releases_once():

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from lamina.backends.base import Backend, Completion, Completions, Messages, TokenLP
+from lamina.engine.outputs import DeltaJoiner, OutputKind
 from lamina.engine.sampling_params import SamplingParams
 from lamina.errors import InvalidRequestError
 
@@ -91,8 +92,8 @@ class LocalBackend(Backend):
         engine = await self.engine()
         text = await self._prompt(messages, prompt)
         start, final = time.perf_counter(), None
-        async for out in engine.generate(text, params):
-            final = out
+        async for final in engine.generate(text, params, output_kind=OutputKind.FINAL_ONLY):
+            pass
         assert final is not None
         tok = engine.tokenizer
         items = [Completion(o.text, len(o.token_ids), _logprobs(o.logprobs, tok), o.finish_reason, list(o.token_ids))
@@ -104,22 +105,22 @@ class LocalBackend(Backend):
                             params: SamplingParams) -> Completions:
         engine = await self.engine()
         text = await self._prompt(messages, prompt)
-        start, winner, spent, prompt_tokens, cached = time.perf_counter(), None, 0, 0, 0
+        start, joiner, prompt_tokens, cached = time.perf_counter(), DeltaJoiner(), 0, 0
         stream = engine.generate(text, params)
         try:
-            async for out in stream:
-                prompt_tokens, cached = len(out.prompt_token_ids), out.num_cached_tokens
-                spent = out.num_completion_tokens
-                done = [o for o in out.outputs if o.finish_reason is not None]
-                if done:
-                    winner = min(done, key=lambda o: (len(o.token_ids), o.index))
+            async for delta in stream:
+                prompt_tokens, cached = len(delta.prompt_token_ids), delta.num_cached_tokens
+                for o in delta.outputs:
+                    joiner.add(o)
+                if any(o.finish_reason is not None for o in delta.outputs):
                     break
         finally:
             await stream.aclose()
-        assert winner is not None
+        done = [o for o in joiner.outputs() if o.finish_reason is not None]
+        winner = min(done, key=lambda o: (len(o.token_ids), o.index))
         item = Completion(winner.text, len(winner.token_ids), _logprobs(winner.logprobs, engine.tokenizer),
                           winner.finish_reason, list(winner.token_ids))
-        return Completions([item], prompt_tokens, time.perf_counter() - start, spent, cached)
+        return Completions([item], prompt_tokens, time.perf_counter() - start, joiner.num_tokens, cached)
 
 
 def _logprobs(logprobs, tokenizer) -> list[TokenLP] | None:

@@ -1,10 +1,10 @@
 """Model and engine configuration."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from lamina.errors import UnsupportedModelError
+from lamina.errors import InvalidRequestError, UnsupportedModelError
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
 
@@ -64,8 +64,13 @@ class ModelConfig:
         )
 
 
+QUANTIZATIONS = (None, "int8")
+
+
 @dataclass(slots=True)
 class EngineConfig:
+    """How the engine runs a model; validated on construction (InvalidRequestError, one line naming option and value)."""
+
     block_size: int = 16
     num_kv_blocks: int | None = None  # None: sized from kv_cache_memory_gb
     kv_cache_memory_gb: float = 1.0
@@ -79,3 +84,45 @@ class EngineConfig:
     pack_weights: bool = True  # CPU fp32: linear weights pre-packed for oneDNN (faster, batch-invariant rows)
     quantization: str | None = None  # None (exact fp32) or "int8" (CPU: int8 GEMMs, faster, slightly lossy)
     device: str = "cpu"
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "EngineConfig":
+        """`LLMEngine(model, **options)`'s options; an unknown name is an error listing the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InvalidRequestError(f"unknown engine option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**options)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        if self.quantization not in QUANTIZATIONS:
+            raise InvalidRequestError(f"engine option quantization={self.quantization!r}: expected one of {QUANTIZATIONS}")
+        if self.quantization and self.device != "cpu":
+            raise InvalidRequestError("engine option quantization='int8' runs on the CPU only")
+        if not hasattr(torch, self.dtype) or not isinstance(getattr(torch, self.dtype), torch.dtype):
+            raise InvalidRequestError(f"engine option dtype={self.dtype!r}: expected a torch dtype name such as 'float32'")
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("num_kv_blocks", "max_model_len", "num_threads"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
+        if isinstance(self.kv_cache_memory_gb, bool) or not isinstance(self.kv_cache_memory_gb, (int, float)) \
+                or not self.kv_cache_memory_gb > 0:
+            raise InvalidRequestError(f"engine option kv_cache_memory_gb={self.kv_cache_memory_gb!r}: expected a number > 0")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise InvalidRequestError(f"engine option device={self.device!r}: expected a torch device such as 'cpu'") from None
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidRequestError(f"engine option {name}={value!r}: expected an integer >= {minimum}")

@@ -8,8 +8,9 @@ import time
 from collections.abc import AsyncIterator, Sequence as Seq
 from dataclasses import dataclass
 
-from lamina.engine.llm_engine import LLMEngine, Request
-from lamina.engine.outputs import RequestOutput
+from lamina.engine.llm_engine import LLMEngine
+from lamina.engine.outputs import OutputKind, RequestOutput
+from lamina.engine.request import Request
 from lamina.engine.sampling_params import SamplingParams
 from lamina.errors import InvalidRequestError, LaminaError
 
@@ -35,7 +36,7 @@ class LLM:
         params = sampling_params if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
         if len(params) != len(prompts):
             raise InvalidRequestError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
-        requests = [self.engine.prepare_request(p, sp) for p, sp in zip(prompts, params)]
+        requests = [self.engine.prepare_request(p, sp, output_kind=OutputKind.FINAL_ONLY) for p, sp in zip(prompts, params)]
         for request in requests:
             self.engine.submit(request)
         return self._run([r.request_id for r in requests], use_tqdm)
@@ -86,7 +87,8 @@ class _Stream:
 
 
 class AsyncEngine:
-    """Runs an LLMEngine on a background thread; `generate` streams RequestOutputs to any number of tasks."""
+    """Runs an LLMEngine on a background thread; `generate` streams RequestOutputs (deltas by default) to any number
+    of tasks."""
 
     def __init__(self, model: str = "default", **config: object) -> None:
         self._start(LLMEngine(model, **config))
@@ -128,8 +130,17 @@ class AsyncEngine:
         }
 
     async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        request = self.engine.prepare_request(prompt, params, request_id)
+                       request_id: str | None = None,
+                       output_kind: OutputKind = OutputKind.DELTA) -> AsyncIterator[RequestOutput]:
+        """The request's outputs as the engine steps, the last one with `finished` set.
+
+        By default each is a DELTA: only the samples that changed, each with its new token ids and logprobs and the
+        text newly released (text that could still become a stop string stays back until it cannot); a sample's
+        deltas concatenate to its final output (`DeltaJoiner` joins them). `OutputKind.CUMULATIVE` yields every
+        sample's output so far instead, `OutputKind.FINAL_ONLY` only the final one. Raises InvalidRequestError for a
+        bad prompt or params; leaving the loop early aborts the request.
+        """
+        request = self.engine.prepare_request(prompt, params, request_id, output_kind)
         if request.request_id in self._streams:
             raise InvalidRequestError(f"request id {request.request_id!r} is already running")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())

@@ -1,4 +1,4 @@
-"""Turns a scheduled batch into tensors, runs the model and returns the logits of the rows that sample."""
+"""Turns a scheduled batch into tensors, runs the model and samples the next token of every row that samples."""
 from __future__ import annotations
 
 from types import ModuleType
@@ -9,27 +9,45 @@ from torch import Tensor
 from lamina.engine.kv_cache import KVCache
 from lamina.engine.models.attention import AttentionMetadata, PrefillSegment
 from lamina.engine.models.llama import LlamaForCausalLM
+from lamina.engine.sampler import SampleResult, sample
 from lamina.engine.scheduler import ScheduledBatch
 from lamina.engine.sequence import Sequence
 
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, cache: KVCache, block_size: int,
-                 kernels: ModuleType | None = None) -> None:
+                 kernels: ModuleType | None = None, native_attention: bool = False) -> None:
         self.model = model
         self.cache = cache
         self.block_size = block_size
-        self.kernels = kernels  # native decode attention when set (CPU, fp32, head_dim a multiple of 8)
+        self.kernels = kernels  # the native sampler when set (CPU, fp32)
+        self.attention_kernels = kernels if native_attention else None  # native decode attention (head_dim % 8 == 0)
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch, copies: list[tuple[int, int]]) -> tuple[list[Sequence], Tensor | None]:
-        """Forward the batch; return the sequences that sample a token now and their logits [len, vocab]."""
+    def run(self, batch: ScheduledBatch, copies: list[tuple[int, int]]) -> tuple[list[Sequence], SampleResult | None]:
+        """Apply the copy-on-write `copies`, forward the batch and sample.
+
+        Returns the sequences that get a token now (those whose prompt or decode row is complete, then the children
+        forked in this batch, which sample from their parent's logits) and their SampleResult, one row each.
+        """
+        samplers, logits = self._forward(batch, copies)
+        if logits is None:
+            return [], None
+        if batch.forks:
+            row = {seq.seq_id: i for i, seq in enumerate(samplers)}
+            rows = [*range(len(samplers)), *(row[parent.seq_id] for parent, _ in batch.forks)]
+            samplers = samplers + [child for _, child in batch.forks]
+            logits = logits[torch.tensor(rows)]
+        return samplers, sample(logits, samplers, self.kernels)
+
+    def _forward(self, batch: ScheduledBatch, copies: list[tuple[int, int]]) -> tuple[list[Sequence], Tensor | None]:
+        """The sequences that sample a token now and their logits [len, vocab]."""
         self.cache.copy_blocks(copies)
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         meta = AttentionMetadata(self.cache.k, self.cache.v, slot_mapping=torch.empty(0, dtype=torch.long),
-                                 kernels=self.kernels)
+                                 kernels=self.attention_kernels)
         sample_rows: list[int] = []
         samplers: list[Sequence] = []
         for seq, chunk, seq_slots in batch.prefills:
@@ -66,7 +84,7 @@ class ModelRunner:
             lengths[row] = len(seq.token_ids)
         meta.decode_block_tables = tables
         meta.decode_lengths = lengths
-        if self.kernels is not None:
+        if self.attention_kernels is not None:
             return
         visible = torch.arange(width * self.block_size).unsqueeze(0) < lengths.unsqueeze(1)
         mask = torch.zeros(visible.shape, dtype=self.cache.k[0].dtype).masked_fill_(~visible, float("-inf"))

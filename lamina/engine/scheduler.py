@@ -13,6 +13,7 @@ class ScheduledBatch:
     prefills: list[tuple[Sequence, int, list[int]]] = field(default_factory=list)  # (seq, new tokens, their slots)
     decodes: list[tuple[Sequence, int]] = field(default_factory=list)  # (seq, slot)
     preempted: list[Sequence] = field(default_factory=list)
+    forks: list[tuple[Sequence, Sequence]] = field(default_factory=list)  # (parent, child): child samples from parent's row
 
     @property
     def is_empty(self) -> bool:
@@ -65,7 +66,7 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING or seq.seq_id in scheduled or budget == 0:
                 continue
             chunk = min(seq.num_uncomputed_tokens, budget)
-            if self.blocks.blocks_needed(seq, chunk) > self.blocks.num_free_blocks:
+            if not self._make_room(seq, chunk, scheduled, batch):
                 continue
             batch.prefills.append((seq, chunk, self.blocks.allocate(seq, chunk)))
             scheduled.add(seq.seq_id)
@@ -89,8 +90,21 @@ class Scheduler:
             budget -= chunk
         return batch
 
+    def advance(self, batch: ScheduledBatch) -> None:
+        """After the forward pass: the batch's tokens are in the cache; full blocks join the prefix cache."""
+        for seq, chunk, _ in batch.prefills:
+            seq.num_computed_tokens += chunk
+            self.blocks.register_full_blocks(seq)
+        for seq, _ in batch.decodes:
+            seq.num_computed_tokens += 1
+            self.blocks.register_full_blocks(seq)
+
     def _make_room(self, seq: Sequence, num_tokens: int, scheduled: set[int], batch: ScheduledBatch) -> bool:
-        """Preempt the latest arrivals until seq fits; False if seq itself had to be preempted."""
+        """Preempt the latest arrivals until seq fits; False if seq itself had to be preempted.
+
+        The earliest running sequence always fits (no sequence outgrows the pool, see LLMEngine.max_seq_len), so
+        every step makes progress: a full pool never stalls the scheduler.
+        """
         while self.blocks.blocks_needed(seq, num_tokens) > self.blocks.num_free_blocks:
             victims = [s for s in self.running if s.seq_id not in scheduled]
             victim = victims[-1]

@@ -42,7 +42,9 @@ class Sequence:
     arrival: int = 0  # admission order, for FCFS and choosing preemption victims
     fork_pending: bool = False  # a request with n > 1 forks once its prompt is prefilled
     logprobs: list[TokenLogprob] | None = None
-    text: str = ""
+    text: str = ""  # the output text so far (cut at a stop string once one is found)
+    num_emitted_tokens: int = 0  # DELTA outputs: output tokens already reported
+    num_emitted_chars: int = 0  # DELTA outputs: characters of text already reported
     finish_reason: str | None = None
     stop_reason: str | int | None = None
     num_preemptions: int = 0

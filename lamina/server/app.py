@@ -57,11 +57,11 @@ class Server:
         messages = body.message_dicts()
         if isinstance(target, LocalModel):
             params = body.sampling_params(target.max_model_len)
-            call = self._call("chat", body, ChatFormat(target.token_text))
+            call = self._call("chat", body, ChatFormat(target.tokenizer))
             stream = target.generate([target.chat_prompt(messages)], params, call.id)
         else:
             stream = self._arch_generate(target, body, messages, wants_logprobs=body.logprobs)
-            call = self._call("chat", body, ChatFormat(str))
+            call = self._call("chat", body, ChatFormat(None))
         return await respond(call, stream, request, self.admission.acquire(), body.stream)
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
@@ -70,12 +70,12 @@ class Server:
         prompts = body.prompts()
         if isinstance(target, LocalModel):
             params = body.sampling_params(target.max_model_len)
-            call = self._call("completions", body, TextFormat(target.token_text))
+            call = self._call("completions", body, TextFormat(target.tokenizer))
             stream = target.generate(prompts, params, call.id)
         else:
             stream = self._arch_generate(target, body, arch_messages_from_prompts(prompts),
                                          wants_logprobs=body.logprobs is not None)
-            call = self._call("completions", body, TextFormat(str))
+            call = self._call("completions", body, TextFormat(None))
         return await respond(call, stream, request, self.admission.acquire(), body.stream)
 
     def _call(self, endpoint: str, body: ChatCompletionRequest | CompletionRequest, fmt: ChatFormat) -> Call:

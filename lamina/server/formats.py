@@ -1,16 +1,38 @@
 """How a choice looks on the wire: chat (`message`/`delta`, logprobs.content) or text completion (`text`, token lists)."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import codecs
+from typing import Any, Protocol
 
 from lamina.engine.outputs import TokenLogprob
 
-TokenText = Callable[[int], str]
+
+class Vocab(Protocol):
+    """The model's tokenizer as the formats need it (lamina.engine.tokenizer.Tokenizer is one)."""
+
+    def id_to_token(self, token_id: int) -> str: ...
+
+    def token_bytes(self, token_id: int) -> bytes: ...
 
 
-def _entry(token: str, logprob: float) -> dict[str, Any]:
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8", "replace"))}
+class TextOffsets:
+    """A choice's `text_offset`s: each token starts where the characters completed by the tokens before it end.
+
+    A token holding part of a UTF-8 character adds no character; the one completing it adds it. Kept per choice
+    across stream chunks.
+    """
+
+    __slots__ = ("chars", "_utf8")
+
+    def __init__(self) -> None:
+        self.chars = 0
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def advance(self, data: bytes) -> int:
+        """The offset of a token with raw bytes `data`; moves past it."""
+        at = self.chars
+        self.chars += len(self._utf8.decode(data))
+        return at
 
 
 class ChatFormat:
@@ -18,16 +40,22 @@ class ChatFormat:
     chunk_object = "chat.completion.chunk"
     id_prefix = "chatcmpl-"
 
-    def __init__(self, token_text: TokenText) -> None:
-        self.token_text = token_text
+    def __init__(self, vocab: Vocab | None) -> None:
+        self.vocab = vocab  # None: a target without logprobs (an architecture)
 
-    def logprobs(self, items: list[TokenLogprob] | None, text_offset: int = 0) -> dict[str, Any] | None:
+    def _entry(self, token_id: int, logprob: float, token: str | None = None) -> dict[str, Any]:
+        assert self.vocab is not None, "logprobs need the model's vocabulary"
+        text = self.vocab.id_to_token(token_id) if token is None else token
+        return {"token": text, "logprob": logprob, "bytes": list(self.vocab.token_bytes(token_id))}
+
+    def logprobs(self, items: list[TokenLogprob] | None, offsets: TextOffsets | None = None) -> dict[str, Any] | None:
+        """OpenAI chat logprobs; each entry's `bytes` are its token's raw bytes (they join to the content's UTF-8)."""
         if items is None:
             return None
         content = []
         for lp in items:
-            entry = _entry(self.token_text(lp.token_id), lp.logprob)
-            entry["top_logprobs"] = [_entry(self.token_text(t), v) for t, v in lp.top.items()]
+            entry = self._entry(lp.token_id, lp.logprob, lp.token)
+            entry["top_logprobs"] = [self._entry(t, v) for t, v in lp.top.items()]
             content.append(entry)
         return {"content": content, "refusal": None}
 
@@ -46,17 +74,16 @@ class TextFormat(ChatFormat):
     chunk_object = "text_completion"
     id_prefix = "cmpl-"
 
-    def logprobs(self, items: list[TokenLogprob] | None, text_offset: int = 0) -> dict[str, Any] | None:
+    def logprobs(self, items: list[TokenLogprob] | None, offsets: TextOffsets | None = None) -> dict[str, Any] | None:
+        """OpenAI completions logprobs; `offsets`: the choice's TextOffsets so far (a new one: from its start)."""
         if items is None:
             return None
-        tokens = [self.token_text(lp.token_id) for lp in items]
-        offsets, at = [], text_offset
-        for token in tokens:
-            offsets.append(at)
-            at += len(token)
-        return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in items],
-                "top_logprobs": [{self.token_text(t): v for t, v in lp.top.items()} for lp in items],
-                "text_offset": offsets}
+        assert self.vocab is not None, "logprobs need the model's vocabulary"
+        offsets = offsets or TextOffsets()
+        vocab = self.vocab
+        return {"tokens": [lp.token for lp in items], "token_logprobs": [lp.logprob for lp in items],
+                "top_logprobs": [{vocab.id_to_token(t): v for t, v in lp.top.items()} for lp in items],
+                "text_offset": [offsets.advance(vocab.token_bytes(lp.token_id)) for lp in items]}
 
     def choice(self, index: int, text: str, logprobs: dict[str, Any] | None, finish_reason: str | None) -> dict[str, Any]:
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}

@@ -1,4 +1,4 @@
-"""Turns a stream of Generations into one JSON response or an SSE stream of deltas, recording metrics on the way."""
+"""Turns a stream of Generations (deltas) into one JSON response or an SSE stream, recording metrics on the way."""
 from __future__ import annotations
 
 import asyncio
@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from lamina.engine.outputs import CompletionOutput, DeltaJoiner
 from lamina.server.admission import Slot
 from lamina.server.errors import APIError, from_exception
-from lamina.server.formats import ChatFormat
+from lamina.server.formats import ChatFormat, TextOffsets
 from lamina.server.metrics import Metrics
 from lamina.server.streaming import DONE, SSEResponse, sse
 from lamina.server.targets import Generation
@@ -65,10 +66,10 @@ def usage(gen: Generation) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": gen.cached_tokens}}
 
 
-def full_body(call: Call, gen: Generation) -> dict[str, Any]:
+def full_body(call: Call, outputs: list[CompletionOutput], gen: Generation) -> dict[str, Any]:
+    """The JSON response: `outputs`, the joined choices; `gen`, the last Generation (usage, lamina)."""
     fmt = call.fmt
-    choices = [fmt.choice(o.index, o.text, fmt.logprobs(o.logprobs), o.finish_reason)
-               for o in sorted(gen.outputs, key=lambda o: o.index)]
+    choices = [fmt.choice(o.index, o.text, fmt.logprobs(o.logprobs), o.finish_reason) for o in outputs]
     body = call.envelope(fmt.object, choices)
     body["usage"] = usage(gen)
     if gen.lamina is not None:
@@ -92,12 +93,15 @@ async def until_disconnect(awaitable: Awaitable[T], request: Request) -> T:
             await asyncio.gather(task, return_exceptions=True)
 
 
-async def _last(call: Call, stream: AsyncIterator[Generation]) -> Generation:
-    gen = None
+async def _joined(call: Call, stream: AsyncIterator[Generation]) -> tuple[list[CompletionOutput], Generation]:
+    """The choices, each joined from its deltas, and the last Generation."""
+    joiner, gen = DeltaJoiner(), None
     async for gen in stream:
         call.note(gen)
+        for o in gen.outputs:
+            joiner.add(o)
     assert gen is not None, "a generation stream ended without output"
-    return gen
+    return joiner.outputs(), gen
 
 
 async def respond(call: Call, stream: AsyncIterator[Generation], request: Request, slot: Slot,
@@ -106,9 +110,9 @@ async def respond(call: Call, stream: AsyncIterator[Generation], request: Reques
     handed_off = False
     try:
         if not streaming:
-            gen = await until_disconnect(_last(call, stream), request)
+            outputs, gen = await until_disconnect(_joined(call, stream), request)
             call.finish("ok", gen)
-            return JSONResponse(full_body(call, gen))
+            return JSONResponse(full_body(call, outputs, gen))
         first = await until_disconnect(anext(stream), request)  # errors before any byte become proper statuses
         call.note(first)
         handed_off = True
@@ -126,8 +130,7 @@ async def respond(call: Call, stream: AsyncIterator[Generation], request: Reques
 
 @dataclass(slots=True)
 class _ChoiceState:
-    chars: int = 0
-    logprobs: int = 0
+    offsets: TextOffsets = field(default_factory=TextOffsets)  # completions' text_offset, across chunks
     started: bool = False
     finished: bool = False
 
@@ -159,22 +162,17 @@ async def _events(call: Call, first: Generation, stream: AsyncIterator[Generatio
 
 
 def _deltas(call: Call, gen: Generation, states: dict[int, _ChoiceState]) -> list[bytes]:
+    """One SSE chunk per choice with news in `gen` (text, logprobs, its finish, or its first appearance)."""
     fmt, chunks = call.fmt, []
     for o in sorted(gen.outputs, key=lambda o: o.index):
         state = states.setdefault(o.index, _ChoiceState())
-        if state.finished:
+        if state.finished or not (o.text or o.logprobs or o.finish_reason or not state.started):
             continue
-        delta = o.text[state.chars:]
-        new_lps = None if o.logprobs is None else o.logprobs[state.logprobs:]
-        finish = o.finish_reason
-        if not (delta or new_lps or finish or not state.started):
-            continue
-        logprobs = None if new_lps is None else fmt.logprobs(new_lps, state.chars)
-        choice = fmt.chunk_choice(o.index, delta, logprobs, finish, first=not state.started)
+        logprobs = fmt.logprobs(o.logprobs, state.offsets)
+        choice = fmt.chunk_choice(o.index, o.text, logprobs, o.finish_reason, first=not state.started)
         body = call.envelope(fmt.chunk_object, [choice])
         if call.include_usage:
             body["usage"] = None
         chunks.append(sse(body))
-        state.chars, state.started, state.finished = max(state.chars, len(o.text)), True, finish is not None
-        state.logprobs += len(new_lps or ())
+        state.started, state.finished = True, o.finish_reason is not None
     return chunks

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,9 @@ Messages = list[dict[str, str]]
 
 @dataclass(slots=True)
 class Generation:
-    """A cumulative snapshot of every choice of one HTTP request."""
+    """What the choices of one HTTP request added since the previous Generation (choice indices are request-wide),
+    with the request's token counts so far. A choice's deltas concatenate to its answer; its last one carries its
+    finish_reason."""
 
     outputs: list[CompletionOutput]
     finished: bool
@@ -31,17 +34,14 @@ class LocalModel:
     name: str
     engine: Any  # AsyncEngine
     kind: str = "model"
-    _token_text: dict[int, str] = field(default_factory=dict)
 
     @property
     def max_model_len(self) -> int:
         return self.engine.engine.max_model_len
 
-    def token_text(self, token_id: int) -> str:
-        text = self._token_text.get(token_id)
-        if text is None:
-            text = self._token_text[token_id] = self.engine.tokenizer.decode([token_id])
-        return text
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
 
     def chat_prompt(self, messages: Messages) -> str:
         return self.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
@@ -51,25 +51,44 @@ class LocalModel:
 
     async def generate(self, prompts: list[str | list[int]], params: SamplingParams,
                        request_id: str) -> AsyncIterator[Generation]:
+        """One engine request per prompt; prompt p's sample i is choice p * n + i. Yields the engine's deltas."""
         if len(prompts) == 1:
-            async for out in self.engine.generate(prompts[0], params, request_id=request_id):
-                yield _snapshot([out], params.n)
-            return
-        streams = [self.engine.generate(p, params, request_id=f"{request_id}-{i}") for i, p in enumerate(prompts)]
-        latest: list[RequestOutput | None] = [None] * len(prompts)
-        async for index, out in _merge(streams):
-            latest[index] = out
-            if all(o is not None for o in latest):
-                yield _snapshot(latest, params.n)  # type: ignore[arg-type]
+            outs = _indexed(self.engine.generate(prompts[0], params, request_id=request_id))
+        else:
+            outs = _merge([self.engine.generate(p, params, request_id=f"{request_id}-{i}") for i, p in enumerate(prompts)])
+        totals = _Totals(len(prompts))
+        async with aclosing(outs):  # a client that leaves closes this stream: abort the engine requests now
+            async for p, out in outs:
+                yield totals.add(p, out, params.n)
 
 
-def _snapshot(outs: list[RequestOutput], n: int) -> Generation:
-    outputs = []
-    for p, out in enumerate(outs):
+@dataclass(slots=True)
+class _Totals:
+    """Token counts over the engine requests of one HTTP request."""
+
+    num_requests: int
+    prompt_tokens: dict[int, int] = field(default_factory=dict)
+    cached_tokens: dict[int, int] = field(default_factory=dict)
+    completion_tokens: int = 0
+    finished: set[int] = field(default_factory=set)
+
+    def add(self, p: int, out: RequestOutput, n: int) -> Generation:
+        self.prompt_tokens[p], self.cached_tokens[p] = len(out.prompt_token_ids), out.num_cached_tokens
+        outputs = []
         for o in out.outputs:
-            outputs.append(CompletionOutput(p * n + o.index, o.text, o.token_ids, o.logprobs, o.finish_reason, o.stop_reason))
-    return Generation(outputs, all(o.finished for o in outs), sum(len(o.prompt_token_ids) for o in outs),
-                      sum(len(c.token_ids) for c in outputs), sum(o.num_cached_tokens for o in outs))
+            self.completion_tokens += len(o.token_ids)
+            outputs.append(o if p == 0 else CompletionOutput(p * n + o.index, o.text, o.token_ids, o.logprobs,
+                                                             o.finish_reason, o.stop_reason))
+        if out.finished:
+            self.finished.add(p)
+        return Generation(outputs, len(self.finished) == self.num_requests, sum(self.prompt_tokens.values()),
+                          self.completion_tokens, sum(self.cached_tokens.values()))
+
+
+async def _indexed(stream: AsyncIterator[RequestOutput]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    async with aclosing(stream):
+        async for out in stream:
+            yield 0, out
 
 
 async def _merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:
@@ -134,5 +153,3 @@ def arch_messages_from_prompts(prompts: list[str | list[int]]) -> Messages:
         raise bad_request("an architecture model takes exactly one text prompt", "prompt")
     return [{"role": "user", "content": prompts[0]}]
 
-
-TokenText = Callable[[int], str]

@@ -1,0 +1,72 @@
+"""Builds what the engine runs: the model with its weights, the fastest exact linears and kernels, and the KV cache."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from lamina.engine.config import EngineConfig, ModelConfig
+from lamina.engine.kernels import native_kernels
+from lamina.engine.kv_cache import KVCache
+from lamina.engine.models.block_quant import use_block_quant_linears
+from lamina.engine.models.cpu_linear import Int8Linear, PackedLinear, packing_available, replace_linears
+from lamina.engine.models.llama import LlamaForCausalLM
+from lamina.engine.tokenizer import Tokenizer
+
+
+@dataclass(slots=True)
+class BuiltModel:
+    model: LlamaForCausalLM
+    model_config: ModelConfig
+    tokenizer: Tokenizer
+    max_model_len: int  # the context: the config's limit, capped by the model's max_position_embeddings
+    kernels: ModuleType | None  # the native C++ kernels in use (CPU fp32), else None
+    linear_backend: str  # a line saying which linears run, e.g. "linears: 9 native from the file's quantized blocks"
+    cache: KVCache
+    num_blocks: int
+
+
+def build_model(model: str, cfg: EngineConfig) -> BuiltModel:
+    """Load `model` (a name, .gguf file or HF folder), build it on cfg.device in cfg.dtype and size its KV cache."""
+    from lamina.engine.loader import load_model
+
+    dtype = cfg.torch_dtype
+    loaded = load_model(model, dtype=torch.float32)
+    mc, tokenizer = loaded.config, loaded.tokenizer
+    max_model_len = min(cfg.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings)
+    with torch.device(cfg.device):
+        net = LlamaForCausalLM(mc, max_positions=max_model_len)
+    net.load_hf_weights(loaded.weights)
+    net.to(dtype=dtype)
+    net.rope.to(torch.float32)
+    kernels = native_kernels() if cfg.native_kernels and cfg.device == "cpu" and dtype == torch.float32 else None
+    linear_backend = _choose_linears(net, cfg, loaded.quantized, kernels)
+    if kernels is not None:
+        net.use_native_ops(kernels)
+    del loaded  # the file's weights: free them before the KV cache is allocated
+    per_block = KVCache.bytes_per_block(mc.num_hidden_layers, cfg.block_size, mc.num_key_value_heads, mc.head_dim, dtype)
+    num_blocks = cfg.num_kv_blocks or max(16, int(cfg.kv_cache_memory_gb * 2**30) // per_block)
+    cache = KVCache(mc.num_hidden_layers, num_blocks, cfg.block_size, mc.num_key_value_heads, mc.head_dim, dtype,
+                    cfg.device)
+    return BuiltModel(net, mc, tokenizer, max_model_len, kernels, linear_backend, cache, num_blocks)
+
+
+def _choose_linears(net: LlamaForCausalLM, cfg: EngineConfig, quantized: dict, kernels: ModuleType | None) -> str:
+    """Swap the model's linears for the fastest exact CPU kind available; returns a line saying which."""
+    dtype = cfg.torch_dtype
+    if cfg.quantization == "int8":
+        replace_linears(net, Int8Linear)
+        return "linears: int8 (fbgemm, lossy)"
+    if cfg.device != "cpu" or dtype != torch.float32:
+        return f"linears: torch {dtype} on {cfg.device}"
+    kinds = []
+    if kernels is not None and quantized:
+        kinds.append(f"{use_block_quant_linears(net, quantized, kernels)} native from the file's quantized blocks")
+    remaining = sum(isinstance(m, torch.nn.Linear) for m in net.modules())
+    if remaining and cfg.pack_weights and packing_available():
+        replace_linears(net, PackedLinear)
+        kinds.append(f"{remaining} fp32 packed for oneDNN")
+    elif remaining:
+        kinds.append(f"{remaining} fp32 torch")
+    return "linears: " + "; ".join(kinds)
