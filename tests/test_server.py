@@ -363,6 +363,10 @@ def test_architecture_as_a_model_sums_inner_usage_and_returns_trace(client):
     again = client.chat.completions.create(model="arch:tiny_fuse", messages=msgs, seed=40)
     assert again.choices[0].message.content == out.choices[0].message.content  # same seed, same answer
     assert "trace" not in again.model_extra["lamina"] and again.model_extra["lamina"]["usage"]["cached_calls"] == 2
+    assert again.model_extra["lamina"]["sampling"].startswith("seeded")
+    # a replay costs what the run cost (usage's tokens) and spends nothing now (spent_*)
+    assert again.usage.model_extra["spent_tokens"] == 0 and again.usage.total_tokens > 0
+    assert out.usage.model_extra["spent_tokens"] == out.usage.total_tokens  # nothing was cached the first time
     assert out.model_extra["lamina"]["ignored_params"] == []
     tuned = client.chat.completions.create(model="arch:tiny_fuse", messages=msgs, seed=40, temperature=0.1,
                                            max_tokens=3, stop=["x"])
@@ -374,6 +378,16 @@ def test_architecture_as_a_model_sums_inner_usage_and_returns_trace(client):
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == out.choices[1].message.content
     assert chunks[-1].usage is not None
+
+
+def test_architecture_without_a_seed_samples_afresh(client):
+    msgs = [{"role": "user", "content": "Name a colour."}]
+    first, second = (client.chat.completions.create(model="arch:tiny_fuse", messages=msgs) for _ in range(2))
+    for out in (first, second):
+        lamina = out.model_extra["lamina"]
+        assert lamina["sampling"].startswith("fresh") and lamina["usage"]["cached_calls"] == 0
+        assert out.usage.model_extra["spent_tokens"] == out.usage.total_tokens > 0
+    assert first.model_extra["lamina"]["seeds"] != second.model_extra["lamina"]["seeds"]
 
 
 def test_architecture_rejects_logprobs(client):

@@ -61,9 +61,11 @@ class Call:
 
 
 def usage(gen: Generation) -> dict[str, Any]:
+    """OpenAI's usage object; an architecture's adds what it spent now (spent_*: 0 for calls replayed from the call
+    cache) beside its cost (prompt/completion/total tokens, as if uncached)."""
     return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
             "total_tokens": gen.prompt_tokens + gen.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": gen.cached_tokens}}
+            "prompt_tokens_details": {"cached_tokens": gen.cached_tokens}, **(gen.spent or {})}
 
 
 def full_body(call: Call, outputs: list[CompletionOutput], gen: Generation) -> dict[str, Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from contextlib import aclosing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ class Generation:
     completion_tokens: int
     cached_tokens: int = 0
     lamina: dict[str, Any] | None = None  # architectures: inner usage, candidates, trace
+    spent: dict[str, int] | None = None  # architectures: tokens spent now (spent_*), when cost differs from it
 
 
 @dataclass(slots=True)
@@ -123,10 +125,13 @@ async def _merge(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[t
 
 @dataclass(slots=True)
 class ArchitectureModel:
-    """An architecture served as one model: `n` runs it n times concurrently, run i with seed `seed + i` (without a
-    seed: the architecture's own seeding, then 1, 2, ...); usage sums every inner call of every run. Its spec sets
-    every component's sampling: request fields such as temperature or max_tokens are listed back in
-    `lamina.ignored_params` instead of being applied."""
+    """An architecture served as one model: `n` runs it n times concurrently, run i with seed `seed + i`; a request
+    without a seed draws a fresh random seed per run, so it samples afresh like a plain model (clients such as
+    best-of-n proxies sample by repeating requests): only deterministic (greedy) calls may replay from the call
+    cache then, while a seeded request is reproducible and may replay every call. `lamina.sampling` says which it
+    was. usage sums every inner call of every run: its tokens are the cost as if uncached, `spent_*` what was spent
+    now (`lamina.usage` has the breakdown). Its spec sets every component's sampling: request fields such as
+    temperature or max_tokens are listed back in `lamina.ignored_params` instead of being applied."""
 
     name: str
     arch: Any  # lamina.architecture.Architecture
@@ -134,18 +139,24 @@ class ArchitectureModel:
 
     async def generate(self, messages: Messages, n: int, *, seed: int | None, tests: list[str] | None,
                        trace: bool, ignored: list[str] = ()) -> AsyncIterator[Generation]:
-        seeds = [None if seed is None and i == 0 else (seed or 0) + i for i in range(n)]
+        fresh = seed is None
+        seeds = [random.getrandbits(62) if fresh else seed + i for i in range(n)]
         results = await asyncio.gather(*(self.arch.run(messages, tests=tests, seed=s) for s in seeds))
         usage = results[0].usage
         for result in results[1:]:
             usage = usage + result.usage
         outputs = [CompletionOutput(i, r.answer, [], None, "stop") for i, r in enumerate(results)]
-        lamina: dict[str, Any] = {"architecture": self.arch.name, "seeds": seeds, "usage": usage.to_dict(),
-                                  "candidates": [list(r.candidates) for r in results],
+        sampling = ("fresh: no seed, so sampled calls ran anew; only greedy calls may replay from the call cache"
+                    if fresh else "seeded: reproducible; calls may replay from the call cache")
+        lamina: dict[str, Any] = {"architecture": self.arch.name, "seeds": seeds, "sampling": sampling,
+                                  "usage": usage.to_dict(), "candidates": [list(r.candidates) for r in results],
                                   "ignored_params": list(ignored)}
         if trace:
             lamina["trace"] = json.loads(json.dumps([r.trace for r in results], default=str))
-        yield Generation(outputs, True, usage.prompt_tokens, usage.completion_tokens, lamina=lamina)
+        spent = {"spent_prompt_tokens": usage.spent_prompt_tokens,
+                 "spent_completion_tokens": usage.spent_completion_tokens, "spent_tokens": usage.spent_tokens}
+        yield Generation(outputs, True, usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens,
+                         lamina=lamina, spent=spent)
 
 
 def arch_messages_from_prompts(prompts: list[str | list[int]]) -> Messages:
