@@ -277,6 +277,11 @@ def test_unit_test_executes_the_task_tests_and_sorts_by_pass_rate():
     assert len(backend.calls) == 1  # the tests came from the task: nothing asked of a model
     best, _ = run([first, [{"type": "unit_test", "keep": "passing", "timeout_s": 2}]], rules, tests=ADD_TESTS)
     assert best.candidates == [ADD["right"]]
+    # a right function followed by the model's own wrong self-test: only the definitions the tests call are run
+    selftest = "```python\ndef add(a, b):\n    return a + b\n\nassert add(1, 1) == 3\nprint(add(2, 2))\n```"
+    first, rules = given(selftest)
+    result, _ = run([first, [{"type": "unit_test", "timeout_s": 2}]], rules, tests=ADD_TESTS)
+    assert [c.pass_rate for c in result.final] == [1.0]
 
 
 def test_unit_test_executes_tests_the_model_wrote():

@@ -63,6 +63,18 @@ def extract_program(text: str, names: Collection[str] = ()) -> str | None:
     return _reachable(good, roots) if roots else _with_helpers(good)
 
 
+def called_names(tests: list[str]) -> list[str]:
+    """The names the tests load (`assert double(2) == 4` -> double), in order; tests that do not parse give none."""
+    names: dict[str, None] = {}
+    for test in tests:
+        try:
+            tree = ast.parse(test)
+        except (SyntaxError, ValueError):
+            continue
+        names.update((n.id, None) for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
+    return list(names)
+
+
 def _blocks(text: str) -> list[_Block]:
     lines = text.replace("\r\n", "\n").split("\n")
     blocks: list[tuple[int, str, bool]] = []  # (first line, code, python)

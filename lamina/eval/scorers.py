@@ -6,13 +6,13 @@ Answers compare by `lamina.answers.equivalent`, the same definition votes use; `
 the answer matches any of them."""
 from __future__ import annotations
 
-import ast
 import asyncio
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lamina.answers import contains, equivalent, math_compare
+from lamina.answers.code import called_names
 from lamina.answers.extract import extract, extract_code
 from lamina.errors import SpecError
 from lamina.eval.judge import baseline_answers, judge_score
@@ -91,18 +91,6 @@ def code_program(text: str, example: "Example") -> str | None:
         return prompt + body if body.strip() else None
     imports = [line for line in prompt.splitlines() if line.startswith(("import ", "from "))]
     return "\n".join(imports + [program])
-
-
-def called_names(tests: list[str]) -> list[str]:
-    """The names the tests load (`assert double(2) == 4` -> double), in order; tests that do not parse give none."""
-    names: dict[str, None] = {}
-    for test in tests:
-        try:
-            tree = ast.parse(test)
-        except (SyntaxError, ValueError):
-            continue
-        names.update((n.id, None) for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
-    return list(names)
 
 
 def make_scorer(config: str | dict[str, Any], default_extract: str = "auto", source: str = "<task>") -> Scorer:

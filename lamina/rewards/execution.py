@@ -8,11 +8,13 @@ from lamina.rewards.base import OutcomeRewardModel, Question, Response, Score
 SANDBOX_WORKERS = 4  # answers checked at once (each runs its tests in separate sandbox processes)
 
 
-def program_of(text: str) -> str:
-    """The code of an answer: its fenced block, else the whole text."""
+def program_of(text: str, tests: list[str] = ()) -> str:
+    """The code of an answer (only the definitions the tests call, without the model's own self-tests; see
+    lamina.answers.code), else the whole text."""
+    from lamina.answers.code import called_names
     from lamina.answers.extract import extract_code
 
-    return extract_code(text) or text
+    return extract_code(text, called_names(list(tests))) or text
 
 
 class TestsPassed(OutcomeRewardModel):
@@ -34,7 +36,7 @@ class TestsPassed(OutcomeRewardModel):
 
         async def one(answer: Response) -> float:
             async with slots:
-                report = await asyncio.to_thread(execute_tests, program_of(answer.text), self.tests,
+                report = await asyncio.to_thread(execute_tests, program_of(answer.text, self.tests), self.tests,
                                                  timeout_s=self.timeout_s, memory_mb=self.memory_mb)
             return report.pass_rate
 
