@@ -5,7 +5,6 @@ import asyncio
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from lamina.eval.stats import pass_at_k, summarize, wilson_interval
 from lamina.eval.store import ResultRow, RunStore
 from lamina.tasks.scorer_spec import ScorerSpec
 from lamina.tasks.task import Example, load_task
+from tests import sqlite_rows
 
 
 def test_wilson_interval_known_values():
@@ -131,15 +131,7 @@ def test_evaluate_concurrently_then_resume_without_recomputing(tmp_path, tiny_ar
 
 
 def _rows(path: Path) -> list[tuple]:
-    if not path.exists():
-        return []
-    db = sqlite3.connect(path)
-    try:
-        return db.execute("SELECT example_id, finished_at, attempt, prediction FROM results ORDER BY idx").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
+    return sqlite_rows.rows(path, "SELECT example_id, finished_at, attempt, prediction FROM results ORDER BY idx")
 
 
 def test_kill_9_mid_run_then_rerun_finishes_without_redoing(tmp_path, tiny_llama_dir):

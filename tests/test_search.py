@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from lamina.search.space import load_space, parse_space  # noqa: E402
 from lamina.search.study import SearchSettings, create_or_load, default_storage, open_storage  # noqa: E402
 from lamina.spec import COMPONENT_TYPES  # noqa: E402
 from lamina.tasks.task import load_task  # noqa: E402
+from tests import sqlite_rows  # noqa: E402
 from tests.search_stub import AnswerStub, stub_space, task_answers  # noqa: E402
 
 TASK = "arith-1"
@@ -204,15 +204,7 @@ def test_nsga2_is_a_two_objective_study_with_a_pareto_front(tmp_path, stub):
 
 # ---- resume, workers, PostgreSQL -------------------------------------------------------------------------------
 def _trials(db: Path) -> list[tuple]:
-    if not db.exists():
-        return []
-    con = sqlite3.connect(db)
-    try:
-        return con.execute("SELECT number, state, datetime_complete FROM trials ORDER BY number").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
+    return sqlite_rows.rows(db, "SELECT number, state, datetime_complete FROM trials ORDER BY number")
 
 
 def _search_cmd(space: Path, root: Path, *extra: str) -> list[str]:
