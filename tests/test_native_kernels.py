@@ -5,6 +5,8 @@ outputs. Paged decode attention matches the PyTorch path over ragged block table
 batch-invariantly. Dispatch picks the best variant and falls back when one cannot be built."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -186,17 +188,20 @@ def _block_typed(name: str, array: np.ndarray) -> Q:
     return Q.Q8_0 if "embed" in name or "lm_head" in name or "down_proj" in name else Q.Q4_1
 
 
-@pytest.mark.parametrize("arch, tied, bias", [("llama", False, False), ("qwen2", True, True)])
-def test_engine_on_block_quantized_gguf_equals_fp32_path(kernel, tmp_path, arch, tied, bias):
-    weights = random_hf_weights(len(byte_vocab()), tied, bias)
-    path = write_gguf(tmp_path / f"{arch}.gguf", arch, weights, permute=arch == "llama", types=_block_typed)
-    native = LLM(str(path), num_kv_blocks=64, block_size=4)
-    fp32 = LLM(str(path), num_kv_blocks=64, block_size=4, native_kernels=False)
-    assert native.engine.linear_backend == "linears: 9 native from the file's quantized blocks"  # 2 layers x 4 + head
-    assert fp32.engine.linear_backend == "linears: 9 fp32 packed for oneDNN"
+@pytest.fixture
+def engine_kernel(kernel, monkeypatch, tmp_path):
+    """Engines started in this test use `kernel`'s variant, and a choice table of their own."""
+    monkeypatch.setenv("LAMINA_KERNEL_ISA", kernel.isa)
+    monkeypatch.setenv("LAMINA_LINEAR_CHOICES", str(tmp_path / "choices.json"))
+    monkeypatch.setattr(kernel_builds, "_state", {})
+    return kernel
+
+
+def _generations_agree(native: LLM, other: LLM) -> None:
+    """Greedy tokens equal and logprobs close to `other`'s; a seeded sample is the same alone or in a batch."""
     prompts = ["the the", "he the t"]
     greedy = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=3)
-    for a, b in zip(native.generate(prompts, greedy), fp32.generate(prompts, greedy)):
+    for a, b in zip(native.generate(prompts, greedy), other.generate(prompts, greedy)):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         for x, y in zip(a.outputs[0].logprobs, b.outputs[0].logprobs):
             assert x.logprob == pytest.approx(y.logprob, abs=1e-4)
@@ -205,6 +210,50 @@ def test_engine_on_block_quantized_gguf_equals_fp32_path(kernel, tmp_path, arch,
     crowded = native.generate(["he the t", "the the", "t he"], seeded)[1]
     assert [c.token_ids for c in alone.outputs] == [c.token_ids for c in crowded.outputs]
     assert_pool_full(native)
+
+
+@pytest.mark.parametrize("arch, tied, bias", [("llama", False, False), ("qwen2", True, True)])
+def test_engine_on_block_quantized_gguf_equals_fp32_path(engine_kernel, tmp_path, monkeypatch, arch, tied, bias):
+    monkeypatch.setenv("LAMINA_LINEAR_CHOICE", "native")
+    weights = random_hf_weights(len(byte_vocab()), tied, bias)
+    path = write_gguf(tmp_path / f"{arch}.gguf", arch, weights, permute=arch == "llama", types=_block_typed)
+    native = LLM(str(path), num_kv_blocks=64, block_size=4)
+    fp32 = LLM(str(path), num_kv_blocks=64, block_size=4, native_kernels=False)
+    assert native.engine.kernels.isa == engine_kernel.isa
+    assert native.engine.linear_backend == "linears: 9 native from the file's quantized blocks"  # 2 layers x 4 + head
+    assert fp32.engine.linear_backend == "linears: 9 fp32 packed for oneDNN"
+    _generations_agree(native, fp32)
+
+
+def test_engine_times_each_shape_once_and_keeps_its_faster_kind(engine_kernel, tmp_path, monkeypatch):
+    """Per shape one kind for every batch size, from timings kept per machine: a mix of native and oneDNN linears
+    still equals the fp32 path, and a seeded sample stays independent of its batch mates."""
+    from lamina.engine.models import linear_choice
+
+    timed = []
+    def fake_ratio(native, onednn, in_features):  # oneDNN "wins" the down projection (the only one with K = 96)
+        timed.append(in_features)
+        return 1.5 if in_features == 96 else 0.5
+    monkeypatch.setattr(linear_choice, "time_ratio", fake_ratio)
+    path = write_gguf(tmp_path / "m.gguf", "llama", random_hf_weights(len(byte_vocab()), False, False), permute=True,
+                      types=_block_typed)
+    mixed = LLM(str(path), num_kv_blocks=64, block_size=4)
+    assert mixed.engine.linear_backend == "linears: 7 native from the file's quantized blocks; 2 fp32 packed for oneDNN"
+    assert sorted(timed) == [64, 64, 64, 64, 96]  # qkv, o, gate_up, head; down: once per shape, not per layer
+    table = json.loads((tmp_path / "choices.json").read_text())
+    assert list(table.values()) == [{"Q4_1+Q4_1+Q4_1 128x64": "native", "Q4_1 64x64": "native",
+                                     "Q4_1+Q4_1 192x64": "native", "Q8_0 64x96": "onednn",
+                                     f"Q8_0 {len(byte_vocab())}x64": "native"}]
+    monkeypatch.setattr(linear_choice, "time_ratio", None)  # the table answers now: nothing is timed again
+    again = LLM(str(path), num_kv_blocks=64, block_size=4)
+    assert again.engine.linear_backend == mixed.engine.linear_backend
+    _generations_agree(mixed, LLM(str(path), num_kv_blocks=64, block_size=4, native_kernels=False))
+    monkeypatch.setenv("LAMINA_LINEAR_CHOICE", "onednn")
+    onednn_only = LLM(str(path), num_kv_blocks=64, block_size=4).engine.linear_backend
+    assert onednn_only == "linears: 0 native from the file's quantized blocks; 9 fp32 packed for oneDNN"
+    monkeypatch.setenv("LAMINA_LINEAR_CHOICE", "fastest")
+    with pytest.raises(ValueError, match="LAMINA_LINEAR_CHOICE='fastest'"):
+        LLM(str(path), num_kv_blocks=64, block_size=4)
 
 
 def _paged_case(lengths: list[int], kv_heads: int, group: int, dim: int, block_size: int = 4, seed: int = 0):

@@ -16,6 +16,8 @@ from gguf import GGMLQuantizationType as Q
 from torch import Tensor, nn
 
 from lamina.engine.loader.types import NATIVE_QUANTS, QuantizedWeight
+from lamina.engine.models.cpu_linear import PackedLinear, packing_available
+from lamina.engine.models.linear_choice import ChoiceTable, policy
 
 PANEL = 16
 BLOCK = 32
@@ -147,11 +149,23 @@ def native_parts(quantized: dict[str, QuantizedWeight], names: list[str]) -> lis
 
 
 def use_block_quant_linears(model: nn.Module, quantized: dict[str, QuantizedWeight], kernel: ModuleType) -> int:
-    """Swap every linear of `model` whose stored weights the kernel can use; returns how many were swapped."""
+    """Swap every linear of `model` whose stored weights the kernel can use and which runs faster on it than on
+    oneDNN's packed fp32 (linear_choice.py: one kind per shape, timed once per machine); returns how many were
+    swapped. The others stay nn.Linear, for the engine to pack for oneDNN."""
+    how = policy() if packing_available() else "native"
+    if how == "onednn":
+        return 0
+    table = ChoiceTable(kernel) if how == "measure" else None
     swapped = 0
     for parent, attr, names in model.linear_sources():
         parts = native_parts(quantized, names)
-        if parts is not None:
-            setattr(parent, attr, BlockQuantLinear(parts, getattr(parent, attr).bias, kernel))
+        if parts is None:
+            continue
+        linear = getattr(parent, attr)
+        native = BlockQuantLinear(parts, linear.bias, kernel)
+        if table is None or table.native_is_faster(parts, native, linear, PackedLinear):
+            setattr(parent, attr, native)
             swapped += 1
+    if table is not None:
+        table.save()
     return swapped
