@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import sys
 import warnings
@@ -30,6 +31,32 @@ _CAPABLE = {"AVX512": ["avx512", "avx2"], "AVX2": ["avx2"]}  # torch's CPU capab
 _state: dict[str, object] = {}
 _variants: dict[str, ModuleType | None] = {}
 _failures: dict[str, str] = {}
+
+
+REPORTED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def _cpuinfo(field: str) -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line.split(":", 1)[1].strip() for line in info if line.startswith(field)), "")
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what the platform module says."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_description() -> str:
+    """One line for benchmark tables: CPU model, which of the flags that matter here it has, the kernels in use."""
+    flags = set(_cpuinfo("flags").split())
+    has = [f for f in REPORTED_FLAGS if f in flags]
+    lacks = [f for f in REPORTED_FLAGS if f not in flags]
+    return (f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; flags: {' '.join(has) or 'unknown'}"
+            f"{' (not: ' + ' '.join(lacks) + ')' if lacks and flags else ''}; "
+            f"kernels: {isa() or 'none (' + str(unavailable_reason()) + ')'}")
 
 
 def module_name(isa: str = "avx2") -> str:

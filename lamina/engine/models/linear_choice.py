@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
+from lamina.engine.kernels import cpu_model
 from lamina.engine.loader.types import QuantizedWeight
 
 BATCHES = (1, 8, 32, 64)
@@ -38,16 +38,6 @@ def policy() -> str:
 
 def table_path() -> Path:
     return Path(os.environ.get("LAMINA_LINEAR_CHOICES", "~/.cache/lamina/linear_choices.json")).expanduser()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_key(kernel: ModuleType) -> str:
