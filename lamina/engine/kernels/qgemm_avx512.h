@@ -6,6 +6,7 @@
 
 constexpr int UNIT = 2;  // panels per unit of work
 constexpr int TILE_ROWS = 12;  // rows per register tile: 12 x 2 accumulators, 2 weights, 1 broadcast of 32 registers
+constexpr int FUSED_ROWS = 8;  // up to this many rows, the weights are expanded on the way instead of into a buffer
 
 template <bool Q4, bool OFFS>
 ALWAYS_INLINE __m512 weights_at(const uint8_t* codes, int k, __m512 d, __m512 m) {
@@ -63,7 +64,7 @@ ALWAYS_INLINE void for_each_k(const PanelRef* pr, int K, int G, Body&& body) {
   }
 }
 
-// A few rows (R <= 4) against the panels, expanding the weights on the way (see qgemm_avx2.h).
+// A few rows (R <= FUSED_ROWS) against the panels, expanding the weights on the way (see qgemm_avx2.h).
 template <int R, int NW, bool Q4, bool OFFS>
 ALWAYS_INLINE void few_rows(const float* x, int64_t ldx, const PanelRef* pr, int K, int G, float* tile, int64_t ldt) {
   __m512 acc[R][NW];
@@ -105,15 +106,19 @@ void tail_rows(int rows, const float* x, int64_t ldx, const float* buf, int K, f
   }
 }
 
+// All rows at once when there are R or fewer: few_rows<rows> for the count given at run time; false if more.
+template <int R, int NW, bool Q4, bool OFFS>
+bool fused_rows(int rows, const float* x, int K, int G, const PanelRef* pr, float* tile, int64_t ldt) {
+  if constexpr (R > 0) {
+    if (rows == R) return few_rows<R, NW, Q4, OFFS>(x, K, pr, K, G, tile, ldt), true;
+    return fused_rows<R - 1, NW, Q4, OFFS>(rows, x, K, G, pr, tile, ldt);
+  }
+  return false;
+}
+
 template <int NW, bool Q4, bool OFFS>
 void panels_times_rows(const float* x, int64_t M, int K, int G, const PanelRef* pr, float* buf, float* tile, int64_t ldt) {
-  switch (M) {
-    case 1: few_rows<1, NW, Q4, OFFS>(x, K, pr, K, G, tile, ldt); return;
-    case 2: few_rows<2, NW, Q4, OFFS>(x, K, pr, K, G, tile, ldt); return;
-    case 3: few_rows<3, NW, Q4, OFFS>(x, K, pr, K, G, tile, ldt); return;
-    case 4: few_rows<4, NW, Q4, OFFS>(x, K, pr, K, G, tile, ldt); return;
-    default: break;
-  }
+  if (M <= FUSED_ROWS && fused_rows<FUSED_ROWS, NW, Q4, OFFS>(static_cast<int>(M), x, K, G, pr, tile, ldt)) return;
   expand<NW, Q4, OFFS>(pr, K, G, buf);
   int64_t m = 0;
   for (; m + TILE_ROWS <= M; m += TILE_ROWS) many_rows<TILE_ROWS, NW>(x + m * K, K, buf, K, tile + m * ldt, ldt);

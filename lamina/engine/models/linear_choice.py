@@ -3,7 +3,7 @@
 Both multiply exactly the file's dequantized weights and give a row the same result whatever its batch, but their
 sums round differently: a linear that switched kind with the batch size would make a seeded sample depend on its
 batch mates. So each (formats, shape) gets one kind for every batch size: the one with the lower geometric mean of
-times over batches of 1, 8, 32 and 64 rows, timed once per machine (CPU model, kernel build, torch version, threads)
+times over batches of 1, 8, 32 and 64 rows (each the fastest of a few runs), timed once per machine (CPU model, kernel build, torch version, threads)
 and kept in a JSON table (`LAMINA_LINEAR_CHOICES`, default ~/.cache/lamina/linear_choices.json).
 `LAMINA_LINEAR_CHOICE=native` or `onednn` decides without timing.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from lamina.engine.kernels import cpu_model
 from lamina.engine.loader.types import QuantizedWeight
 
 BATCHES = (1, 8, 32, 64)
-ROUNDS = 3
+ROUNDS = 5
 POLICIES = ("measure", "native", "onednn")
 
 
@@ -49,7 +48,8 @@ def shape_key(parts: list[QuantizedWeight]) -> str:
 
 
 def time_ratio(native: Callable[[Tensor], Tensor], onednn: Callable[[Tensor], Tensor], in_features: int) -> float:
-    """Geometric mean over BATCHES of native time / oneDNN time (each the median of ROUNDS interleaved runs)."""
+    """Geometric mean over BATCHES of native time / oneDNN time, each the fastest of ROUNDS interleaved runs (the
+    least disturbed by other processes)."""
     logs = []
     with torch.inference_mode():
         for rows in BATCHES:
@@ -61,7 +61,7 @@ def time_ratio(native: Callable[[Tensor], Tensor], onednn: Callable[[Tensor], Te
                     fn(x)
                     if run:
                         times[which].append(time.perf_counter() - start)
-            logs.append(math.log(statistics.median(times[0]) / statistics.median(times[1])))
+            logs.append(math.log(min(times[0]) / min(times[1])))
     return math.exp(sum(logs) / len(logs))
 
 
