@@ -3,8 +3,8 @@
 Both multiply exactly the file's dequantized weights and give a row the same result whatever its batch, but their
 sums round differently: a linear that switched kind with the batch size would make a seeded sample depend on its
 batch mates. So each (formats, shape) gets one kind for every batch size: the one with the lower geometric mean of
-times over batches of 1, 8, 32 and 64 rows (each the fastest of a few runs), timed once per machine (CPU model, kernel build, torch version, threads)
-and kept in a JSON table (`LAMINA_LINEAR_CHOICES`, default ~/.cache/lamina/linear_choices.json).
+times over batches of 1, 8, 32 and 64 rows (each the fastest of a few runs), timed once per machine (CPU model,
+kernel build, torch version, threads) and kept in a JSON table (`LAMINA_LINEAR_CHOICES`, default ~/.cache/lamina/linear_choices.json).
 `LAMINA_LINEAR_CHOICE=native` or `onednn` decides without timing.
 """
 from __future__ import annotations
