@@ -1,8 +1,10 @@
 """Linear layers that compute straight from a GGUF file's Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K blocks (kernels/qgemm.cpp).
 
-The weights stay in a 4.5- to 9-bit form in memory (4-bit codes for Q4_1 and Q4_K, one byte per code otherwise) and are expanded to fp32 inside the GEMM, with the same
-fp32 arithmetic as the reference dequantization: the values multiplied are exactly the dequantized ones, but each
-step reads 4-7x fewer bytes of weights. Rows are batch-invariant (see the kernel).
+The weights stay quantized in memory (4-bit codes for Q4_1 and Q4_K, a byte per code otherwise, fp32 scales and
+offsets per 16 or 32 codes) and are expanded to fp32 inside the GEMM, with the same fp32 arithmetic as the
+reference dequantization: the values multiplied are exactly the dequantized ones, but each step reads 3-5x fewer
+bytes of weights. Rows are batch-invariant (see the kernel). Parts of one fused linear in different formats share
+the widest layout (Q4_K q/k beside a Q6_K v: all 8-bit codes, scales per 16).
 """
 from __future__ import annotations
 
