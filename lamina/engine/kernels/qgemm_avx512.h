@@ -12,11 +12,12 @@ template <bool Q4, bool OFFS>
 ALWAYS_INLINE __m512 weights_at(const uint8_t* codes, int k, __m512 d, __m512 m) {
   __m512 q;
   if (Q4) {
-    // byte j holds output j's code in its low nibble and output j + 8's in its high nibble
-    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + static_cast<size_t>(k) * (P / 2)));
-    const __m128i low = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
-    const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
-    q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(low, high)));
+    // byte j holds output j's code in its low nibble and output j + 8's in its high nibble: the 8 bytes loaded
+    // twice, widened, and shifted by 0 (lanes 0-7) or 4 (lanes 8-15)
+    const __m128i twice = _mm_castpd_si128(_mm_loaddup_pd(reinterpret_cast<const double*>(codes + static_cast<size_t>(k) * (P / 2))));
+    const __m512i shifts = _mm512_set_epi32(4, 4, 4, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i nibbles = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(twice), shifts), _mm512_set1_epi32(0x0F));
+    q = _mm512_cvtepi32_ps(nibbles);
   } else {
     q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + static_cast<size_t>(k) * P))));
   }
