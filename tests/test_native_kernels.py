@@ -256,6 +256,15 @@ def test_engine_times_each_shape_once_and_keeps_its_faster_kind(engine_kernel, t
         LLM(str(path), num_kv_blocks=64, block_size=4)
 
 
+def test_timing_runs_both_kinds_interleaved_on_every_batch_size():
+    from lamina.engine.models.linear_choice import BATCHES, ROUNDS, time_ratio
+
+    calls = []
+    ratio = time_ratio(lambda x: calls.append(("native", tuple(x.shape))), lambda x: calls.append(("onednn", tuple(x.shape))), 8)
+    expected = [(kind, (rows, 8)) for rows in BATCHES for _ in range(ROUNDS + 1) for kind in ("native", "onednn")]
+    assert calls == expected and ratio > 0
+
+
 def _paged_case(lengths: list[int], kv_heads: int, group: int, dim: int, block_size: int = 4, seed: int = 0):
     """Random caches, and each sequence's blocks scattered over the pool in a random order (shared ones too)."""
     gen = torch.Generator().manual_seed(seed)
