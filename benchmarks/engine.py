@@ -1,7 +1,8 @@
 """Engine throughput on the embedded model: Lamina vs transformers' generate, same model, same threads, one run.
 
-Prints a table of tokens/s for a single stream and for n = 1, 8, 32, 64 samples of one prompt, the ratio to
-transformers, and how many KV blocks the prompt occupies when n = 32 samples share it.
+Prints the CPU (model, the instruction-set flags that matter, the kernel variant in use), a table of tokens/s for
+a single stream and for n = 1, 8, 32, 64 samples of one prompt, the ratio to transformers, and how many KV blocks
+the prompt occupies when n = 32 samples share it.
 
     python benchmarks/engine.py [--threads 2] [--tokens 64] [--ns 1,8,32,64] [--markdown]
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lamina import LLM, SamplingParams
+from lamina.engine.kernels import cpu_description
 
 PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
 
@@ -111,6 +113,8 @@ def main() -> None:
         engines["lamina torch-only"] = LLM("default", num_threads=args.threads, native_kernels=False)
     if args.quantization:
         engines[f"lamina {args.quantization}"] = LLM("default", num_threads=args.threads, quantization=args.quantization)
+    cpu = cpu_description()
+    print(f"  {cpu}")
     for name, engine in engines.items():
         print(f"  {name}: {engine.engine.linear_backend}")
     llm = engines["lamina"]
@@ -142,11 +146,11 @@ def main() -> None:
     used, one_copy = prompt_blocks(llm, prompt_ids, 32)
 
     print(f"\nEngine throughput, embedded SmolLM2-135M-Instruct (fp32 compute), {args.threads} threads, "
-          f"prompt {len(prompt_ids)} tokens, temperature 0.8, top_p 0.95")
+          f"prompt {len(prompt_ids)} tokens, temperature 0.8, top_p 0.95\n{cpu}")
     print_table(results, columns, args.markdown)
     print(f"KV blocks held by the prompt with n=32 samples: {used} (one copy: {one_copy})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"threads": args.threads, "linears": {n: e.engine.linear_backend for n, e in engines.items()},
+    record = {"cpu": cpu, "threads": args.threads, "linears": {n: e.engine.linear_backend for n, e in engines.items()},
               "prompt_blocks_n32": used, "prompt_blocks_one_copy": one_copy, "rows": results}
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, allow_nan=True))
     plot(results, columns, args.out.with_suffix(".png"))

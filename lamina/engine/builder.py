@@ -22,7 +22,7 @@ class BuiltModel:
     tokenizer: Tokenizer
     max_model_len: int  # the context: the config's limit, capped by the model's max_position_embeddings
     kernels: ModuleType | None  # the native C++ kernels in use (CPU fp32), else None
-    linear_backend: str  # a line saying which linears run, e.g. "linears: 9 native from the file's quantized blocks"
+    linear_backend: str  # which linears run, e.g. "linears: 9 native (avx512) from the file's quantized blocks"
     cache: KVCache
     num_blocks: int
 
@@ -62,7 +62,9 @@ def _choose_linears(net: LlamaForCausalLM, cfg: EngineConfig, quantized: dict, k
         return f"linears: torch {dtype} on {cfg.device}"
     kinds = []
     if kernels is not None and quantized:
-        kinds.append(f"{use_block_quant_linears(net, quantized, kernels)} native from the file's quantized blocks")
+        native = use_block_quant_linears(net, quantized, kernels)
+        if native:
+            kinds.append(f"{native} native ({kernels.isa}) from the file's quantized blocks")
     remaining = sum(isinstance(m, torch.nn.Linear) for m in net.modules())
     if remaining and cfg.pack_weights and packing_available():
         replace_linears(net, PackedLinear)

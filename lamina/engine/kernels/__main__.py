@@ -5,5 +5,5 @@ from lamina.engine.kernels import native_kernels, unavailable_reason
 
 if __name__ == "__main__":
     module = native_kernels()
-    print(f"native CPU kernels: {'ready' if module else unavailable_reason()}")
+    print(f"native CPU kernels: {'ready (' + module.isa + ')' if module else unavailable_reason()}")
     sys.exit(0 if module else 1)

@@ -14,6 +14,11 @@ at::Tensor sample_rows(const at::Tensor& logits, const at::Tensor& temperatures,
                        const at::Tensor& top_ps, const at::Tensor& min_ps, const at::Tensor& draws);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  m.attr("isa") = "avx512";
+#else
+  m.attr("isa") = "avx2";
+#endif
   m.def("block_quant_linear", &block_quant_linear, "y = x W^T + b with W in GGUF block-quantized panels");
   m.def("rms_norm", &rms_norm, "x * rsqrt(mean(x^2) + eps) * weight, per row");
   m.def("rope_", &rope_, "rotary embedding of q and k in place (NeoX halves)");
