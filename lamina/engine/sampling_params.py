@@ -57,8 +57,9 @@ class SamplingParams:
                                           "output by this (> 1 discourages repeats)", lambda v: _number(v) and v > 0)
     seed: int | None = _sampling(None, "an integer or None", "random seed (reproducible samples)",
                                  lambda v: v is None or isinstance(v, int))
-    max_tokens: int = _sampling(16, "an integer >= 1", "most tokens to generate per sample",
-                                lambda v: isinstance(v, int) and v >= 1)
+    max_tokens: int = _sampling(16, "an integer >= 1 (0 only with prompt_logprobs)", "most tokens to generate per "
+                                "sample; 0 scores the prompt only (with prompt_logprobs)",
+                                lambda v: isinstance(v, int) and v >= 0)
     stop: list[str] = _sampling([], "a list of non-empty strings", "stop when this string is generated",
                                 lambda v: all(isinstance(s, str) and s for s in v))
     stop_token_ids: list[int] = _sampling([], "a list of integers", "stop at this token id",
@@ -67,6 +68,9 @@ class SamplingParams:
                                  lambda v: isinstance(v, bool))
     logprobs: int | None = _sampling(None, "None or an integer in [0, 20]", "return each sampled token's logprob and "
                                      "the top N alternatives'", lambda v: v is None or (isinstance(v, int) and 0 <= v <= 20))
+    prompt_logprobs: int | None = _sampling(None, "None or an integer in [0, 20]", "return each prompt token's logprob "
+                                            "(the first has none) and the top N alternatives'",
+                                            lambda v: v is None or (isinstance(v, int) and 0 <= v <= 20))
     include_stop_str_in_output: bool = _sampling(False, "true or false", "keep the matched stop string in the output",
                                                  lambda v: isinstance(v, bool))
 
@@ -87,6 +91,9 @@ class SamplingParams:
         for name, info in SAMPLING_FIELDS.items():
             if not info.check(getattr(self, name)):
                 raise InvalidRequestError(f"SamplingParams.{name}={getattr(self, name)!r}: expected {info.expected}")
+        if self.max_tokens == 0 and self.prompt_logprobs is None:
+            raise InvalidRequestError("SamplingParams.max_tokens=0: expected an integer >= 1 (0 only with "
+                                      "prompt_logprobs: score the prompt, generate nothing)")
 
     @property
     def greedy(self) -> bool:
