@@ -23,7 +23,7 @@ class OutputKind(enum.Enum):
 class TokenLogprob:
     token_id: int
     token: str
-    logprob: float
+    logprob: float  # the server's echoed first prompt token has None (nothing precedes it), as OpenAI's wire does
     top: dict[int, float] = field(default_factory=dict)  # top-k alternatives: token id -> logprob
 
 
