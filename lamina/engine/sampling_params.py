@@ -57,9 +57,9 @@ class SamplingParams:
                                           "output by this (> 1 discourages repeats)", lambda v: _number(v) and v > 0)
     seed: int | None = _sampling(None, "an integer or None", "random seed (reproducible samples)",
                                  lambda v: v is None or isinstance(v, int))
-    max_tokens: int = _sampling(16, "an integer >= 1 (0 only with prompt_logprobs)", "most tokens to generate per "
-                                "sample; 0 scores the prompt only (with prompt_logprobs)",
-                                lambda v: isinstance(v, int) and v >= 0)
+    max_tokens: int = _sampling(16, "an integer >= 1", "most tokens to generate per sample (SamplingParams also "
+                                "takes 0 with prompt_logprobs: score the prompt only)",
+                                lambda v: isinstance(v, int) and v >= 1)
     stop: list[str] = _sampling([], "a list of non-empty strings", "stop when this string is generated",
                                 lambda v: all(isinstance(s, str) and s for s in v))
     stop_token_ids: list[int] = _sampling([], "a list of integers", "stop at this token id",
@@ -89,11 +89,10 @@ class SamplingParams:
 
     def _validate(self) -> None:
         for name, info in SAMPLING_FIELDS.items():
+            if name == "max_tokens" and self.max_tokens == 0 and self.prompt_logprobs is not None:
+                continue  # score the prompt, generate nothing (vLLM's echo with max_tokens 0)
             if not info.check(getattr(self, name)):
                 raise InvalidRequestError(f"SamplingParams.{name}={getattr(self, name)!r}: expected {info.expected}")
-        if self.max_tokens == 0 and self.prompt_logprobs is None:
-            raise InvalidRequestError("SamplingParams.max_tokens=0: expected an integer >= 1 (0 only with "
-                                      "prompt_logprobs: score the prompt, generate nothing)")
 
     @property
     def greedy(self) -> bool:

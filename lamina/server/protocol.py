@@ -158,12 +158,16 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0, description="most tokens to generate per sample; 0 with echo: score "
+                                   "the prompt only")
     logprobs: _LogprobsCount = None
     echo: bool = False
     best_of: int | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
+        if self.max_tokens == 0 and not self.echo:
+            raise bad_request("max_tokens=0 needs echo=true (it scores the prompt, generating nothing)", "max_tokens")
         if self.best_of not in (None, self.n):
             raise bad_request(f"best_of={self.best_of}: only best_of == n is supported", "best_of", "unsupported_parameter")
 
