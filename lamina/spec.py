@@ -23,7 +23,7 @@ class _SetValues(_Strict):
 # A model alias's sampling defaults: every SamplingParams field but the per-call ones (`samples` sets n; a component
 # asks for logprobs), optional, with SamplingParams' allowed values.
 SamplingDefaults = create_model("SamplingDefaults", __base__=_SetValues,
-                                **pydantic_fields(exclude=("n", "logprobs")))  # type: ignore[call-overload]
+                                **pydantic_fields(exclude=("n", "logprobs", "prompt_logprobs")))  # type: ignore[call-overload]
 
 
 class ModelAlias(_Strict):

@@ -52,7 +52,7 @@ def test_one_range_everywhere(name):
 def test_spec_params_take_every_field_but_the_per_call_ones():
     parsed = parse_spec(spec_with(SET))
     assert parsed.models["m"].params.values() == SET
-    assert set(SET) == set(SAMPLING_FIELDS) - {"n", "logprobs"}
+    assert set(SET) == set(SAMPLING_FIELDS) - {"n", "logprobs", "prompt_logprobs"}
     for name in ("n", "colour"):
         with pytest.raises(SpecError, match=rf"models\.m\.params\.{name}: Extra inputs are not permitted"):
             parse_spec(spec_with({name: 2}), "a.yaml")
@@ -69,7 +69,7 @@ def test_cli_has_a_flag_per_field_with_its_help_and_the_commands_defaults():
     parser = argparse.ArgumentParser()
     add_sampling_arguments(parser, temperature=0.7, max_tokens=128)
     helps = {a.dest: a.help for a in parser._actions}
-    assert set(CLI_SAMPLING_FIELDS) == set(SAMPLING_FIELDS) - {"logprobs"} and set(CLI_SAMPLING_FIELDS) <= set(helps)
+    assert set(CLI_SAMPLING_FIELDS) == set(SAMPLING_FIELDS) - {"logprobs", "prompt_logprobs"} and set(CLI_SAMPLING_FIELDS) <= set(helps)
     assert all(SAMPLING_FIELDS[name].help in helps[name] for name in CLI_SAMPLING_FIELDS)
     assert sampling_params(parser.parse_args([])) == SamplingParams(temperature=0.7, max_tokens=128)
     args = parser.parse_args(["-n", "2", "--temperature", "0.3", "--top-p", "0.9", "--top-k", "5", "--min-p", "0.05",

@@ -65,8 +65,25 @@ def test_request_errors_name_the_parameter():
     error = _validation_error(RequestValidationError(invalid.value.errors()))
     assert error.param == "top_k" and error.message == "top_k=0: expected -1 (off) or an integer >= 1"
     with pytest.raises(APIError) as exc:
-        CompletionRequest(model="m", prompt="x", echo=True).check_supported()
+        ChatCompletionRequest(model="m", messages=MSG, echo=True).check_supported()
     assert exc.value.param == "echo"
+    with pytest.raises(APIError) as exc:
+        CompletionRequest(model="m", prompt="x", max_tokens=0).check_supported()
+    assert exc.value.param == "max_tokens"
+
+
+@pytest.mark.parametrize("body, want", [
+    (dict(echo=True, logprobs=3, max_tokens=0), (3, 3, 0)),  # lm-evaluation-harness / vLLM scoring
+    (dict(echo=True, logprobs=1, max_tokens=1), (1, 1, 1)),
+    (dict(echo=True, max_tokens=0), (None, 0, 0)),  # the prompt's text only: scored to finish after prefill
+    (dict(echo=True, max_tokens=5), (None, None, 5)),
+    (dict(logprobs=2, max_tokens=5), (2, None, 5)),
+])
+def test_echo_sampling_params(body, want):
+    request = CompletionRequest(model="m", prompt="x", **body)
+    request.check_supported()
+    params = request.sampling_params(10)
+    assert (params.logprobs, params.prompt_logprobs, params.max_tokens) == want
 
 
 def test_completion_prompt_shapes():

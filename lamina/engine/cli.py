@@ -11,7 +11,7 @@ from lamina.engine.sampling_params import SAMPLING_FIELDS, SamplingParams
 
 
 # SamplingParams fields given as flags (all but logprobs, which these commands do not print)
-CLI_SAMPLING_FIELDS = tuple(name for name in SAMPLING_FIELDS if name != "logprobs")
+CLI_SAMPLING_FIELDS = tuple(name for name in SAMPLING_FIELDS if name not in ("logprobs", "prompt_logprobs"))
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = CLI_SAMPLING_FIELDS,

@@ -76,10 +76,11 @@ class BlockManager:
     def match_prefix(self, seq: Sequence) -> int:
         """Share the cached blocks that start seq's tokens; return how many tokens they cover.
 
-        The block holding the last token is never taken from the cache, so at least one token is computed.
+        The block holding the last token is never taken from the cache, so at least one token is computed. A sequence
+        that scores its prompt (prompt_logprobs) takes nothing: every prompt position's logits must be computed.
         """
         assert not seq.block_table, "match_prefix on a sequence that already holds blocks"
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or seq.prompt_logprobs is not None:
             return 0
         parent: int | None = None
         for i in range((len(seq.token_ids) - 1) // self.block_size):

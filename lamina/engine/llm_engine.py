@@ -12,6 +12,7 @@ from lamina.engine.config import EngineConfig
 from lamina.engine.kv_cache import BlockManager
 from lamina.engine.model_runner import ModelRunner
 from lamina.engine.output_processor import OutputProcessor
+from lamina.engine.prompt_logprobs import prompt_logprobs_slots
 from lamina.engine.outputs import OutputKind, RequestOutput
 from lamina.engine.request import PromptLimits, Request, make_generator, make_request
 from lamina.engine.sampling_params import SamplingParams
@@ -95,8 +96,9 @@ class LLMEngine:
         batch = self._schedule()
         if batch.is_empty:
             return []
-        samplers, result = self.runner.run(batch, self.blocks.take_pending_copies())
+        samplers, result, prompt_scores = self.runner.run(batch, self.blocks.take_pending_copies())
         self.scheduler.advance(batch)
+        self.processor.record_prompt_logprobs(prompt_scores)
         if result is None:
             return []
         return self.processor.process(samplers, result, self.requests)
@@ -125,4 +127,5 @@ class LLMEngine:
         params = request.params
         return Sequence(request.request_id, index, list(request.prompt_token_ids), len(request.prompt_token_ids),
                         params, make_generator(seed, index), seed, self.tokenizer.detokenizer(), arrival=arrival,
-                        logprobs=[] if params.logprobs is not None else None)
+                        logprobs=[] if params.logprobs is not None else None,
+                        prompt_logprobs=prompt_logprobs_slots(request, index))

@@ -9,6 +9,7 @@ from torch import Tensor
 from lamina.engine.kv_cache import KVCache
 from lamina.engine.models.attention import AttentionMetadata, PrefillSegment
 from lamina.engine.models.llama import LlamaForCausalLM
+from lamina.engine.prompt_logprobs import PromptScores, rows_to_score, score
 from lamina.engine.sampler import SampleResult, sample
 from lamina.engine.scheduler import ScheduledBatch
 from lamina.engine.sequence import Sequence
@@ -24,24 +25,27 @@ class ModelRunner:
         self.attention_kernels = kernels if native_attention else None  # native decode attention (head_dim % 8 == 0)
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch, copies: list[tuple[int, int]]) -> tuple[list[Sequence], SampleResult | None]:
+    def run(self, batch: ScheduledBatch, copies: list[tuple[int, int]]
+            ) -> tuple[list[Sequence], SampleResult | None, list[PromptScores]]:
         """Apply the copy-on-write `copies`, forward the batch and sample.
 
         Returns the sequences that get a token now (those whose prompt or decode row is complete, then the children
-        forked in this batch, which sample from their parent's logits) and their SampleResult, one row each.
+        forked in this batch, which sample from their parent's logits), their SampleResult, one row each, and the
+        prompt logprobs of the prefill chunks whose request asked for them (SamplingParams.prompt_logprobs).
         """
-        samplers, logits = self._forward(batch, copies)
+        samplers, logits, scores = self._forward(batch, copies)
         if logits is None:
-            return [], None
+            return [], None, scores
         if batch.forks:
             row = {seq.seq_id: i for i, seq in enumerate(samplers)}
             rows = [*range(len(samplers)), *(row[parent.seq_id] for parent, _ in batch.forks)]
             samplers = samplers + [child for _, child in batch.forks]
             logits = logits[torch.tensor(rows)]
-        return samplers, sample(logits, samplers, self.kernels)
+        return samplers, sample(logits, samplers, self.kernels), scores
 
-    def _forward(self, batch: ScheduledBatch, copies: list[tuple[int, int]]) -> tuple[list[Sequence], Tensor | None]:
-        """The sequences that sample a token now and their logits [len, vocab]."""
+    def _forward(self, batch: ScheduledBatch, copies: list[tuple[int, int]]
+                 ) -> tuple[list[Sequence], Tensor | None, list[PromptScores]]:
+        """The sequences that sample a token now, their logits [len, vocab], and the prompt logprobs asked for."""
         self.cache.copy_blocks(copies)
         ids: list[int] = []
         positions: list[int] = []
@@ -50,8 +54,12 @@ class ModelRunner:
                                  kernels=self.attention_kernels)
         sample_rows: list[int] = []
         samplers: list[Sequence] = []
+        scored: list[tuple[Sequence, range, int]] = []  # (seq, prompt positions to score, their first row)
         for seq, chunk, seq_slots in batch.prefills:
             start, begin = len(ids), seq.num_computed_tokens
+            to_score = rows_to_score(seq, begin, chunk)
+            if to_score:
+                scored.append((seq, to_score, start + to_score.start - begin))
             ids += seq.token_ids[begin : begin + chunk]
             positions += range(begin, begin + chunk)
             slots += seq_slots
@@ -71,9 +79,11 @@ class ModelRunner:
                 slots.append(slot)
         meta.slot_mapping = torch.tensor(slots, dtype=torch.long)
         hidden = self.model(torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), meta)
+        scores = [score(seq, rows, hidden[first : first + len(rows)], self.model.compute_logits)
+                  for seq, rows, first in scored]
         if not samplers:
-            return [], None
-        return samplers, self.model.compute_logits(hidden[torch.tensor(sample_rows)]).float()
+            return [], None, scores
+        return samplers, self.model.compute_logits(hidden[torch.tensor(sample_rows)]).float(), scores
 
     def _decode_metadata(self, decodes: list[tuple[Sequence, int]], meta: AttentionMetadata) -> None:
         width = max(len(seq.block_table) for seq, _ in decodes)

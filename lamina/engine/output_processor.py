@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from lamina.engine.outputs import CompletionOutput, OutputKind, RequestOutput, TokenLogprob
+from lamina.engine.prompt_logprobs import PromptScores, record
 from lamina.engine.request import Request
 from lamina.engine.sampler import SampleResult
 from lamina.engine.scheduler import Scheduler
@@ -52,6 +53,10 @@ class OutputProcessor:
                 del requests[request_id]
         return outputs
 
+    def record_prompt_logprobs(self, scores: list[PromptScores]) -> None:
+        """Store the prompt logprobs a forward computed (prefill chunks of requests with prompt_logprobs)."""
+        record(scores, self.tokenizer.id_to_token)
+
     def abort(self, request: Request) -> RequestOutput | None:
         """Finish every running sample of `request` with "abort" and free its blocks; its last output."""
         request.aborted = True
@@ -71,10 +76,19 @@ class OutputProcessor:
             outputs = [_delta(seq, hold) for seq in sorted(changed, key=lambda s: s.index)]
         else:
             outputs = [_cumulative(seq, hold) for seq in sorted(request.seqs, key=lambda s: s.index)]
+        prompt_logprobs = request.seqs[0].prompt_logprobs
+        if kind is OutputKind.DELTA and prompt_logprobs is not None:  # deltas carry them once, in the first output
+            prompt_logprobs, request.prompt_logprobs_sent = (None if request.prompt_logprobs_sent else prompt_logprobs,
+                                                             True)
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, outputs,
-                             request.finished, request.seqs[0].num_cached_tokens)
+                             request.finished, request.seqs[0].num_cached_tokens,
+                             None if prompt_logprobs is None else list(prompt_logprobs))
 
     def _append(self, seq: Sequence, row: int, result: SampleResult) -> None:
+        if seq.params.max_tokens == 0:  # the prompt is scored (prompt_logprobs); nothing is generated
+            seq.finish_reason = "length"
+            self.scheduler.finish(seq)
+            return
         token = result.token_ids[row]
         seq.token_ids.append(token)
         if seq.logprobs is not None and result.logprobs is not None:

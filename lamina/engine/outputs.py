@@ -23,7 +23,7 @@ class OutputKind(enum.Enum):
 class TokenLogprob:
     token_id: int
     token: str
-    logprob: float
+    logprob: float  # the server's echoed first prompt token has None (nothing precedes it), as OpenAI's wire does
     top: dict[int, float] = field(default_factory=dict)  # top-k alternatives: token id -> logprob
 
 
@@ -51,6 +51,9 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool = False
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    # SamplingParams.prompt_logprobs: one entry per prompt token, the first None (nothing precedes it); else None.
+    # With OutputKind.DELTA, only the request's first output carries them.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
     def num_prompt_tokens(self) -> int:

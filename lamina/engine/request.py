@@ -23,6 +23,7 @@ class Request:
     output_kind: OutputKind = OutputKind.CUMULATIVE
     seqs: list[Sequence] = field(default_factory=list)
     aborted: bool = False
+    prompt_logprobs_sent: bool = False  # OutputKind.DELTA: the prompt logprobs went out with an earlier output
 
     @property
     def finished(self) -> bool:

@@ -57,7 +57,8 @@ class SamplingParams:
                                           "output by this (> 1 discourages repeats)", lambda v: _number(v) and v > 0)
     seed: int | None = _sampling(None, "an integer or None", "random seed (reproducible samples)",
                                  lambda v: v is None or isinstance(v, int))
-    max_tokens: int = _sampling(16, "an integer >= 1", "most tokens to generate per sample",
+    max_tokens: int = _sampling(16, "an integer >= 1", "most tokens to generate per sample (SamplingParams also "
+                                "takes 0 with prompt_logprobs: score the prompt only)",
                                 lambda v: isinstance(v, int) and v >= 1)
     stop: list[str] = _sampling([], "a list of non-empty strings", "stop when this string is generated",
                                 lambda v: all(isinstance(s, str) and s for s in v))
@@ -67,6 +68,9 @@ class SamplingParams:
                                  lambda v: isinstance(v, bool))
     logprobs: int | None = _sampling(None, "None or an integer in [0, 20]", "return each sampled token's logprob and "
                                      "the top N alternatives'", lambda v: v is None or (isinstance(v, int) and 0 <= v <= 20))
+    prompt_logprobs: int | None = _sampling(None, "None or an integer in [0, 20]", "return each prompt token's logprob "
+                                            "(the first has none) and the top N alternatives'",
+                                            lambda v: v is None or (isinstance(v, int) and 0 <= v <= 20))
     include_stop_str_in_output: bool = _sampling(False, "true or false", "keep the matched stop string in the output",
                                                  lambda v: isinstance(v, bool))
 
@@ -85,6 +89,8 @@ class SamplingParams:
 
     def _validate(self) -> None:
         for name, info in SAMPLING_FIELDS.items():
+            if name == "max_tokens" and self.max_tokens == 0 and self.prompt_logprobs is not None:
+                continue  # score the prompt, generate nothing (vLLM's echo with max_tokens 0)
             if not info.check(getattr(self, name)):
                 raise InvalidRequestError(f"SamplingParams.{name}={getattr(self, name)!r}: expected {info.expected}")
 

@@ -42,6 +42,8 @@ class Sequence:
     arrival: int = 0  # admission order, for FCFS and choosing preemption victims
     fork_pending: bool = False  # a request with n > 1 forks once its prompt is prefilled
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # by prompt position (the first has none), if asked
+    num_prompt_logprobs: int = 0  # prompt positions whose logits have been scored (see engine/prompt_logprobs.py)
     text: str = ""  # the output text so far (cut at a stop string once one is found)
     num_emitted_tokens: int = 0  # DELTA outputs: output tokens already reported
     num_emitted_chars: int = 0  # DELTA outputs: characters of text already reported

@@ -71,8 +71,10 @@ class Server:
         if isinstance(target, LocalModel):
             params = body.sampling_params(target.max_model_len)
             call = self._call("completions", body, TextFormat(target.tokenizer))
-            stream = target.generate(prompts, params, call.id)
+            stream = target.generate(prompts, params, call.id, echo=body.echo)
         else:
+            if body.echo:
+                raise bad_request(f"model {body.model!r} is an architecture: echo is not available", "echo")
             stream = self._arch_generate(target, body, arch_messages_from_prompts(prompts),
                                          wants_logprobs=body.logprobs is not None)
             call = self._call("completions", body, TextFormat(None))

@@ -75,14 +75,16 @@ class TextFormat(ChatFormat):
     id_prefix = "cmpl-"
 
     def logprobs(self, items: list[TokenLogprob] | None, offsets: TextOffsets | None = None) -> dict[str, Any] | None:
-        """OpenAI completions logprobs; `offsets`: the choice's TextOffsets so far (a new one: from its start)."""
+        """OpenAI completions logprobs; `offsets`: the choice's TextOffsets so far (a new one: from its start). An
+        echoed first prompt token (logprob None) has token_logprob and top_logprobs null."""
         if items is None:
             return None
         assert self.vocab is not None, "logprobs need the model's vocabulary"
         offsets = offsets or TextOffsets()
         vocab = self.vocab
         return {"tokens": [lp.token for lp in items], "token_logprobs": [lp.logprob for lp in items],
-                "top_logprobs": [{vocab.id_to_token(t): v for t, v in lp.top.items()} for lp in items],
+                "top_logprobs": [None if lp.logprob is None else {vocab.id_to_token(t): v for t, v in lp.top.items()}
+                                 for lp in items],
                 "text_offset": [offsets.advance(vocab.token_bytes(lp.token_id)) for lp in items]}
 
     def choice(self, index: int, text: str, logprobs: dict[str, Any] | None, finish_reason: str | None) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class LaminaOptions(BaseModel):
 # (per endpoint) are declared below. vLLM's extra fields (top_k, min_p, repetition_penalty, stop_token_ids,
 # ignore_eos, include_stop_str_in_output) are accepted as top-level keys, as vLLM does.
 _OPENAI_SHAPED = ("stop", "logprobs")
-_SAMPLING_FIELDS = frozenset(set(SAMPLING_FIELDS) - {"n", "seed", "logprobs"}
+_SAMPLING_FIELDS = frozenset(set(SAMPLING_FIELDS) - {"n", "seed", "logprobs", "prompt_logprobs"}
                              | {"max_completion_tokens", "presence_penalty", "frequency_penalty"})
 
 
@@ -64,7 +64,7 @@ class _Extensible(BaseModel):
 _LogprobsCount = pydantic_type("logprobs")  # SamplingParams.logprobs: chat's top_logprobs, completions' logprobs
 _MaxTokens = pydantic_type("max_tokens")  # also chat's max_completion_tokens
 _SamplingFields = create_model("_SamplingFields", __base__=_Extensible, **pydantic_fields(
-    exclude=_OPENAI_SHAPED, with_defaults=("n",)))  # type: ignore[call-overload]
+    exclude=(*_OPENAI_SHAPED, "prompt_logprobs"), with_defaults=("n",)))  # prompt logprobs: completions' echo  # type: ignore[call-overload]
 
 
 class _Sampling(_SamplingFields):  # type: ignore[valid-type, misc]
@@ -116,11 +116,15 @@ class _Sampling(_SamplingFields):  # type: ignore[valid-type, misc]
     def requested_logprobs(self) -> int | None:
         return None
 
+    def requested_prompt_logprobs(self) -> int | None:
+        return None
+
     def sampling_params(self, default_max_tokens: int) -> SamplingParams:
         fields: dict[str, Any] = {name: getattr(self, name) for name in _SamplingFields.model_fields
                                   if getattr(self, name) is not None}
-        fields.update(max_tokens=self.requested_max_tokens() or default_max_tokens, stop=self.stop,
-                      logprobs=self.requested_logprobs())
+        max_tokens = self.requested_max_tokens()
+        fields.update(max_tokens=default_max_tokens if max_tokens is None else max_tokens, stop=self.stop,
+                      logprobs=self.requested_logprobs(), prompt_logprobs=self.requested_prompt_logprobs())
         try:
             return SamplingParams(**fields)
         except InvalidRequestError as exc:
@@ -135,7 +139,13 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: _LogprobsCount = None
 
     def requested_max_tokens(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if (self.model_extra or {}).get("echo"):
+            raise bad_request("echo=true is not supported on chat completions (use /v1/completions)", "echo",
+                              "unsupported_parameter")
 
     def requested_logprobs(self) -> int | None:
         if self.top_logprobs is not None and not self.logprobs:
@@ -148,19 +158,27 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0, description="most tokens to generate per sample; 0 with echo: score "
+                                   "the prompt only")
     logprobs: _LogprobsCount = None
     echo: bool = False
     best_of: int | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.echo:
-            raise bad_request("echo=true is not supported (prompt logprobs are not computed)", "echo", "unsupported_parameter")
+        if self.max_tokens == 0 and not self.echo:
+            raise bad_request("max_tokens=0 needs echo=true (it scores the prompt, generating nothing)", "max_tokens")
         if self.best_of not in (None, self.n):
             raise bad_request(f"best_of={self.best_of}: only best_of == n is supported", "best_of", "unsupported_parameter")
 
     def requested_logprobs(self) -> int | None:
         return self.logprobs
+
+    def requested_prompt_logprobs(self) -> int | None:
+        """echo with logprobs k scores the prompt with top-k too; echo with max_tokens 0 needs the prompt scored."""
+        if not self.echo:
+            return None
+        return self.logprobs if self.logprobs is not None else (0 if self.requested_max_tokens() == 0 else None)
 
     def prompts(self) -> list[str | list[int]]:
         prompt = self.prompt

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from lamina.engine.outputs import CompletionOutput, RequestOutput
+from lamina.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from lamina.engine.sampling_params import SamplingParams
 from lamina.server.errors import bad_request
 
@@ -52,13 +52,14 @@ class LocalModel:
         return self.engine.stats()
 
     async def generate(self, prompts: list[str | list[int]], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[Generation]:
-        """One engine request per prompt; prompt p's sample i is choice p * n + i. Yields the engine's deltas."""
+                       request_id: str, echo: bool = False) -> AsyncIterator[Generation]:
+        """One engine request per prompt; prompt p's sample i is choice p * n + i. Yields the engine's deltas; with
+        `echo`, each choice's first delta starts with its prompt (text, and with logprobs its prompt logprobs)."""
         if len(prompts) == 1:
             outs = _indexed(self.engine.generate(prompts[0], params, request_id=request_id))
         else:
             outs = _merge([self.engine.generate(p, params, request_id=f"{request_id}-{i}") for i, p in enumerate(prompts)])
-        totals = _Totals(len(prompts))
+        totals = _Totals(len(prompts), _Echo(self.tokenizer) if echo else None)
         async with aclosing(outs):  # a client that leaves closes this stream: abort the engine requests now
             async for p, out in outs:
                 yield totals.add(p, out, params.n)
@@ -69,6 +70,7 @@ class _Totals:
     """Token counts over the engine requests of one HTTP request."""
 
     num_requests: int
+    echo: "_Echo | None" = None
     prompt_tokens: dict[int, int] = field(default_factory=dict)
     cached_tokens: dict[int, int] = field(default_factory=dict)
     completion_tokens: int = 0
@@ -79,12 +81,38 @@ class _Totals:
         outputs = []
         for o in out.outputs:
             self.completion_tokens += len(o.token_ids)
-            outputs.append(o if p == 0 else CompletionOutput(p * n + o.index, o.text, o.token_ids, o.logprobs,
-                                                             o.finish_reason, o.stop_reason))
+            if p != 0 or self.echo is not None:
+                o = CompletionOutput(p * n + o.index, o.text, o.token_ids, o.logprobs, o.finish_reason, o.stop_reason)
+            if self.echo is not None:
+                self.echo.prepend(p, out, o)
+            outputs.append(o)
         if out.finished:
             self.finished.add(p)
         return Generation(outputs, len(self.finished) == self.num_requests, sum(self.prompt_tokens.values()),
                           self.completion_tokens, sum(self.cached_tokens.values()))
+
+
+class _Echo:
+    """Completions' `echo`: puts the prompt (its text, and its logprobs when the choice has logprobs) before each
+    choice's first delta, as vLLM does; the first prompt token has a null logprob."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_logprobs: dict[int, list[TokenLogprob]] = {}  # engine request -> its prompt's entries
+        self.done: set[int] = set()  # choices already echoed
+
+    def prepend(self, p: int, out: RequestOutput, o: CompletionOutput) -> None:
+        if out.prompt_logprobs is not None:  # the request's first output carries them (OutputKind.DELTA)
+            ids = out.prompt_token_ids
+            self.prompt_logprobs[p] = [lp or TokenLogprob(ids[i], self.tokenizer.id_to_token(ids[i]), None)
+                                       for i, lp in enumerate(out.prompt_logprobs)]
+        if o.index in self.done:
+            return
+        self.done.add(o.index)
+        prompt = out.prompt if out.prompt is not None else self.tokenizer.decode(out.prompt_token_ids, False)
+        o.text = prompt + o.text
+        if o.logprobs is not None:
+            o.logprobs = self.prompt_logprobs[p] + o.logprobs
 
 
 async def _indexed(stream: AsyncIterator[RequestOutput]) -> AsyncIterator[tuple[int, RequestOutput]]:
