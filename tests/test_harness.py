@@ -17,11 +17,22 @@ from lamina.errors import SpecError
 from lamina.eval.harness import EvalOptions, evaluate
 from lamina.eval.judge import JUDGE_PROMPT
 from lamina.eval.scorers import Scorer
+from lamina.eval.report import format_table
 from lamina.eval.stats import pass_at_k, summarize, wilson_interval
 from lamina.eval.store import ResultRow, RunStore
 from lamina.tasks.scorer_spec import ScorerSpec
 from lamina.tasks.task import Example, load_task
 from tests import sqlite_rows
+
+
+def test_summary_counts_cost_and_spent_apart():
+    live = {"calls": 2, "cached_calls": 0, "prompt_tokens": 30, "completion_tokens": 10, "spent_tokens": 40}
+    replay = {"calls": 0, "cached_calls": 2, "prompt_tokens": 30, "completion_tokens": 10, "spent_tokens": 0}
+    old = {"calls": 2, "prompt_tokens": 30, "completion_tokens": 10}  # a store from before cost and spent split
+    rows = [ResultRow(f"e{i}", i, "p", "p", "r", 1.0, usage=u) for i, u in enumerate((live, replay, old))]
+    s = summarize("run", rows)
+    assert (s.calls, s.tokens, s.spent_tokens) == (2.0, 40.0, (40 + 0 + 40) / 3)
+    assert "spent/ex" in format_table([s]) and f"{s.spent_tokens:.1f}" in format_table([s])
 
 
 def test_wilson_interval_known_values():

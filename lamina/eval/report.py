@@ -15,13 +15,16 @@ def load_run(path: str | Path) -> tuple[dict, RunSummary]:
 
 
 def format_table(summaries: list[RunSummary]) -> str:
+    """One row per run: calls/ex and tokens/ex are the cost as if nothing was cached; spent/ex what was spent now
+    (0 for a run replayed from the call cache)."""
     ks = sorted({k for s in summaries for k in s.pass_at})
-    head = ["run", "n", "accuracy", "95% CI", "calls/ex", "tokens/ex", "compl/ex", "sec/ex", "errors"]
+    head = ["run", "n", "accuracy", "95% CI", "calls/ex", "tokens/ex", "compl/ex", "spent/ex", "sec/ex", "errors"]
     head += [f"pass@{k}" for k in ks]
     rows = [head]
     for s in summaries:
         row = [s.name, str(s.examples), f"{s.accuracy:.3f}", f"[{s.ci_low:.3f}, {s.ci_high:.3f}]", f"{s.calls:.2f}",
-               f"{s.tokens:.1f}", f"{s.completion_tokens:.1f}", f"{s.seconds:.2f}", str(s.errors)]
+               f"{s.tokens:.1f}", f"{s.completion_tokens:.1f}", f"{s.spent_tokens:.1f}", f"{s.seconds:.2f}",
+               str(s.errors)]
         rows.append(row + [f"{s.pass_at[k]:.3f}" if k in s.pass_at else "-" for k in ks])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]

@@ -29,6 +29,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 @dataclass(slots=True)
 class RunSummary:
+    """Per-example means over a run. Calls and tokens are the cost as if nothing was cached (a replayed run costs
+    what its run cost); `spent_tokens` is what was spent now (0 for calls replayed from the call cache)."""
+
     name: str
     examples: int
     accuracy: float
@@ -43,6 +46,7 @@ class RunSummary:
     pass_at: dict[int, float] = field(default_factory=dict)
     samples: int = 0
     pass_at_examples: int = 0  # examples pass@k is computed over (those with samples; errored ones have none)
+    spent_tokens: float = 0.0
 
     @property
     def tokens(self) -> float:
@@ -52,6 +56,7 @@ class RunSummary:
         return {"name": self.name, "examples": self.examples, "accuracy": self.accuracy, "ci95": [self.ci_low, self.ci_high],
                 "errors": self.errors, "calls_per_example": self.calls, "prompt_tokens_per_example": self.prompt_tokens,
                 "completion_tokens_per_example": self.completion_tokens, "tokens_per_example": self.tokens,
+                "spent_tokens_per_example": self.spent_tokens,
                 "seconds_per_example": self.seconds, "by_component": self.by_component,
                 "pass_at_k": {str(k): v for k, v in self.pass_at.items()}, "samples_per_example": self.samples,
                 "pass_at_k_examples": self.pass_at_examples}
@@ -62,9 +67,13 @@ def summarize(name: str, rows: list[ResultRow]) -> RunSummary:
     correct = sum(r.score for r in rows)
     low, high = wilson_interval(correct, n)
     mean = (lambda key: sum(r.usage.get(key, 0) for r in rows) / n) if n else (lambda key: 0.0)
+    # a store written before usage split cost from spent has no spent_tokens: it spent what it cost
+    spent = sum(r.usage.get("spent_tokens", r.usage.get("prompt_tokens", 0) + r.usage.get("completion_tokens", 0))
+                for r in rows) / n if n else 0.0
     return RunSummary(name, n, correct / n if n else 0.0, low, high, sum(r.error is not None for r in rows),
-                      mean("calls"), mean("prompt_tokens"), mean("completion_tokens"),
-                      sum(r.seconds for r in rows) / n if n else 0.0, _components(rows), *_pass_at(rows))
+                      mean("calls") + mean("cached_calls"), mean("prompt_tokens"), mean("completion_tokens"),
+                      sum(r.seconds for r in rows) / n if n else 0.0, _components(rows), *_pass_at(rows),
+                      spent_tokens=spent)
 
 
 def _components(rows: list[ResultRow]) -> dict[str, dict[str, float]]:
