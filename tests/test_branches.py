@@ -149,3 +149,14 @@ def test_greedy_steps_match_one_request_on_the_real_model(real_llm):
             break
     assert branch.output_token_ids == whole.token_ids and branch.text == whole.text
     release_all(real_llm)
+
+
+def test_an_aborted_extension_releases_its_children(llm):
+    root = llm.open_branch(PROMPT)
+    extension = llm.engine.extend_branch(root.branch_id, SAMPLED.replace(max_tokens=50))
+    llm.engine.step()
+    llm.engine.abort(extension.request_id)
+    assert not llm.engine.is_branch_pending(extension.request_id)
+    with pytest.raises(InvalidRequestError, match="unknown or was released"):
+        llm.branch(extension.branch_ids[0])
+    assert llm.branch_blocks().num_used_blocks == llm.branch_blocks([root.branch_id]).num_used_blocks
