@@ -4,7 +4,12 @@ Prints the CPU (model, the instruction-set flags that matter, the kernel variant
 a single stream and for n = 1, 8, 32, 64 samples of one prompt, the ratio to transformers, and how many KV blocks
 the prompt occupies when n = 32 samples share it.
 
-    python benchmarks/engine.py [--threads 2] [--tokens 64] [--ns 1,8,32,64] [--markdown]
+    python benchmarks/engine.py [--threads 2] [--tokens 64] [--ns 1,8,32,64] [--markdown] [--llamacpp PY]
+
+With `--llamacpp PY` (a Python with llama-cpp-python built for this CPU: `bash scripts/llamacpp_peer.sh` makes
+.venv-llamacpp) llama.cpp is measured as a peer on the same GGUF, prompt, threads and n, by the reference script
+../shared/peers/llamacpp_decode.py (the prompt prefilled once and its KV copied to every sequence, decode only:
+it counts the tokens after the first, so its numbers exclude the prefill that Lamina's include).
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import argparse
 import json
 import math
 import os
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +48,28 @@ def hf_run(model, prompt_ids: list[int], n: int, tokens: int) -> float:
     elapsed = time.perf_counter() - start
     assert out.shape == (n, len(prompt_ids) + tokens)
     return n * tokens / elapsed
+
+
+PEER_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "peers" / "llamacpp_decode.py"
+
+
+def llamacpp_runs(python: str, prompt_ids: list[int], threads: int, tokens: int, ns: list[int]) -> dict[int, float]:
+    """tokens/s per n from llama.cpp (decode only), run by `python` in its own process after Lamina is done."""
+    from lamina.engine.loader import resolve_model_path
+
+    if not PEER_SCRIPT.is_file():
+        raise SystemExit(f"--llamacpp: the peer script {PEER_SCRIPT} is missing (it lives in shared/peers/)")
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(prompt_ids, f)
+    cmd = [python, str(PEER_SCRIPT), str(resolve_model_path("default")), f.name, str(threads), str(tokens),
+           ",".join(map(str, ns))]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"--llamacpp {python}: the peer failed: {getattr(exc, 'stderr', '') or exc}") from None
+    finally:
+        os.unlink(f.name)
+    return {int(n): float(v) for n, v in (line.split() for line in out.splitlines() if line.strip())}
 
 
 def prompt_blocks(llm: LLM, prompt_ids: list[int], n: int) -> tuple[int, int]:
@@ -75,13 +104,18 @@ def plot(results: list[dict], columns: list[str], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+PEERS = ("transformers", "llama.cpp")
+
+
 def print_table(results: list[dict], columns: list[str], markdown: bool) -> None:
-    peer = "transformers"
-    header = ["workload", "tokens/sample"] + [f"{c} tok/s" for c in columns] + [f"{c} / {peer}" for c in columns if c != peer]
+    """tokens/s per column, then each Lamina column's ratio to each peer measured."""
+    peers = [c for c in columns if c in PEERS]
+    ratios = [(c, p) for p in peers for c in columns if c not in PEERS]
+    header = ["workload", "tokens/sample"] + [f"{c} tok/s" for c in columns] + [f"{c} / {p}" for c, p in ratios]
     lines = [header]
     for r in results:
         line = [r["workload"], str(r["tokens_per_sample"])] + [f"{r[c]:.1f}" for c in columns]
-        lines.append(line + [f"{r[c] / r[peer]:.2f}x" for c in columns if c != peer])
+        lines.append(line + [f"{r[c] / r[p]:.2f}x" for c, p in ratios])
     if markdown:
         print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
         for line in lines[1:]:
@@ -101,7 +135,9 @@ def main() -> None:
     parser.add_argument("--quantization", choices=["int8"], help="also measure Lamina with int8 linears (lossy)")
     parser.add_argument("--skip-torch-only", action="store_true",
                         help="skip Lamina without its native CPU kernels (native_kernels=False: PyTorch ops, fp32 weights)")
-    parser.add_argument("--skip-peer", action="store_true", help="measure Lamina only")
+    parser.add_argument("--skip-peer", action="store_true", help="skip transformers")
+    parser.add_argument("--llamacpp", metavar="PYTHON", help="also measure llama.cpp with this Python "
+                        "(llama-cpp-python built for this CPU; scripts/llamacpp_peer.sh makes .venv-llamacpp)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine"), help="writes OUT.json, OUT.png")
     args = parser.parse_args()
@@ -144,13 +180,21 @@ def main() -> None:
         results.append(row)
         print("  " + label + ": " + ", ".join(f"{c} {row[c]:.1f} tok/s" for c in columns), flush=True)
     used, one_copy = prompt_blocks(llm, prompt_ids, 32)
+    linears = {name: e.engine.linear_backend for name, e in engines.items()}
+    if args.llamacpp:
+        del engines, llm, hf  # the peer runs alone on the cores
+        peer = llamacpp_runs(args.llamacpp, prompt_ids, args.threads, args.tokens, [1, *ns])
+        single = llamacpp_runs(args.llamacpp, prompt_ids, args.threads, args.single_tokens, [1])
+        for row, (label, n, _) in zip(results, workloads):
+            row["llama.cpp"] = single[1] if label == "single stream" else peer[n]
+        columns.append("llama.cpp")
 
     print(f"\nEngine throughput, embedded SmolLM2-135M-Instruct (fp32 compute), {args.threads} threads, "
           f"prompt {len(prompt_ids)} tokens, temperature 0.8, top_p 0.95\n{cpu}")
     print_table(results, columns, args.markdown)
     print(f"KV blocks held by the prompt with n=32 samples: {used} (one copy: {one_copy})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"cpu": cpu, "threads": args.threads, "linears": {n: e.engine.linear_backend for n, e in engines.items()},
+    record = {"cpu": cpu, "threads": args.threads, "linears": linears,
               "prompt_blocks_n32": used, "prompt_blocks_one_copy": one_copy, "rows": results}
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, allow_nan=True))
     plot(results, columns, args.out.with_suffix(".png"))

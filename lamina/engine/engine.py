@@ -5,9 +5,11 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence as Seq
+from collections.abc import AsyncIterator, Callable, Sequence as Seq
 from dataclasses import dataclass
+from typing import Any
 
+from lamina.engine.branches import BlockUsage, BranchOutput
 from lamina.engine.llm_engine import LLMEngine
 from lamina.engine.outputs import OutputKind, RequestOutput
 from lamina.engine.request import Request
@@ -47,11 +49,48 @@ class LLM:
         prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
         return self.generate(prompts, sampling_params, use_tqdm)
 
+    # Branches (lamina/engine/branches.py), each call run to completion; the engine's methods say more.
+
+    def open_branch(self, prompt: str | list[int], branch_id: str | None = None) -> BranchOutput:
+        self._check_driver()
+        branch_id = self.engine.open_branch(prompt, branch_id)
+        self._run_branch(branch_id)
+        return self.engine.branch(branch_id)
+
+    def extend_branch(self, branch_id: str, params: SamplingParams | None = None) -> list[BranchOutput]:
+        """The branch's `params.n` children, each one more step (up to a stop or max_tokens)."""
+        self._check_driver()
+        extension = self.engine.extend_branch(branch_id, params)
+        self._run_branch(extension.request_id)
+        return [self.engine.branch(b) for b in extension.branch_ids if b in self.engine.branches.branches]
+
+    def branch(self, branch_id: str) -> BranchOutput:
+        return self.engine.branch(branch_id)
+
+    def release_branch(self, branch_id: str) -> None:
+        self.engine.release_branch(branch_id)
+
+    def branch_blocks(self, branch_ids: list[str] | None = None) -> BlockUsage:
+        return self.engine.branch_blocks(branch_ids)
+
+    def _run_branch(self, key: str) -> None:
+        try:
+            while self.engine.is_branch_pending(key):
+                self.engine.step()
+        except BaseException:
+            if key in self.engine.requests:
+                self.engine.abort(key)
+            raise
+
+    def _check_driver(self) -> None:
+        if self.engine.driver is not None:
+            raise LaminaError("this LLM's engine is driven by an AsyncEngine now; generate through that instead")
+
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         if self.engine.driver is not None:
             for request_id in request_ids:
                 self.engine.abort(request_id)
-            raise LaminaError("this LLM's engine is driven by an AsyncEngine now; generate through that instead")
+            self._check_driver()
         finished: dict[str, RequestOutput] = {}
         bar = _progress(len(request_ids)) if use_tqdm else None
         tokens, start = 0, time.perf_counter()
@@ -106,6 +145,7 @@ class AsyncEngine:
         self.engine = engine
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
+        self._waiters: list[tuple[str, Callable[[], Any], _Stream]] = []  # (pending key, result, caller)
         self._wake = threading.Event()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="lamina-engine", daemon=True)
@@ -162,6 +202,49 @@ class AsyncEngine:
     async def abort(self, request_id: str) -> None:
         self._send(("abort", request_id))
 
+    # Branches (lamina/engine/branches.py): each call runs on the engine thread; see LLMEngine's methods.
+
+    async def open_branch(self, prompt: str | list[int], branch_id: str | None = None) -> BranchOutput:
+        def start() -> tuple[str, Callable[[], BranchOutput]]:
+            opened = self.engine.open_branch(prompt, branch_id)
+            return opened, lambda: self.engine.branch(opened)
+        return await self._on_engine(start)
+
+    async def extend_branch(self, branch_id: str, params: SamplingParams | None = None) -> list[BranchOutput]:
+        """The branch's `params.n` children, each one more step; cancelling the call aborts the extension (its
+        children are released)."""
+        started: list[str] = []
+
+        def start() -> tuple[str, Callable[[], list[BranchOutput]]]:
+            extension = self.engine.extend_branch(branch_id, params)
+            started.append(extension.request_id)
+            return extension.request_id, lambda: [self.engine.branch(b) for b in extension.branch_ids
+                                                  if b in self.engine.branches.branches]
+        try:
+            return await self._on_engine(start)
+        except asyncio.CancelledError:
+            for request_id in started:
+                self._send(("abort", request_id))
+            raise
+
+    async def branch(self, branch_id: str) -> BranchOutput:
+        return await self._on_engine(lambda: ("", lambda: self.engine.branch(branch_id)))
+
+    async def release_branch(self, branch_id: str) -> None:
+        return await self._on_engine(lambda: ("", lambda: self.engine.release_branch(branch_id)))
+
+    async def branch_blocks(self, branch_ids: list[str] | None = None) -> BlockUsage:
+        return await self._on_engine(lambda: ("", lambda: self.engine.branch_blocks(branch_ids)))
+
+    async def _on_engine(self, start: Callable[[], tuple[str, Callable[[], Any]]]) -> Any:
+        """Run start() on the engine thread: (a pending key, "" for none; what to answer once it is settled)."""
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._send(("branch", (start, stream)))
+        item = await stream.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
     def shutdown(self) -> None:
         self._stopped = True
         self._wake.set()
@@ -188,6 +271,8 @@ class AsyncEngine:
                 continue
             for out in outputs:
                 self._deliver(out)
+            if self._waiters:
+                self._answer_waiters()
 
     def _drain_commands(self) -> None:
         while True:
@@ -205,6 +290,26 @@ class AsyncEngine:
                 out = self.engine.abort(str(arg))
                 if out is not None:
                     self._deliver(out)
+            elif kind == "branch":
+                start, stream = arg  # type: ignore[misc]
+                try:
+                    self._waiters.append((*start(), stream))
+                except Exception as exc:
+                    stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
+                self._answer_waiters()
+
+    def _answer_waiters(self) -> None:
+        waiting = []
+        for key, answer, stream in self._waiters:
+            if key and self.engine.is_branch_pending(key):
+                waiting.append((key, answer, stream))
+                continue
+            try:
+                item = answer()
+            except Exception as exc:
+                item = exc
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+        self._waiters = waiting
 
     def _deliver(self, out: RequestOutput) -> None:
         stream = self._streams.get(out.request_id)

@@ -7,6 +7,7 @@ import random
 
 import torch
 
+from lamina.engine.branches import BlockUsage, BranchOutput, BranchTable, Extension
 from lamina.engine.builder import build_model
 from lamina.engine.config import EngineConfig
 from lamina.engine.kv_cache import BlockManager
@@ -46,6 +47,8 @@ class LLMEngine:
         self.processor = OutputProcessor(self.tokenizer, self.scheduler, self.eos_token_ids, self.max_seq_len)
         self.limits = PromptLimits(mc.vocab_size, self.max_model_len, cfg.block_size, built.num_blocks)
         self.requests: dict[str, Request] = {}
+        self.branches = BranchTable(self.blocks, self.scheduler, self.tokenizer)
+        self.scheduler.reclaim = self.branches.reclaim
         self.driver: object | None = None  # the AsyncEngine stepping this engine on its thread, if any
         self._ids = itertools.count()
         self._arrivals = itertools.count()
@@ -59,7 +62,7 @@ class LLMEngine:
         return self.blocks.num_blocks
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.requests)
+        return bool(self.requests or self.branches.pending)
 
     def prepare_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                         request_id: str | None = None, output_kind: OutputKind = OutputKind.CUMULATIVE) -> Request:
@@ -88,7 +91,10 @@ class LLMEngine:
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request and free its blocks; its last output (finish_reason "abort"), None if it is not running."""
         request = self.requests.pop(request_id, None)
-        return None if request is None else self.processor.abort(request)
+        out = None if request is None else self.processor.abort(request)
+        if self.branches.pending:
+            self.branches.settle()  # an aborted extension's children are released
+        return out
 
     @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
@@ -99,9 +105,49 @@ class LLMEngine:
         samplers, result, prompt_scores = self.runner.run(batch, self.blocks.take_pending_copies())
         self.scheduler.advance(batch)
         self.processor.record_prompt_logprobs(prompt_scores)
-        if result is None:
-            return []
-        return self.processor.process(samplers, result, self.requests)
+        outputs = [] if result is None else self.processor.process(samplers, result, self.requests)
+        if self.branches.pending:
+            self.branches.settle()
+        return outputs
+
+    # Branches (see branches.py): steps open and extend them; `branch` reads a parked one.
+
+    def open_branch(self, prompt: str | list[int], branch_id: str | None = None) -> str:
+        """A root branch of `prompt` (validated as a request's prompt); its prefill runs in the next steps, then it is
+        parked (`is_branch_pending(branch_id)` turns False). Returns its id."""
+        request = self.prepare_request(prompt)
+        branch_id = branch_id or f"branch-{next(self._ids)}"
+        self.branches.open(branch_id, request.prompt_token_ids, next(self._arrivals))
+        return branch_id
+
+    def extend_branch(self, branch_id: str, params: SamplingParams | None = None,
+                      output_kind: OutputKind = OutputKind.FINAL_ONLY) -> Extension:
+        """Sample `params.n` continuations of a parked branch for one step (up to a stop or max_tokens), sharing its
+        blocks; child i becomes branch `f"{branch_id}.{i}"` once the returned request finishes (its RequestOutputs come
+        from `step()` by `output_kind`; child i is output i). Child i's random stream comes from (params.seed, its
+        path), a random seed when params.seed is None. InvalidRequestError: unknown, released or pending branch, or
+        children not yet released."""
+        request_id = f"{branch_id}/step-{next(self._ids)}"
+        request = self.branches.extend(branch_id, params or SamplingParams(), request_id, next(self._arrivals),
+                                       output_kind)
+        self.requests[request_id] = request
+        return Extension(request_id, [f"{branch_id}.{i}" for i in range(request.params.n)])
+
+    def is_branch_pending(self, key: str) -> bool:
+        """Whether a branch being opened (by branch id) or an extension (by request id) is still running."""
+        return key in self.branches.pending
+
+    def branch(self, branch_id: str) -> BranchOutput:
+        """What a parked branch holds (InvalidRequestError: unknown, released or still pending)."""
+        return self.branches.output(branch_id)
+
+    def release_branch(self, branch_id: str) -> None:
+        """Forget a parked branch and give back its blocks (blocks its relatives share stay)."""
+        self.branches.release(branch_id)
+
+    def branch_blocks(self, branch_ids: list[str] | None = None) -> BlockUsage:
+        """KV blocks held by these branches (default: all), shared, against a copy per path."""
+        return self.branches.usage(branch_ids)
 
     def _schedule(self) -> ScheduledBatch:
         """The scheduler's batch; a prompt whose prefill completes in it forks its n - 1 siblings, sharing every block."""

@@ -65,7 +65,7 @@ class ModelRunner:
             slots += seq_slots
             table = torch.tensor(seq.block_table) if begin > 0 else None
             meta.prefills.append(PrefillSegment(start, start + chunk, begin + chunk, table))
-            if begin + chunk == len(seq.token_ids):
+            if begin + chunk == len(seq.token_ids) and not seq.prefill_only:
                 sample_rows.append(len(ids) - 1)
                 samplers.append(seq)
         meta.decode_start = len(ids)

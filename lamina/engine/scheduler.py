@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lamina.engine.kv_cache import BlockManager
@@ -27,6 +28,8 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        # Frees blocks held outside the scheduler (parked branches) when the pool runs short; False once none are left.
+        self.reclaim: Callable[[], bool] | None = None
 
     @property
     def has_work(self) -> bool:
@@ -46,7 +49,8 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        self.blocks.free(seq)
+        if not seq.parks:
+            self.blocks.free(seq)
         seq.status = SequenceStatus.FINISHED
 
     def schedule(self) -> ScheduledBatch:
@@ -77,7 +81,7 @@ class Scheduler:
                 break
             cached = self.blocks.match_prefix(seq)
             chunk = min(seq.num_uncomputed_tokens, budget)
-            if self.blocks.blocks_needed(seq, chunk) > self.blocks.num_free_blocks:
+            if not self._fits(seq, chunk):
                 self.blocks.free(seq)
                 break
             if seq.num_preemptions == 0:
@@ -100,17 +104,24 @@ class Scheduler:
             self.blocks.register_full_blocks(seq)
 
     def _make_room(self, seq: Sequence, num_tokens: int, scheduled: set[int], batch: ScheduledBatch) -> bool:
-        """Preempt the latest arrivals until seq fits; False if seq itself had to be preempted.
+        """Drop parked branches, then preempt the latest arrivals, until seq fits; False if seq itself was preempted.
 
         The earliest running sequence always fits (no sequence outgrows the pool, see LLMEngine.max_seq_len), so
         every step makes progress: a full pool never stalls the scheduler.
         """
-        while self.blocks.blocks_needed(seq, num_tokens) > self.blocks.num_free_blocks:
+        while not self._fits(seq, num_tokens):
             victims = [s for s in self.running if s.seq_id not in scheduled]
             victim = victims[-1]
             self._preempt(victim)
             batch.preempted.append(victim)
             if victim is seq:
+                return False
+        return True
+
+    def _fits(self, seq: Sequence, num_tokens: int) -> bool:
+        """Whether the pool has room for seq's next num_tokens, after dropping parked branches if it is short."""
+        while self.blocks.blocks_needed(seq, num_tokens) > self.blocks.num_free_blocks:
+            if self.reclaim is None or not self.reclaim():
                 return False
         return True
 

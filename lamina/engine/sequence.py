@@ -50,6 +50,8 @@ class Sequence:
     finish_reason: str | None = None
     stop_reason: str | int | None = None
     num_preemptions: int = 0
+    parks: bool = False  # a branch (see branches.py): finishing keeps its blocks, parked until released or dropped
+    prefill_only: bool = False  # a branch being opened: its prompt is prefilled, nothing is sampled
 
     def __len__(self) -> int:
         return len(self.token_ids)

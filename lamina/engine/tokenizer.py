@@ -116,6 +116,11 @@ class Detokenizer:
         self.prefix_offset = self.read_offset = 0
         self.text = ""
 
+    def prime(self, context: list[int]) -> None:
+        """Continue after `context` (tokens already shown): later deltas are spaced and joined as in decode(all)."""
+        self.ids = list(context)
+        self.prefix_offset, self.read_offset = 0, len(self.ids)
+
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
         decode = self.tokenizer.decode
