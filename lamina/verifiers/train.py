@@ -6,6 +6,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from tqdm import tqdm
+
 from lamina.rewards.learned import LearnedVerifier, Probe, VerifierInfo, features_of, prompt_ids, train_probe
 from lamina.verifiers import metrics
 
@@ -43,6 +45,8 @@ async def sample_task(model: str, task, split: str, samples: int, limit: int | N
     llm_engine = (await arch.models["m"].backend.engine()).engine
     prompt = {}
 
+    bar = tqdm(total=len(examples), desc=f"{task.name} {split} x{samples}", unit="q", leave=False)
+
     async def one(example):
         async with slots:
             messages = task.messages(example)
@@ -50,11 +54,13 @@ async def sample_task(model: str, task, split: str, samples: int, limit: int | N
             cands = result.first_layer_samples()
             scored = await asyncio.gather(*(scorer.score(c.text, example, messages[-1]["content"]) for c in cands))
             prompt[example.id] = prompt_ids(llm_engine.tokenizer, messages)
+            bar.update(1)
             return example.id, cands, [int(s.value >= 0.5) for s in scored]
 
     try:
         results = await asyncio.gather(*(one(e) for e in examples))
     finally:
+        bar.close()
         await arch.aclose()
     out = Samples()
     for qid, cands, labels in results:
@@ -103,13 +109,14 @@ def fit(samples: Samples, features: list[list[float]], info: VerifierInfo, holdo
 
 async def train_verifier(model: str, task, split: str, samples: int, limit: int | None = None, *, seed: int = 0,
                          temperature: float = 0.8, layers: list[int] | None = None, holdout: float = 0.25,
-                         max_tokens: int | None = None) -> LearnedVerifier:
+                         max_tokens: int | None = None, engine: dict[str, Any] | None = None) -> LearnedVerifier:
+    """Sample, label and train on `task`'s split (engine: the local engine's options, e.g. num_threads)."""
     from lamina.rewards.learned import cached_identity
 
-    drawn, engine = await sample_task(model, task, split, samples, limit, seed=seed, temperature=temperature,
-                                      max_tokens=max_tokens)
-    chosen = layers or default_layers(len(engine.model.layers))
-    features = await asyncio.to_thread(features_of, engine, drawn.sequences, chosen)
+    drawn, llm_engine = await sample_task(model, task, split, samples, limit, seed=seed, temperature=temperature,
+                                          max_tokens=max_tokens, engine=engine)
+    chosen = layers or default_layers(len(llm_engine.model.layers))
+    features = await asyncio.to_thread(features_of, llm_engine, drawn.sequences, chosen)
     info = VerifierInfo(model, cached_identity(model), chosen, task.name, split, seed=seed)
     return fit(drawn, features, info, holdout)
 
