@@ -8,8 +8,8 @@ separately. AUROC of each scorer over the pooled samples; tokens and seconds per
 over prompt + answer counted in its rows. Each task's ORM is trained on its train split (`--train-size` questions
 of a generated task) and kept in the cache folder; finished tasks are kept there too, so a rerun resumes.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/verifiers.py [--tasks arith-1,code-2] [--limit 20] [--train-size 100]
-        [--samples 8] [--threads 1] [--markdown]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/verifiers.py [--tasks arith-1,code-2] [--limit 20]
+        [--train-size 100] [--samples 8] [--threads 1] [--markdown]
 """
 from __future__ import annotations
 
@@ -142,14 +142,6 @@ async def train_orm(task, args, path: Path) -> LearnedVerifier:
     return verifier
 
 
-def grow_train(task, size: int | None) -> None:
-    from lamina.tasks.generated import DEFAULT_SIZES
-
-    if size is not None and task.spec.source.type == "generated":
-        source = task.spec.source
-        source.sizes = {**DEFAULT_SIZES, **(source.sizes or {}), "train": size}
-
-
 def picks(drawn: Drawn) -> dict[str, list[int]]:
     """Per selector, the label of the sample it picks for each question."""
     out: dict[str, list[int]] = {name: [] for name in METHODS if name not in ("greedy", "program_vote")}
@@ -180,8 +172,11 @@ def row(correct: list[int], tokens: float, seconds: float) -> dict:
 async def run_task(name: str, args) -> dict:
     from lamina.tasks.task import load_task
 
+    from lamina.verifiers.train import grow_train
+
     task = load_task(name)
-    grow_train(task, args.train_size)
+    if task.spec.source.type == "generated":
+        grow_train(task, args.train_size)
     scorer = Scorer.from_spec(task.scorer)
     scorer.prepare()
     size = args.train_size if task.spec.source.type == "generated" else "all"

@@ -21,6 +21,7 @@ def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) 
     order = list(dict.fromkeys(a for a in answers if a is not None))
     if not order:
         return 0
-    totals = tally([Candidate("", "", answer=a) for a in answers], list(weights) if weights is not None else [1.0] * len(answers))
+    votes = list(weights) if weights is not None else [1.0] * len(answers)
+    totals = tally([Candidate("", "", answer=a) for a in answers], votes)
     best = winner(totals, order)
     return list(answers).index(best)

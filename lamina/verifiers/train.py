@@ -72,6 +72,19 @@ async def sample_task(model: str, task, split: str, samples: int, limit: int | N
     return out, llm_engine
 
 
+def grow_train(task, size: int) -> None:
+    """A generated task drawing `size` train questions (its dev and test stay the same questions); SpecError for
+    another task or a size below 1."""
+    from lamina.errors import SpecError
+    from lamina.tasks.generated import DEFAULT_SIZES
+
+    source = task.spec.source
+    if source.type != "generated" or size < 1:
+        raise SpecError(f"--train-size needs a generated task and a positive size (task {task.name!r} is "
+                        f"{source.type}, size {size})")
+    source.sizes = {**DEFAULT_SIZES, **(source.sizes or {}), "train": size}
+
+
 def default_layers(num_layers: int) -> list[int]:
     """The middle and the last layer (transformers' indexing)."""
     return [num_layers // 2, num_layers]
