@@ -35,8 +35,8 @@ from lamina.verifiers.select import best_of, vote
 TASKS = ["arith-1", "arith-3", "units-1", "units-2", "code-2", "code-3"]
 PROGRAM_TASKS = ("arith-", "units-")
 METHODS = ["greedy", "majority", "self_certainty", "self_certainty_vote", "mean_logprob", "orm", "orm_vote",
-           "program_vote", "coverage"]
-SCORERS = ["self_certainty", "mean_logprob", "orm"]  # AUROC over the samples
+           "orm_mlp", "orm_mlp_vote", "program_vote", "coverage", "program_coverage"]  # in tables and plots
+SCORERS = ["self_certainty", "mean_logprob", "orm", "orm_mlp"]  # AUROC over the samples
 CONCURRENCY = 4  # questions in flight (the engine batches their samples)
 
 
@@ -128,37 +128,45 @@ def model_spec(name: str, temperature: float, max_tokens: int, threads: int, see
             "models": {"m": {"model": "default", "engine": engine_options(threads), "params": params}}}
 
 
-async def train_orm(task, args, path: Path) -> LearnedVerifier:
+def orm_name(probe: str) -> str:
+    """The scorer name of an ORM with this probe: orm (logistic), orm_mlp."""
+    return "orm" if probe == "logistic" else f"orm_{probe}"
+
+
+async def train_orms(task, args, paths: dict[str, Path]) -> dict[str, LearnedVerifier]:
+    """Per probe kind, its ORM: loaded from its file, else trained (the missing ones from one sampling) and saved."""
     from lamina.verifiers.train import train_verifier
 
-    if path.exists():
-        return LearnedVerifier.load(path)
-    start = time.perf_counter()
-    verifier = await train_verifier("default", task, "train", args.samples, seed=args.seed,
-                                    temperature=args.temperature, engine=engine_options(args.threads))
-    verifier.info.metrics["train_seconds"] = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    verifier.save(path)
-    return verifier
+    missing = tuple(probe for probe, path in paths.items() if not path.exists())
+    out = {probe: LearnedVerifier.load(path) for probe, path in paths.items() if probe not in missing}
+    if missing:
+        start = time.perf_counter()
+        trained = await train_verifier("default", task, "train", args.samples, seed=args.seed, probes=missing,
+                                       temperature=args.temperature, engine=engine_options(args.threads))
+        for probe, verifier in zip(missing, trained):
+            verifier.info.metrics["train_seconds"] = time.perf_counter() - start  # sampling shared by all
+            paths[probe].parent.mkdir(parents=True, exist_ok=True)
+            verifier.save(paths[probe])
+            out[probe] = verifier
+    return out
 
 
-def picks(drawn: Drawn) -> dict[str, list[int]]:
+def picks(drawn: Drawn, orms: list[str]) -> dict[str, list[int]]:
     """Per selector, the label of the sample it picks for each question."""
-    out: dict[str, list[int]] = {name: [] for name in METHODS if name not in ("greedy", "program_vote")}
+    out: dict[str, list[int]] = {}
+
+    def add(name: str, label: int) -> None:
+        out.setdefault(name, []).append(label)
+
     for q, labels in enumerate(drawn.labels):
-        if not labels:
-            for name in out:
-                out[name].append(0)
-            continue
-        sc, lp, orm = (drawn.scores[n][q] for n in SCORERS)
         keys = drawn.keys[q]
-        out["majority"].append(labels[vote(keys)])
-        out["self_certainty"].append(labels[best_of(sc)])
-        out["self_certainty_vote"].append(labels[vote(keys, [max(s or 0.0, 0.0) for s in sc])])
-        out["mean_logprob"].append(labels[best_of(lp)])
-        out["orm"].append(labels[best_of(orm)])
-        out["orm_vote"].append(labels[vote(keys, [max(s or 0.0, 0.0) for s in orm])])
-        out["coverage"].append(int(any(labels)))
+        add("majority", labels[vote(keys)] if labels else 0)
+        for scorer in ["self_certainty", "mean_logprob"] + orms:
+            scores = drawn.scores[scorer][q]
+            add(scorer, labels[best_of(scores)] if labels else 0)
+            if scorer != "mean_logprob":
+                add(f"{scorer}_vote", labels[vote(keys, [max(s or 0.0, 0.0) for s in scores])] if labels else 0)
+        add("coverage", int(any(labels)))
     return out
 
 
@@ -169,9 +177,17 @@ def row(correct: list[int], tokens: float, seconds: float) -> dict:
             "tokens_per_example": tokens / max(n, 1), "seconds_per_example": seconds / max(n, 1)}
 
 
+def score_orm(verifier: LearnedVerifier, engine, drawn: Drawn) -> tuple[list[list[float | None]], int, float]:
+    """The ORM's scores of every sample, the tokens its forward pass read and its seconds."""
+    start = time.perf_counter()
+    flat_sequences = [s for seqs in drawn.sequences for s in seqs]
+    it = iter(verifier.bind(engine, "default").score_sequences(flat_sequences))
+    scores = [[next(it) for _ in seqs] for seqs in drawn.sequences]
+    return scores, sum(len(s) for s in flat_sequences), time.perf_counter() - start
+
+
 async def run_task(name: str, args) -> dict:
     from lamina.tasks.task import load_task
-
     from lamina.verifiers.train import grow_train
 
     task = load_task(name)
@@ -180,7 +196,9 @@ async def run_task(name: str, args) -> dict:
     scorer = Scorer.from_spec(task.scorer)
     scorer.prepare()
     size = args.train_size if task.spec.source.type == "generated" else "all"
-    orm = await train_orm(task, args, args.cache / f"{name}-orm-train{size}-n{args.samples}-seed{args.seed}.json")
+    paths = {probe: args.cache / f"{name}-{orm_name(probe)}-train{size}-n{args.samples}-seed{args.seed}.json"
+             for probe in args.probes}
+    orms = {orm_name(probe): verifier for probe, verifier in (await train_orms(task, args, paths)).items()}
     examples = task.examples("test", args.limit)
     max_tokens = task.spec.max_tokens
     sample_layer = [{"type": "generate", "samples": args.samples, "logprobs": 20}]
@@ -188,22 +206,16 @@ async def run_task(name: str, args) -> dict:
                                           sample_layer), task, examples, scorer, f"{name} samples@{args.samples}")
     greedy, _ = await draw(model_spec("greedy", 0.0, max_tokens, args.threads, args.seed, [{"type": "generate"}]),
                            task, examples, scorer, f"{name} greedy")
-    start = time.perf_counter()
-    bound = orm.bind(engine, "default")
-    flat_sequences = [s for seqs in drawn.sequences for s in seqs]
-    flat_orm = await asyncio.to_thread(bound.score_sequences, flat_sequences)
-    orm_seconds = time.perf_counter() - start
-    orm_tokens = sum(len(s) for s in flat_sequences)
-    it = iter(flat_orm)
-    drawn.scores["orm"] = [[next(it) for _ in seqs] for seqs in drawn.sequences]
+    orm_cost: dict[str, tuple[int, float]] = {}
+    for orm, verifier in orms.items():
+        drawn.scores[orm], tokens, seconds = await asyncio.to_thread(score_orm, verifier, engine, drawn)
+        orm_cost[orm] = (tokens, seconds)
 
-    chosen = picks(drawn)
     methods = {"greedy": row([labels[0] if labels else 0 for labels in greedy.labels], greedy.tokens,
                              greedy.seconds)}
-    for method, correct in chosen.items():
-        uses_orm = method.startswith("orm")
-        methods[method] = row(correct, drawn.tokens + (orm_tokens if uses_orm else 0),
-                              drawn.seconds + (orm_seconds if uses_orm else 0.0))
+    for method, correct in picks(drawn, list(orms)).items():
+        tokens, seconds = orm_cost.get(method.removesuffix("_vote"), (0, 0.0))
+        methods[method] = row(correct, drawn.tokens + tokens, drawn.seconds + seconds)
     if name.startswith(PROGRAM_TASKS) and not args.no_program:
         program_layer = [{"type": "program", "samples": args.samples}]
         program, _ = await draw(model_spec("program", args.temperature, max(max_tokens, 128), args.threads,
@@ -215,16 +227,17 @@ async def run_task(name: str, args) -> dict:
     flat_labels = [y for labels in drawn.labels for y in labels]
     qids = [str(q) for q, labels in enumerate(drawn.labels) for _ in labels]
     auroc = {}
-    for scorer_name in SCORERS:
+    for scorer_name in ["self_certainty", "mean_logprob"] + list(orms):
         values = drawn.flat(scorer_name)
         rows = [i for i, v in enumerate(values) if v is not None]
         auroc[scorer_name] = metrics.auroc([values[i] for i in rows], [flat_labels[i] for i in rows])
     return {"task": name, "questions": len(examples), "samples": args.samples, "methods": methods, "auroc": auroc,
-            "orm_ece": metrics.ece(drawn.flat("orm"), flat_labels),
+            "ece": {orm: metrics.ece(drawn.flat(orm), flat_labels) for orm in orms},
             "sample_accuracy": sum(flat_labels) / max(len(flat_labels), 1),
-            "orm": {"train_questions": orm.info.questions, "train_samples": orm.info.samples,
-                    "layers": orm.info.layers, "held_out": orm.info.metrics},
-            "first_sample_accuracy": metrics.first_sample_accuracy(qids, flat_labels)}
+            "first_sample_accuracy": metrics.first_sample_accuracy(qids, flat_labels),
+            "orms": {orm: {"probe": v.probe.kind, "train_questions": v.info.questions,
+                           "train_samples": v.info.samples, "layers": v.info.layers, "held_out": v.info.metrics}
+                     for orm, v in orms.items()}}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -236,7 +249,7 @@ def plot(results: list[dict], path: Path) -> None:
     cols = min(3, len(results))
     rows_ = math.ceil(len(results) / cols)
     fig, axes = plt.subplots(rows_, cols, figsize=(4.2 * cols, 3.6 * rows_), squeeze=False)
-    markers = dict(zip(METHODS + ["program_coverage"], "os^v<>DPX*h"))
+    markers = dict(zip(METHODS, "os^v<>DPX*hpH"))
     for ax, res in zip(axes.flat, results):
         for method, r in res["methods"].items():
             acc, (low, high) = r["accuracy"], r["ci95"]
@@ -257,15 +270,16 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def table(results: list[dict], markdown: bool) -> str:
-    names = [m for m in METHODS + ["program_coverage"] if any(m in r["methods"] for r in results)]
-    head = ["task", "n"] + names + [f"AUROC {s}" for s in SCORERS]
+    names = [m for m in METHODS if any(m in r["methods"] for r in results)]
+    scorers = [s for s in SCORERS if any(s in r["auroc"] for r in results)]
+    head = ["task", "n"] + names + [f"AUROC {s}" for s in scorers]
     lines = [head]
     for r in results:
         cells = [r["task"], str(r["questions"])]
         for m in names:
             v = r["methods"].get(m)
             cells.append(f"{v['accuracy']:.2f} ({v['ci95'][0]:.2f}-{v['ci95'][1]:.2f})" if v else "-")
-        cells += [f"{r['auroc'][s]:.2f}" if r["auroc"].get(s) is not None else "-" for s in SCORERS]
+        cells += [f"{r['auroc'][s]:.2f}" if r["auroc"].get(s) is not None else "-" for s in scorers]
         lines.append(cells)
     cost = ["", "tokens, seconds per example:"] + [
         f"{r['task']} {m}: {v['tokens_per_example']:.0f} tok, {v['seconds_per_example']:.2f} s"
@@ -288,12 +302,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="engine threads (default 1)")
     parser.add_argument("--no-program", action="store_true", help="skip the program-aided run")
+    parser.add_argument("--mlp", action="store_true", help="also an MLP-probe ORM (orm_mlp), on the same states")
     parser.add_argument("--cache", type=Path, default=Path("runs/bench-verifiers"), help="ORMs and finished tasks")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/verifiers"), help="OUT.json, OUT.png")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
     if args.samples < 2 or (args.limit is not None and args.limit < 1):
         parser.error(f"--samples must be >= 2 and --limit >= 1 (got {args.samples}, {args.limit})")
+    args.probes = ["logistic"] + (["mlp"] if args.mlp else [])
     import torch
 
     torch.set_num_threads(args.threads)
@@ -302,7 +318,7 @@ def main() -> None:
     results = []
     for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         key = (f"{name}-limit{args.limit or 'all'}-train{args.train_size}-n{args.samples}-t{args.temperature}"
-               f"-seed{args.seed}{'-noprog' if args.no_program else ''}.json")
+               f"-seed{args.seed}{'-noprog' if args.no_program else ''}{'-mlp' if args.mlp else ''}.json")
         done = args.cache / key
         if done.exists():
             results.append(json.loads(done.read_text()))

@@ -28,32 +28,49 @@ class VerifierError(InvalidRequestError):
     """A verifier file that cannot be read, or that was trained on another model."""
 
 
+PROBES = ("logistic", "mlp")
+MLP_HIDDEN = 64  # units of the MLP probe's one hidden layer
+
+
 @dataclass(slots=True)
 class Probe:
-    """Logistic regression on standardised features: [features] -> P(correct)."""
+    """A logistic regression on standardised features, or (with `hidden` layers) a small ReLU MLP whose output unit
+    is one: [features] -> P(correct). hidden[i]: [inputs, units] weights, hidden_bias[i]: [units]."""
 
     mean: list[float]
     scale: list[float]
     weights: list[float]
     bias: float
+    hidden: list[list[list[float]]] = field(default_factory=list)
+    hidden_bias: list[list[float]] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return "mlp" if self.hidden else "logistic"
 
     def predict(self, features) -> list[float]:
         """[n, features] (array-like) -> n probabilities in [0, 1]."""
         import numpy as np
 
         x = (np.asarray(features, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
+        for w, b in zip(self.hidden, self.hidden_bias):
+            x = np.maximum(x @ np.asarray(w) + np.asarray(b), 0.0)
         logits = x @ np.asarray(self.weights) + self.bias
         return [1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v)) for v in logits]
 
 
-def train_probe(features, labels, seed: int = 0, c: float = 1.0) -> Probe:
-    """Fit the probe (scikit-learn's LogisticRegression, lbfgs, L2 strength 1/c) on [n, features] and n labels in
-    [0, 1]: 0/1 labels, or soft ones (a process verifier's rollout success rates; a soft label p is fitted as a
-    right row of weight p and a wrong row of weight 1 - p, the cross-entropy of the soft target). Deterministic for
-    equal inputs and seed. ValueError when the labels do not hold both some right and some wrong mass."""
+def train_probe(features, labels, seed: int = 0, c: float = 1.0, kind: str = "logistic") -> Probe:
+    """Fit the probe on [n, features] and n labels in [0, 1]: `logistic` (scikit-learn's LogisticRegression, lbfgs,
+    L2 strength 1/c) or `mlp` (MLPClassifier, one ReLU layer of MLP_HIDDEN units, L2 alpha 1e-3, adam). Labels are
+    0/1, or soft (a process verifier's rollout success rates; a soft label p is fitted as a right row of weight p
+    and a wrong row of weight 1 - p, the cross-entropy of the soft target). Deterministic for equal inputs and
+    seed. ValueError when the labels do not hold both some right and some wrong mass, or for an unknown kind."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
 
+    if kind not in PROBES:
+        raise ValueError(f"probe must be one of {', '.join(PROBES)}, got {kind!r}")
     x, y = np.asarray(features, dtype=np.float64), np.asarray(labels, dtype=np.float64)
     if len(y) == 0 or y.max() <= 0 or y.min() >= 1:
         only = int(y[0]) if len(y) else "-"
@@ -61,13 +78,18 @@ def train_probe(features, labels, seed: int = 0, c: float = 1.0) -> Probe:
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale < 1e-8] = 1.0
     z = (x - mean) / scale
-    model = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+    model = (LogisticRegression(C=c, max_iter=2000, random_state=seed) if kind == "logistic" else
+             MLPClassifier((MLP_HIDDEN,), alpha=1e-3, max_iter=300, random_state=seed))
     if np.isin(y, (0.0, 1.0)).all():
         model.fit(z, y.astype(np.int64))
     else:
         model.fit(np.concatenate([z, z]), np.concatenate([np.ones(len(y)), np.zeros(len(y))]).astype(np.int64),
                   sample_weight=np.concatenate([y, 1.0 - y]))
-    return Probe(mean.tolist(), scale.tolist(), model.coef_[0].tolist(), float(model.intercept_[0]))
+    if kind == "logistic":
+        return Probe(mean.tolist(), scale.tolist(), model.coef_[0].tolist(), float(model.intercept_[0]))
+    *hidden, out = model.coefs_
+    return Probe(mean.tolist(), scale.tolist(), out[:, 0].tolist(), float(model.intercepts_[-1][0]),
+                 [w.tolist() for w in hidden], [b.tolist() for b in model.intercepts_[:-1]])
 
 
 @dataclass(slots=True)

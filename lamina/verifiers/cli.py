@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--holdout", type=float, default=0.25, help="fraction of questions held out for metrics")
     train.add_argument("--kind", choices=["orm", "prm"], default="orm", help="orm: outcome verifier (the answer's "
                        "last token); prm: process verifier (each line's last token, labelled by rollouts)")
+    train.add_argument("--probe", choices=["logistic", "mlp"], default="logistic",
+                       help="logistic regression (default) or a one-hidden-layer MLP (scikit-learn)")
     train.add_argument("--rollouts", type=int, default=4, help="prm: continuations per step prefix (default 4)")
     train.add_argument("--max-steps", type=int, default=8, help="prm: most steps (lines) per answer (default 8)")
     train.add_argument("--out", required=True, help="the verifier file to write (JSON)")
@@ -82,9 +84,11 @@ def train_command(args: argparse.Namespace) -> int:
             from lamina.verifiers.process import train_process_verifier
 
             verifier = asyncio.run(train_process_verifier(args.model, task, args.split, args.samples, args.limit,
-                                                          rollouts=args.rollouts, max_steps=args.max_steps, **common))
+                                                          rollouts=args.rollouts, max_steps=args.max_steps,
+                                                          probe=args.probe, **common))
         else:
-            verifier = asyncio.run(train_verifier(args.model, task, args.split, args.samples, args.limit, **common))
+            verifier, = asyncio.run(train_verifier(args.model, task, args.split, args.samples, args.limit,
+                                                   probes=(args.probe,), **common))
     except ValueError as exc:
         raise SpecError(f"cannot train a verifier on {args.task} {args.split}: {exc}") from None
     verifier.save(args.out)

@@ -96,7 +96,8 @@ async def collect_steps(engine, llm_engine, drawn: Samples, prompt_lengths: list
     return rows
 
 
-def fit_prm(rows: StepRows, drawn: Samples, info: VerifierInfo, holdout: float) -> ProcessVerifier:
+def fit_prm(rows: StepRows, drawn: Samples, info: VerifierInfo, holdout: float,
+            probe_kind: str = "logistic") -> ProcessVerifier:
     """Train on the questions outside a held-out fraction. Held-out metrics: the Brier score of the step scores
     against the rollout rates, the step AUROC against rate >= 0.5, and the outcome metrics (auroc, ece,
     selection_accuracy, ...) of each sample's last-step score against its own label."""
@@ -104,7 +105,8 @@ def fit_prm(rows: StepRows, drawn: Samples, info: VerifierInfo, holdout: float) 
 
     held = held_out_questions(rows.question_ids, holdout, info.seed)
     train = [i for i, q in enumerate(rows.question_ids) if q not in held]
-    probe = train_probe([rows.features[i] for i in train], [rows.labels[i] for i in train], info.seed)
+    probe = train_probe([rows.features[i] for i in train], [rows.labels[i] for i in train], info.seed,
+                        kind=probe_kind)
     test = [i for i, q in enumerate(rows.question_ids) if q in held]
     if test:
         scores = probe.predict([rows.features[i] for i in test])
@@ -127,7 +129,8 @@ def fit_prm(rows: StepRows, drawn: Samples, info: VerifierInfo, holdout: float) 
 async def train_process_verifier(model: str, task, split: str, samples: int, limit: int | None = None, *,
                                  rollouts: int = 4, seed: int = 0, temperature: float = 0.8,
                                  layers: list[int] | None = None, holdout: float = 0.25, max_tokens: int | None = None,
-                                 max_steps: int = 8, engine: dict[str, Any] | None = None) -> ProcessVerifier:
+                                 max_steps: int = 8, engine: dict[str, Any] | None = None,
+                                 probe: str = "logistic") -> ProcessVerifier:
     """Sample `task`'s split, label every step of every sample by `rollouts` continuations, train a ProcessVerifier
     (info.samples counts the training steps). ValueError when the rollouts never (or always) succeed."""
     from lamina.backends.local import shared_engine
@@ -157,5 +160,5 @@ async def train_process_verifier(model: str, task, split: str, samples: int, lim
                                max_tokens=max_tokens or task.spec.max_tokens, seed=seed)
     info = VerifierInfo(model, cached_identity(model), chosen, task.name, split, seed=seed, kind="prm",
                         rollouts=rollouts)
-    return fit_prm(rows, drawn, info, holdout)
+    return fit_prm(rows, drawn, info, holdout, probe)
 

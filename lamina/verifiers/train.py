@@ -105,11 +105,14 @@ def report(question_ids: list[str], labels: list[int], scores: list[float]) -> d
             "coverage": metrics.coverage(question_ids, labels)}
 
 
-def fit(samples: Samples, features: list[list[float]], info: VerifierInfo, holdout: float) -> LearnedVerifier:
-    """Train on the questions outside a held-out fraction; the held-out metrics go into `info.metrics`."""
+def fit(samples: Samples, features: list[list[float]], info: VerifierInfo, holdout: float,
+        probe_kind: str = "logistic") -> LearnedVerifier:
+    """Train a `probe_kind` probe on the questions outside a held-out fraction; the held-out metrics go into
+    `info.metrics`."""
     held = held_out_questions(samples.question_ids, holdout, info.seed)
     train = samples.rows(set(samples.question_ids) - held)
-    probe: Probe = train_probe([features[i] for i in train], [samples.labels[i] for i in train], info.seed)
+    probe: Probe = train_probe([features[i] for i in train], [samples.labels[i] for i in train], info.seed,
+                               kind=probe_kind)
     test = samples.rows(held)
     if test:
         scores = probe.predict([features[i] for i in test])
@@ -122,16 +125,18 @@ def fit(samples: Samples, features: list[list[float]], info: VerifierInfo, holdo
 
 async def train_verifier(model: str, task, split: str, samples: int, limit: int | None = None, *, seed: int = 0,
                          temperature: float = 0.8, layers: list[int] | None = None, holdout: float = 0.25,
-                         max_tokens: int | None = None, engine: dict[str, Any] | None = None) -> LearnedVerifier:
-    """Sample, label and train on `task`'s split (engine: the local engine's options, e.g. num_threads)."""
+                         max_tokens: int | None = None, engine: dict[str, Any] | None = None,
+                         probes: tuple[str, ...] = ("logistic",)) -> list[LearnedVerifier]:
+    """Sample, label and collect the states of `task`'s split once (engine: the local engine's options, e.g.
+    num_threads), then train one verifier per probe kind in `probes` on them, in that order."""
     from lamina.rewards.learned import cached_identity
 
     drawn, llm_engine = await sample_task(model, task, split, samples, limit, seed=seed, temperature=temperature,
                                           max_tokens=max_tokens, engine=engine)
     chosen = layers or default_layers(len(llm_engine.model.layers))
     features = await asyncio.to_thread(features_of, llm_engine, drawn.sequences, chosen)
-    info = VerifierInfo(model, cached_identity(model), chosen, task.name, split, seed=seed)
-    return fit(drawn, features, info, holdout)
+    return [fit(drawn, features, VerifierInfo(model, cached_identity(model), chosen, task.name, split, seed=seed),
+                holdout, kind) for kind in probes]
 
 
 async def evaluate_verifier(verifier: LearnedVerifier, model: str, task, split: str, samples: int,
