@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from lamina.rewards import Response
-from lamina.rewards.learned import (LearnedVerifier, ProcessVerifier, VerifierError, VerifierInfo, step_features,
-                                    train_probe)
+from lamina.rewards.learned import (LearnedVerifier, ProcessVerifier, VerifierError, VerifierInfo, load_verifier,
+                                    prompt_ids, step_features, train_probe)
 from lamina.verifiers.process import StepRows, collect_steps, fit_prm, rollout_rates, step_ends
 from lamina.verifiers.select import best_of, vote
 from lamina.verifiers.train import Samples
@@ -124,6 +124,10 @@ def test_prm_scores_each_step_and_survives_save_load(tiny_prm, tiny_llm, tiny_ll
     assert asyncio.run(loaded.bind(tiny_llm.engine, str(tiny_llama_dir)).score_steps(QUESTION, steps)) == scores
     with pytest.raises(VerifierError, match="a prm verifier, expected a orm one"):
         LearnedVerifier.load(path)
+    either = load_verifier(path)
+    assert isinstance(either, ProcessVerifier) and either.probe == verifier.probe
+    seq = prompt_ids(tok, QUESTION) + tok.encode("2 + 3\nis 5\nThe answer is 5.")
+    assert bound.score_sequences([seq])[0] == pytest.approx(scores[0][-1], abs=1e-6)  # eval's last-step score
     loaded.info.model_identity = "0" * 32
     with pytest.raises(VerifierError, match="cannot score model"):
         loaded.bind(tiny_llm.engine, str(tiny_llama_dir))

@@ -143,7 +143,8 @@ def cached_identity(model: str) -> str:
 
 
 class _Learned:
-    """A probe bound to the states of the model it was trained on; saved and loaded as one file."""
+    """A probe bound to the states of the model it was trained on; saved and loaded as one file (`_Learned.load`
+    loads either kind; a subclass's load only its own)."""
 
     kind = ""
 
@@ -189,10 +190,17 @@ class _Learned:
             info = VerifierInfo(**data)
         except TypeError as exc:
             raise VerifierError(f"{path}: malformed verifier file: {exc}") from None
-        if info.kind != cls.kind:
-            raise VerifierError(f"{path}: a {info.kind} verifier, expected a {cls.kind} one (train it with "
-                                f"lamina verifier train --kind {cls.kind})")
-        return cls(probe, info)
+        kinds = {k.kind: k for k in _Learned.__subclasses__()}
+        if info.kind not in kinds or (cls.kind and info.kind != cls.kind):
+            raise VerifierError(f"{path}: a {info.kind} verifier, expected a {cls.kind or ' or '.join(kinds)} one "
+                                f"(train it with lamina verifier train --kind {cls.kind or 'orm'})")
+        return kinds[info.kind](probe, info)
+
+    def score_sequences(self, sequences: list[list[int]]) -> list[float]:
+        """The probe's score of each whole sequence (prompt + answer), read at its last token: an ORM's P(correct),
+        a PRM's score of the answer's last step."""
+        engine = self._bound()
+        return self.probe.predict(features_of(engine, sequences, self.info.layers)) if sequences else []
 
 
 class LearnedVerifier(_Learned, OutcomeRewardModel):
@@ -205,10 +213,6 @@ class LearnedVerifier(_Learned, OutcomeRewardModel):
     def sequences(self, question: Question, answers: list[Response]) -> list[list[int]]:
         prompt = prompt_ids(self._bound().tokenizer, question)
         return [prompt + self._tokens(a) for a in answers]
-
-    def score_sequences(self, sequences: list[list[int]]) -> list[float]:
-        engine = self._bound()
-        return self.probe.predict(features_of(engine, sequences, self.info.layers)) if sequences else []
 
     async def score(self, question: Question, answers: list[Response]) -> list[Score]:
         return list(await asyncio.to_thread(self.score_sequences, self.sequences(question, answers)))
@@ -239,3 +243,8 @@ class ProcessVerifier(_Learned, ProcessRewardModel):
 
     async def score_steps(self, question: Question, steps_per_answer: list[list[Response]]) -> list[list[Score]]:
         return await asyncio.to_thread(self._score_all, question, steps_per_answer)
+
+
+def load_verifier(path: str | Path) -> LearnedVerifier | ProcessVerifier:
+    """A verifier file of either kind (orm: LearnedVerifier, prm: ProcessVerifier); VerifierError when unreadable."""
+    return _Learned.load(path)

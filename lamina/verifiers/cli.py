@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--max-steps", type=int, default=8, help="prm: most steps (lines) per answer (default 8)")
     train.add_argument("--out", required=True, help="the verifier file to write (JSON)")
     train.set_defaults(func=train_command)
-    ev = vsub.add_parser("eval", help="AUROC, calibration (ECE) and best-of-N selection accuracy on a split")
+    ev = vsub.add_parser("eval", help="AUROC, calibration (ECE) and best-of-N selection accuracy on a split (a "
+                         "process verifier is judged by its score of each answer's last step)")
     ev.add_argument("verifier", help="a verifier file")
     ev.add_argument("--model", help="local model (default: the one the verifier was trained with)")
     _common(ev, "dev")
@@ -103,12 +104,12 @@ def train_command(args: argparse.Namespace) -> int:
 def eval_command(args: argparse.Namespace) -> int:
     import asyncio
 
-    from lamina.rewards.learned import LearnedVerifier
+    from lamina.rewards.learned import load_verifier
     from lamina.tasks.task import load_task
     from lamina.verifiers.train import evaluate_verifier
 
     _check(args)
-    verifier = LearnedVerifier.load(args.verifier)
+    verifier = load_verifier(args.verifier)
     task = load_task(args.task)
     task.examples(args.split, args.limit)
     model = args.model or verifier.info.model

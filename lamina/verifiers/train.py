@@ -8,7 +8,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from lamina.rewards.learned import LearnedVerifier, Probe, VerifierInfo, features_of, prompt_ids, train_probe
+from lamina.rewards.learned import (LearnedVerifier, ProcessVerifier, Probe, VerifierInfo, features_of, prompt_ids,
+                                    train_probe)
 from lamina.verifiers import metrics
 
 
@@ -139,7 +140,7 @@ async def train_verifier(model: str, task, split: str, samples: int, limit: int 
                 holdout, kind) for kind in probes]
 
 
-async def evaluate_verifier(verifier: LearnedVerifier, model: str, task, split: str, samples: int,
+async def evaluate_verifier(verifier: LearnedVerifier | ProcessVerifier, model: str, task, split: str, samples: int,
                             limit: int | None = None, *, seed: int = 0, temperature: float = 0.8,
                             max_tokens: int | None = None) -> dict[str, Any]:
     verifier.bind(None, model)  # refuse another model before sampling anything
