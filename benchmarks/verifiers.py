@@ -100,7 +100,7 @@ async def draw(spec: dict, task, examples, scorer: Scorer, desc: str) -> tuple[D
             cands = result.first_layer_samples()
             scored = await asyncio.gather(*(scorer.score(c.text, example, messages[-1]["content"]) for c in cands))
             prompt = prompt_ids(engine.tokenizer, messages)
-            per_question[i] = (cands, [int(s.value >= 0.5) for s in scored], prompt, result.usage.total_tokens)
+            per_question[i] = (cands, [int(s.value >= 0.5) for s in scored], prompt)
             out.tokens += result.usage.total_tokens
             bar.update(1)
             bar.set_postfix(tok_s=f"{out.tokens / (time.perf_counter() - start):.0f}")
@@ -112,7 +112,7 @@ async def draw(spec: dict, task, examples, scorer: Scorer, desc: str) -> tuple[D
         await arch.aclose()
     out.seconds = time.perf_counter() - start
     how = vote_extractor(scorer)
-    for cands, labels, prompt, _ in per_question:
+    for cands, labels, prompt in per_question:
         out.texts.append([c.text for c in cands])
         out.keys.append([extract(c.text, how) for c in cands])
         out.labels.append(labels)
