@@ -245,17 +245,21 @@ def plot(results: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     cols = min(3, len(results))
     rows_ = math.ceil(len(results) / cols)
     fig, axes = plt.subplots(rows_, cols, figsize=(4.2 * cols, 3.6 * rows_), squeeze=False)
     markers = dict(zip(METHODS, "os^v<>DPX*hpH"))
     for ax, res in zip(axes.flat, results):
-        for method, r in res["methods"].items():
+        for k, (method, r) in enumerate(res["methods"].items()):
             acc, (low, high) = r["accuracy"], r["ci95"]
-            ax.errorbar(r["tokens_per_example"], acc, yerr=[[max(acc - low, 0.0)], [max(high - acc, 0.0)]],
+            nudge = 1 + 0.025 * (k - len(res["methods"]) / 2)  # methods at one cost side by side
+            yerr = [[max(acc - low, 0.0)], [max(high - acc, 0.0)]]
+            ax.errorbar(r["tokens_per_example"] * nudge, acc, yerr=yerr,
                         fmt=markers.get(method, "o"), capsize=2, label=method)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{res['task']} (test, n={res['questions']})")
         ax.set_xlabel("tokens per example")
         ax.set_ylabel("accuracy")
