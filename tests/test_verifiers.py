@@ -119,3 +119,27 @@ def test_a_verifier_on_a_backend_without_hidden_states_is_a_clear_error(tiny_ver
     with pytest.raises(VerifierError, match="cannot read"):
         run_spec({"name": "v", "models": {"m": {"model": "scripted"}}, "layers": layers}, QUESTION,
                  backends={"m": ScriptedBackend()})
+
+
+def test_an_mlp_probe_is_deterministic_and_survives_save_load(tiny_verifier, tiny_llm, tiny_llama_dir, tmp_path):
+    verifier, samples, features = tiny_verifier
+    mlp = train_probe(features, samples.labels, seed=3, kind="mlp")
+    assert mlp == train_probe(features, samples.labels, seed=3, kind="mlp") and mlp.kind == "mlp"
+    assert len(mlp.hidden) == 1 and len(mlp.hidden[0]) == len(features[0]) and len(mlp.weights) == 64
+    import numpy as np
+    from sklearn.neural_network import MLPClassifier
+
+    x = np.asarray(features)
+    z = (x - np.asarray(mlp.mean)) / np.asarray(mlp.scale)
+    reference = MLPClassifier((64,), alpha=1e-3, max_iter=300, random_state=3).fit(z, samples.labels)
+    assert mlp.predict(features) == pytest.approx(reference.predict_proba(z)[:, 1].tolist(), abs=1e-9)
+    mlp_verifier = LearnedVerifier(mlp, verifier.info)
+    mlp_verifier.save(tmp_path / "mlp.json")
+    loaded = LearnedVerifier.load(tmp_path / "mlp.json")
+    assert loaded.probe == mlp
+    answers = [Response("4"), Response("5")]
+    scores = [asyncio.run(v.bind(tiny_llm.engine, str(tiny_llama_dir)).score(QUESTION, answers))
+              for v in (mlp_verifier, loaded, verifier)]
+    assert scores[0] == scores[1] != scores[2]
+    with pytest.raises(ValueError, match="probe must be one of logistic, mlp"):
+        train_probe(features, samples.labels, kind="tree")

@@ -1,7 +1,8 @@
 """Rewards: outcome reward models score whole answers, process reward models each step of partial ones
 (`base.py`, the interface). Implementations that need no extra model: the generator's confidence
 (`confidence.py`: mean log-prob, self-certainty), an LLM judge's verdict probability (`judge.py`), a task's
-tests run in the sandbox (`execution.py`); a learned verifier on the model's hidden states (`learned.py`).
+tests run in the sandbox (`execution.py`); learned verifiers on the model's hidden states (`learned.py`:
+outcome `LearnedVerifier`, process `ProcessVerifier`).
 
 Layering: rewards sit beside techniques (techniques use them); they may import calls, backends, answers, sandbox
 and the engine, never techniques, eval, server or architecture."""

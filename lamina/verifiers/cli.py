@@ -27,9 +27,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--train-size", type=int, help="a generated task: draw this many train questions (dev and "
                        "test stay the same questions)")
     train.add_argument("--holdout", type=float, default=0.25, help="fraction of questions held out for metrics")
+    train.add_argument("--kind", choices=["orm", "prm"], default="orm", help="orm: outcome verifier (the answer's "
+                       "last token); prm: process verifier (each line's last token, labelled by rollouts)")
+    train.add_argument("--probe", choices=["logistic", "mlp"], default="logistic",
+                       help="logistic regression (default) or a one-hidden-layer MLP (scikit-learn)")
+    train.add_argument("--rollouts", type=int, default=4, help="prm: continuations per step prefix (default 4)")
+    train.add_argument("--max-steps", type=int, default=8, help="prm: most steps (lines) per answer (default 8)")
     train.add_argument("--out", required=True, help="the verifier file to write (JSON)")
     train.set_defaults(func=train_command)
-    ev = vsub.add_parser("eval", help="AUROC, calibration (ECE) and best-of-N selection accuracy on a split")
+    ev = vsub.add_parser("eval", help="AUROC, calibration (ECE) and best-of-N selection accuracy on a split (a "
+                         "process verifier is judged by its score of each answer's last step)")
     ev.add_argument("verifier", help="a verifier file")
     ev.add_argument("--model", help="local model (default: the one the verifier was trained with)")
     _common(ev, "dev")
@@ -56,52 +63,53 @@ def train_command(args: argparse.Namespace) -> int:
 
     from lamina.errors import SpecError
     from lamina.tasks.task import load_task
-    from lamina.verifiers.train import train_verifier
+    from lamina.verifiers.train import grow_train, train_verifier
 
     _check(args)
     if not 0 < args.holdout < 1:
         raise SpecError(f"--holdout must be in (0, 1), got {args.holdout}")
+    if args.rollouts < 1 or args.max_steps < 1:
+        raise SpecError(f"--rollouts and --max-steps must be at least 1 (got {args.rollouts}, {args.max_steps})")
     try:
         layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     except ValueError:
         raise SpecError(f"--layers: comma-separated integers, got {args.layers!r}") from None
     task = load_task(args.task)
     if args.train_size is not None:
-        _grow_train(task, args.train_size)
+        grow_train(task, args.train_size)
     task.examples(args.split, args.limit)
+    common = dict(seed=args.seed, temperature=args.temperature, layers=layers, holdout=args.holdout,
+                  max_tokens=args.max_tokens)
     try:
-        verifier = asyncio.run(train_verifier(args.model, task, args.split, args.samples, args.limit, seed=args.seed,
-                                              temperature=args.temperature, layers=layers, holdout=args.holdout,
-                                              max_tokens=args.max_tokens))
+        if args.kind == "prm":
+            from lamina.verifiers.process import train_process_verifier
+
+            verifier = asyncio.run(train_process_verifier(args.model, task, args.split, args.samples, args.limit,
+                                                          rollouts=args.rollouts, max_steps=args.max_steps,
+                                                          probe=args.probe, **common))
+        else:
+            verifier, = asyncio.run(train_verifier(args.model, task, args.split, args.samples, args.limit,
+                                                   probes=(args.probe,), **common))
     except ValueError as exc:
         raise SpecError(f"cannot train a verifier on {args.task} {args.split}: {exc}") from None
     verifier.save(args.out)
-    print(f"wrote {args.out}: {verifier.info.samples} samples of {verifier.info.questions} questions, "
+    unit = "steps" if args.kind == "prm" else "samples"
+    print(f"wrote {args.out}: {verifier.info.kind} verifier, {verifier.info.samples} {unit} of "
+          f"{verifier.info.questions} questions, "
           f"layers {verifier.info.layers}; held out:")
     _print(verifier.info.metrics, args.json)
     return 0
 
 
-def _grow_train(task, size: int) -> None:
-    from lamina.errors import SpecError
-    from lamina.tasks.generated import DEFAULT_SIZES
-
-    source = task.spec.source
-    if source.type != "generated" or size < 1:
-        raise SpecError(f"--train-size needs a generated task and a positive size (task {task.name!r} is "
-                        f"{source.type}, size {size})")
-    source.sizes = {**DEFAULT_SIZES, **(source.sizes or {}), "train": size}
-
-
 def eval_command(args: argparse.Namespace) -> int:
     import asyncio
 
-    from lamina.rewards.learned import LearnedVerifier
+    from lamina.rewards.learned import load_verifier
     from lamina.tasks.task import load_task
     from lamina.verifiers.train import evaluate_verifier
 
     _check(args)
-    verifier = LearnedVerifier.load(args.verifier)
+    verifier = load_verifier(args.verifier)
     task = load_task(args.task)
     task.examples(args.split, args.limit)
     model = args.model or verifier.info.model

@@ -6,7 +6,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from lamina.rewards.learned import LearnedVerifier, Probe, VerifierInfo, features_of, prompt_ids, train_probe
+from tqdm import tqdm
+
+from lamina.rewards.learned import (LearnedVerifier, ProcessVerifier, Probe, VerifierInfo, features_of, prompt_ids,
+                                    train_probe)
 from lamina.verifiers import metrics
 
 
@@ -43,6 +46,8 @@ async def sample_task(model: str, task, split: str, samples: int, limit: int | N
     llm_engine = (await arch.models["m"].backend.engine()).engine
     prompt = {}
 
+    bar = tqdm(total=len(examples), desc=f"{task.name} {split} x{samples}", unit="q", leave=False)
+
     async def one(example):
         async with slots:
             messages = task.messages(example)
@@ -50,11 +55,13 @@ async def sample_task(model: str, task, split: str, samples: int, limit: int | N
             cands = result.first_layer_samples()
             scored = await asyncio.gather(*(scorer.score(c.text, example, messages[-1]["content"]) for c in cands))
             prompt[example.id] = prompt_ids(llm_engine.tokenizer, messages)
+            bar.update(1)
             return example.id, cands, [int(s.value >= 0.5) for s in scored]
 
     try:
         results = await asyncio.gather(*(one(e) for e in examples))
     finally:
+        bar.close()
         await arch.aclose()
     out = Samples()
     for qid, cands, labels in results:
@@ -64,6 +71,19 @@ async def sample_task(model: str, task, split: str, samples: int, limit: int | N
             out.sequences.append(prompt[qid] + list(cand.token_ids or []))
             out.texts.append(cand.text)
     return out, llm_engine
+
+
+def grow_train(task, size: int) -> None:
+    """A generated task drawing `size` train questions (its dev and test stay the same questions); SpecError for
+    another task or a size below 1."""
+    from lamina.errors import SpecError
+    from lamina.tasks.generated import DEFAULT_SIZES
+
+    source = task.spec.source
+    if source.type != "generated" or size < 1:
+        raise SpecError(f"--train-size needs a generated task and a positive size (task {task.name!r} is "
+                        f"{source.type}, size {size})")
+    source.sizes = {**DEFAULT_SIZES, **(source.sizes or {}), "train": size}
 
 
 def default_layers(num_layers: int) -> list[int]:
@@ -86,11 +106,14 @@ def report(question_ids: list[str], labels: list[int], scores: list[float]) -> d
             "coverage": metrics.coverage(question_ids, labels)}
 
 
-def fit(samples: Samples, features: list[list[float]], info: VerifierInfo, holdout: float) -> LearnedVerifier:
-    """Train on the questions outside a held-out fraction; the held-out metrics go into `info.metrics`."""
+def fit(samples: Samples, features: list[list[float]], info: VerifierInfo, holdout: float,
+        probe_kind: str = "logistic") -> LearnedVerifier:
+    """Train a `probe_kind` probe on the questions outside a held-out fraction; the held-out metrics go into
+    `info.metrics`."""
     held = held_out_questions(samples.question_ids, holdout, info.seed)
     train = samples.rows(set(samples.question_ids) - held)
-    probe: Probe = train_probe([features[i] for i in train], [samples.labels[i] for i in train], info.seed)
+    probe: Probe = train_probe([features[i] for i in train], [samples.labels[i] for i in train], info.seed,
+                               kind=probe_kind)
     test = samples.rows(held)
     if test:
         scores = probe.predict([features[i] for i in test])
@@ -103,18 +126,21 @@ def fit(samples: Samples, features: list[list[float]], info: VerifierInfo, holdo
 
 async def train_verifier(model: str, task, split: str, samples: int, limit: int | None = None, *, seed: int = 0,
                          temperature: float = 0.8, layers: list[int] | None = None, holdout: float = 0.25,
-                         max_tokens: int | None = None) -> LearnedVerifier:
+                         max_tokens: int | None = None, engine: dict[str, Any] | None = None,
+                         probes: tuple[str, ...] = ("logistic",)) -> list[LearnedVerifier]:
+    """Sample, label and collect the states of `task`'s split once (engine: the local engine's options, e.g.
+    num_threads), then train one verifier per probe kind in `probes` on them, in that order."""
     from lamina.rewards.learned import cached_identity
 
-    drawn, engine = await sample_task(model, task, split, samples, limit, seed=seed, temperature=temperature,
-                                      max_tokens=max_tokens)
-    chosen = layers or default_layers(len(engine.model.layers))
-    features = await asyncio.to_thread(features_of, engine, drawn.sequences, chosen)
-    info = VerifierInfo(model, cached_identity(model), chosen, task.name, split, seed=seed)
-    return fit(drawn, features, info, holdout)
+    drawn, llm_engine = await sample_task(model, task, split, samples, limit, seed=seed, temperature=temperature,
+                                          max_tokens=max_tokens, engine=engine)
+    chosen = layers or default_layers(len(llm_engine.model.layers))
+    features = await asyncio.to_thread(features_of, llm_engine, drawn.sequences, chosen)
+    return [fit(drawn, features, VerifierInfo(model, cached_identity(model), chosen, task.name, split, seed=seed),
+                holdout, kind) for kind in probes]
 
 
-async def evaluate_verifier(verifier: LearnedVerifier, model: str, task, split: str, samples: int,
+async def evaluate_verifier(verifier: LearnedVerifier | ProcessVerifier, model: str, task, split: str, samples: int,
                             limit: int | None = None, *, seed: int = 0, temperature: float = 0.8,
                             max_tokens: int | None = None) -> dict[str, Any]:
     verifier.bind(None, model)  # refuse another model before sampling anything

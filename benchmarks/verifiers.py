@@ -1,0 +1,350 @@
+"""Verifiers at small scale: which selector turns 8 samples of the embedded model into more right answers.
+
+Per task, on its TEST split (95% Wilson intervals): greedy; and, among the SAME 8 samples per question (drawn once,
+one n=8 request with top-20 logprobs), majority@8, self-certainty best-of-8 and self-certainty-weighted vote,
+mean-logprob best-of-8, the learned outcome verifier (ORM) best-of-8 and ORM-weighted vote, and coverage@8 (some
+sample right: the ceiling of any selector); program-aided vote (8 executed programs, arith/units tasks) is drawn
+separately. AUROC of each scorer over the pooled samples; tokens and seconds per example, the ORM's forward pass
+over prompt + answer counted in its rows. Each task's ORM is trained on its train split (`--train-size` questions
+of a generated task) and kept in the cache folder; finished tasks are kept there too, so a rerun resumes.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/verifiers.py [--tasks arith-1,code-2] [--limit 20]
+        [--train-size 100] [--samples 8] [--threads 1] [--markdown]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lamina.answers import extract
+from lamina.architecture import Architecture
+from lamina.eval.scorers import Scorer
+from lamina.eval.stats import wilson_interval
+from lamina.rewards.learned import LearnedVerifier
+from lamina.verifiers import metrics
+from lamina.verifiers.select import best_of, vote
+
+TASKS = ["arith-1", "arith-3", "units-1", "units-2", "code-2", "code-3"]
+PROGRAM_TASKS = ("arith-", "units-")
+METHODS = ["greedy", "majority", "self_certainty", "self_certainty_vote", "mean_logprob", "orm", "orm_vote",
+           "orm_mlp", "orm_mlp_vote", "program_vote", "coverage", "program_coverage"]  # in tables and plots
+SCORERS = ["self_certainty", "mean_logprob", "orm", "orm_mlp"]  # AUROC over the samples
+CONCURRENCY = 4  # questions in flight (the engine batches their samples)
+
+
+@dataclass(slots=True)
+class Drawn:
+    """The samples of every question of one phase: per question its candidates' texts, vote keys, labels, scores."""
+
+    texts: list[list[str]] = field(default_factory=list)
+    keys: list[list[str | None]] = field(default_factory=list)
+    labels: list[list[int]] = field(default_factory=list)
+    scores: dict[str, list[list[float | None]]] = field(default_factory=dict)
+    sequences: list[list[list[int]]] = field(default_factory=list)  # prompt + sample token ids (for the ORM)
+    tokens: int = 0  # prompt + completion tokens of the phase (cost, not counting cache hits)
+    seconds: float = 0.0  # wall time of the phase
+
+    def flat(self, name: str) -> list[float | None]:
+        return [s for row in self.scores[name] for s in row]
+
+
+def cpu_description() -> str:
+    """The CPU model and its SIMD flags that matter to the kernels."""
+    try:
+        from lamina.engine.kernels import cpu_description as described  # type: ignore[attr-defined]
+
+        return described()
+    except ImportError:
+        pass
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", text)
+    flag_line = re.search(r"flags\s*:\s*(.*)", text)
+    flags = set(flag_line.group(1).split()) if flag_line else set()
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{model.group(1).strip() if model else 'unknown CPU'} ({' '.join(simd) or 'no AVX2'})"
+
+
+def engine_options(threads: int) -> dict:
+    return {"kv_cache_memory_gb": 0.25, "num_threads": threads}
+
+
+def vote_extractor(scorer: Scorer) -> str:
+    return "code" if scorer.kind == "code" else scorer.extract
+
+
+async def draw(spec: dict, task, examples, scorer: Scorer, desc: str) -> tuple[Drawn, object]:
+    """Run `spec` on every example; label each first-layer sample with the task's scorer. Returns the samples and
+    the local LLMEngine that drew them."""
+    from lamina.rewards.learned import prompt_ids
+
+    arch = Architecture.from_spec(spec, f"benchmark {desc}", cache=False)
+    engine = (await arch.models["m"].backend.engine()).engine
+    slots = asyncio.Semaphore(CONCURRENCY)
+    bar = tqdm(total=len(examples), desc=desc, unit="q", leave=False)
+    per_question: list = [None] * len(examples)
+    out = Drawn(scores={"self_certainty": [], "mean_logprob": []})
+    start = time.perf_counter()
+
+    async def one(i: int, example) -> None:
+        async with slots:
+            messages = task.messages(example)
+            result = await arch.run(messages, tests=example.public_tests or None)
+            cands = result.first_layer_samples()
+            scored = await asyncio.gather(*(scorer.score(c.text, example, messages[-1]["content"]) for c in cands))
+            prompt = prompt_ids(engine.tokenizer, messages)
+            per_question[i] = (cands, [int(s.value >= 0.5) for s in scored], prompt)
+            out.tokens += result.usage.total_tokens
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{out.tokens / (time.perf_counter() - start):.0f}")
+
+    try:
+        await asyncio.gather(*(one(i, e) for i, e in enumerate(examples)))
+    finally:
+        bar.close()
+        await arch.aclose()
+    out.seconds = time.perf_counter() - start
+    how = vote_extractor(scorer)
+    for cands, labels, prompt in per_question:
+        out.texts.append([c.text for c in cands])
+        out.keys.append([extract(c.text, how) for c in cands])
+        out.labels.append(labels)
+        out.scores["self_certainty"].append([c.self_certainty for c in cands])
+        out.scores["mean_logprob"].append([c.mean_logprob for c in cands])
+        out.sequences.append([prompt + list(c.token_ids or []) for c in cands])
+    return out, engine
+
+
+def model_spec(name: str, temperature: float, max_tokens: int, threads: int, seed: int, layer: list) -> dict:
+    params = {"temperature": temperature, "max_tokens": max_tokens}
+    return {"name": name, "seed": seed, "layers": [layer],
+            "models": {"m": {"model": "default", "engine": engine_options(threads), "params": params}}}
+
+
+def orm_name(probe: str) -> str:
+    """The scorer name of an ORM with this probe: orm (logistic), orm_mlp."""
+    return "orm" if probe == "logistic" else f"orm_{probe}"
+
+
+async def train_orms(task, args, paths: dict[str, Path]) -> dict[str, LearnedVerifier]:
+    """Per probe kind, its ORM: loaded from its file, else trained (the missing ones from one sampling) and saved."""
+    from lamina.verifiers.train import train_verifier
+
+    missing = tuple(probe for probe, path in paths.items() if not path.exists())
+    out = {probe: LearnedVerifier.load(path) for probe, path in paths.items() if probe not in missing}
+    if missing:
+        start = time.perf_counter()
+        trained = await train_verifier("default", task, "train", args.samples, seed=args.seed, probes=missing,
+                                       temperature=args.temperature, engine=engine_options(args.threads))
+        for probe, verifier in zip(missing, trained):
+            verifier.info.metrics["train_seconds"] = time.perf_counter() - start  # sampling shared by all
+            paths[probe].parent.mkdir(parents=True, exist_ok=True)
+            verifier.save(paths[probe])
+            out[probe] = verifier
+    return out
+
+
+def picks(drawn: Drawn, orms: list[str]) -> dict[str, list[int]]:
+    """Per selector, the label of the sample it picks for each question."""
+    out: dict[str, list[int]] = {}
+
+    def add(name: str, label: int) -> None:
+        out.setdefault(name, []).append(label)
+
+    for q, labels in enumerate(drawn.labels):
+        keys = drawn.keys[q]
+        add("majority", labels[vote(keys)] if labels else 0)
+        for scorer in ["self_certainty", "mean_logprob"] + orms:
+            scores = drawn.scores[scorer][q]
+            add(scorer, labels[best_of(scores)] if labels else 0)
+            if scorer != "mean_logprob":
+                add(f"{scorer}_vote", labels[vote(keys, [max(s or 0.0, 0.0) for s in scores])] if labels else 0)
+        add("coverage", int(any(labels)))
+    return out
+
+
+def row(correct: list[int], tokens: float, seconds: float) -> dict:
+    n = len(correct)
+    low, high = wilson_interval(sum(correct), n)
+    return {"accuracy": sum(correct) / n if n else 0.0, "ci95": [low, high], "n": n,
+            "tokens_per_example": tokens / max(n, 1), "seconds_per_example": seconds / max(n, 1)}
+
+
+def score_orm(verifier: LearnedVerifier, engine, drawn: Drawn) -> tuple[list[list[float | None]], int, float]:
+    """The ORM's scores of every sample, the tokens its forward pass read and its seconds."""
+    start = time.perf_counter()
+    flat_sequences = [s for seqs in drawn.sequences for s in seqs]
+    it = iter(verifier.bind(engine, "default").score_sequences(flat_sequences))
+    scores = [[next(it) for _ in seqs] for seqs in drawn.sequences]
+    return scores, sum(len(s) for s in flat_sequences), time.perf_counter() - start
+
+
+async def run_task(name: str, args) -> dict:
+    from lamina.tasks.task import load_task
+    from lamina.verifiers.train import grow_train
+
+    task = load_task(name)
+    if task.spec.source.type == "generated":
+        grow_train(task, args.train_size)
+    scorer = Scorer.from_spec(task.scorer)
+    scorer.prepare()
+    size = args.train_size if task.spec.source.type == "generated" else "all"
+    paths = {probe: args.cache / f"{name}-{orm_name(probe)}-train{size}-n{args.samples}-seed{args.seed}.json"
+             for probe in args.probes}
+    orms = {orm_name(probe): verifier for probe, verifier in (await train_orms(task, args, paths)).items()}
+    examples = task.examples("test", args.limit)
+    max_tokens = task.spec.max_tokens
+    sample_layer = [{"type": "generate", "samples": args.samples, "logprobs": 20}]
+    drawn, engine = await draw(model_spec("samples", args.temperature, max_tokens, args.threads, args.seed,
+                                          sample_layer), task, examples, scorer, f"{name} samples@{args.samples}")
+    greedy, _ = await draw(model_spec("greedy", 0.0, max_tokens, args.threads, args.seed, [{"type": "generate"}]),
+                           task, examples, scorer, f"{name} greedy")
+    orm_cost: dict[str, tuple[int, float]] = {}
+    for orm, verifier in orms.items():
+        drawn.scores[orm], tokens, seconds = await asyncio.to_thread(score_orm, verifier, engine, drawn)
+        orm_cost[orm] = (tokens, seconds)
+
+    methods = {"greedy": row([labels[0] if labels else 0 for labels in greedy.labels], greedy.tokens,
+                             greedy.seconds)}
+    for method, correct in picks(drawn, list(orms)).items():
+        tokens, seconds = orm_cost.get(method.removesuffix("_vote"), (0, 0.0))
+        methods[method] = row(correct, drawn.tokens + tokens, drawn.seconds + seconds)
+    if name.startswith(PROGRAM_TASKS) and not args.no_program:
+        program_layer = [{"type": "program", "samples": args.samples}]
+        program, _ = await draw(model_spec("program", args.temperature, max(max_tokens, 128), args.threads,
+                                           args.seed, program_layer), task, examples, scorer, f"{name} program")
+        methods["program_vote"] = row([labels[vote(keys)] if labels else 0 for keys, labels
+                                       in zip(program.keys, program.labels)], program.tokens, program.seconds)
+        methods["program_coverage"] = row([int(any(labels)) for labels in program.labels], program.tokens,
+                                          program.seconds)
+    flat_labels = [y for labels in drawn.labels for y in labels]
+    qids = [str(q) for q, labels in enumerate(drawn.labels) for _ in labels]
+    auroc = {}
+    for scorer_name in ["self_certainty", "mean_logprob"] + list(orms):
+        values = drawn.flat(scorer_name)
+        rows = [i for i, v in enumerate(values) if v is not None]
+        auroc[scorer_name] = metrics.auroc([values[i] for i in rows], [flat_labels[i] for i in rows])
+    return {"task": name, "questions": len(examples), "samples": args.samples, "methods": methods, "auroc": auroc,
+            "ece": {orm: metrics.ece(drawn.flat(orm), flat_labels) for orm in orms},
+            "sample_accuracy": sum(flat_labels) / max(len(flat_labels), 1),
+            "first_sample_accuracy": metrics.first_sample_accuracy(qids, flat_labels),
+            "orms": {orm: {"probe": v.probe.kind, "train_questions": v.info.questions,
+                           "train_samples": v.info.samples, "layers": v.info.layers, "held_out": v.info.metrics}
+                     for orm, v in orms.items()}}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    cols = min(3, len(results))
+    rows_ = math.ceil(len(results) / cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(4.2 * cols, 3.6 * rows_), squeeze=False)
+    markers = dict(zip(METHODS, "os^v<>DPX*hpH"))
+    for ax, res in zip(axes.flat, results):
+        for k, (method, r) in enumerate(res["methods"].items()):
+            acc, (low, high) = r["accuracy"], r["ci95"]
+            nudge = 1 + 0.025 * (k - len(res["methods"]) / 2)  # methods at one cost side by side
+            yerr = [[max(acc - low, 0.0)], [max(high - acc, 0.0)]]
+            ax.errorbar(r["tokens_per_example"] * nudge, acc, yerr=yerr,
+                        fmt=markers.get(method, "o"), capsize=2, label=method)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{res['task']} (test, n={res['questions']})")
+        ax.set_xlabel("tokens per example")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+    for ax in list(axes.flat)[len(results):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8)
+    fig.suptitle("Selectors among 8 samples, SmolLM2-135M-Instruct on CPU (95% Wilson intervals)")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+
+
+def table(results: list[dict], markdown: bool) -> str:
+    names = [m for m in METHODS if any(m in r["methods"] for r in results)]
+    scorers = [s for s in SCORERS if any(s in r["auroc"] for r in results)]
+    head = ["task", "n"] + names + [f"AUROC {s}" for s in scorers]
+    lines = [head]
+    for r in results:
+        cells = [r["task"], str(r["questions"])]
+        for m in names:
+            v = r["methods"].get(m)
+            cells.append(f"{v['accuracy']:.2f} ({v['ci95'][0]:.2f}-{v['ci95'][1]:.2f})" if v else "-")
+        cells += [f"{r['auroc'][s]:.2f}" if r["auroc"].get(s) is not None else "-" for s in scorers]
+        lines.append(cells)
+    cost = ["", "tokens, seconds per example:"] + [
+        f"{r['task']} {m}: {v['tokens_per_example']:.0f} tok, {v['seconds_per_example']:.2f} s"
+        for r in results for m, v in r["methods"].items() if m in ("greedy", "majority", "orm", "program_vote")]
+    if markdown:
+        text = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        text += ["| " + " | ".join(c) + " |" for c in lines[1:]]
+        return "\n".join(text + cost)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join(["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines] + cost)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated (default {','.join(TASKS)})")
+    parser.add_argument("--limit", type=int, help="first N test questions per task (default: all)")
+    parser.add_argument("--train-size", type=int, default=1000, help="ORM train questions of a generated task")
+    parser.add_argument("--samples", type=int, default=8, help="samples per question (default 8)")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="engine threads (default 1)")
+    parser.add_argument("--no-program", action="store_true", help="skip the program-aided run")
+    parser.add_argument("--mlp", action="store_true", help="also an MLP-probe ORM (orm_mlp), on the same states")
+    parser.add_argument("--cache", type=Path, default=Path("runs/bench-verifiers"), help="ORMs and finished tasks")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/verifiers"), help="OUT.json, OUT.png")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = parser.parse_args()
+    if args.samples < 2 or (args.limit is not None and args.limit < 1):
+        parser.error(f"--samples must be >= 2 and --limit >= 1 (got {args.samples}, {args.limit})")
+    args.probes = ["logistic"] + (["mlp"] if args.mlp else [])
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cpu = cpu_description()
+    print(f"CPU: {cpu}; {args.threads} engine thread(s)", flush=True)
+    results = []
+    for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+        key = (f"{name}-limit{args.limit or 'all'}-train{args.train_size}-n{args.samples}-t{args.temperature}"
+               f"-seed{args.seed}{'-noprog' if args.no_program else ''}{'-mlp' if args.mlp else ''}.json")
+        done = args.cache / key
+        if done.exists():
+            results.append(json.loads(done.read_text()))
+            print(f"{name}: reused {done}", flush=True)
+            continue
+        result = asyncio.run(run_task(name, args))
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(result, indent=1))
+        results.append(result)
+        m = result["methods"]
+        print(f"{name}: greedy {m['greedy']['accuracy']:.2f}, majority {m['majority']['accuracy']:.2f}, "
+              f"orm {m['orm']['accuracy']:.2f}, coverage {m['coverage']['accuracy']:.2f}", flush=True)
+    print(f"\nSelectors on the test split, embedded SmolLM2-135M-Instruct, {args.samples} samples at T="
+          f"{args.temperature}, ORM trained on {args.train_size} train questions; CPU: {cpu}")
+    print(table(results, args.markdown))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"cpu": cpu, "threads": args.threads, "samples": args.samples, "temperature": args.temperature,
+              "train_size": args.train_size, "limit": args.limit, "seed": args.seed, "tasks": results}
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    plot(results, args.out.with_suffix(".png"))
+    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
