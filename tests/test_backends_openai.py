@@ -83,10 +83,10 @@ class StubServer:
                             st.waves, st.held = st.waves + 1, 0
                             st.lock.notify_all()
                         else:
-                            st.lock.wait_for(lambda: st.waves > wave, timeout=10)
+                            st.lock.wait_for(lambda: st.waves > wave, timeout=60)
                 try:
                     if st.fast_seed is not None and body.get("seed") != st.fast_seed:
-                        st.release.wait(timeout=10)
+                        st.release.wait(timeout=60)  # long: a loaded machine must not release them early
                     time.sleep(st.delay_s)
                     if status != 200:
                         return self._send(status, {"error": {"message": f"injected {status}"}}, {"Retry-After": "0"})
