@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -50,6 +50,7 @@ class Sequence:
     finish_reason: str | None = None
     stop_reason: str | int | None = None
     num_preemptions: int = 0
+    matcher: Any = None  # SamplingParams.structured_outputs: this sample's llguidance.LLMatcher, advanced per token
 
     def __len__(self) -> int:
         return len(self.token_ids)

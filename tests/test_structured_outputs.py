@@ -1,0 +1,105 @@
+"""Structured outputs (SamplingParams.structured_outputs): JSON schema, any JSON object, regex and choice, applied as
+a token mask per step; constrained rows obey their grammar for every seed and sample, unconstrained batch mates'
+samples stay exactly what they are alone."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from lamina import SamplingParams
+from lamina.errors import InvalidRequestError
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+          "required": ["name", "age"], "additionalProperties": False}
+CHOICES = ["yes", "no", "maybe so"]
+REGEX = r"\d{3}-[a-z]{2,4}"
+
+
+def check_schema(text: str) -> None:
+    value = json.loads(text)
+    assert set(value) == {"name", "age"}, text
+    assert isinstance(value["name"], str) and len(value["name"]) <= 12, text
+    assert isinstance(value["age"], int) and 0 <= value["age"] <= 120, text
+
+
+def _constrained_outputs(llm, prompt: str, structured: dict, seeds=(0, 1, 2), **params):
+    params = {"max_tokens": 60, "temperature": 1.0, **params}
+    batch = [SamplingParams(seed=s, n=2, structured_outputs=structured, **params)
+             for s in seeds]
+    return [o for req in llm.generate([prompt] * len(batch), batch, use_tqdm=False) for o in req.outputs]
+
+
+def test_choice_regex_and_schema_on_the_tiny_model(tiny_llm):
+    for out in _constrained_outputs(tiny_llm, "Pick one:", {"choice": CHOICES}):
+        assert out.text in CHOICES and out.finish_reason == "stop"
+    for out in _constrained_outputs(tiny_llm, "Code:", {"regex": REGEX}):
+        assert re.fullmatch(REGEX, out.text) and out.finish_reason == "stop", out.text
+    for out in _constrained_outputs(tiny_llm, "JSON:", {"json": SCHEMA}, seeds=(0, 1), top_p=0.9, max_tokens=200):
+        if out.finish_reason == "stop":  # a random model may ramble inside the name; what it closes must parse
+            check_schema(out.text)
+        else:
+            assert out.finish_reason == "length"
+    greedy = tiny_llm.generate(["Pick one:"], SamplingParams(max_tokens=8, temperature=0,
+                                                             structured_outputs={"choice": CHOICES}), use_tqdm=False)
+    assert greedy[0].outputs[0].text in CHOICES
+
+
+def test_unconstrained_batch_mates_keep_their_samples(tiny_llm):
+    free = SamplingParams(max_tokens=12, temperature=0.9, seed=7, n=2)
+    alone = tiny_llm.generate(["Hello there"], free, use_tqdm=False)[0]
+    constrained = SamplingParams(max_tokens=12, temperature=0.9, seed=7, n=2, structured_outputs={"regex": REGEX})
+    mixed = tiny_llm.generate(["Hello there", "Hello there"], [constrained, free], use_tqdm=False)
+    assert [o.token_ids for o in mixed[1].outputs] == [o.token_ids for o in alone.outputs]
+    assert all(re.fullmatch(REGEX, o.text) for o in mixed[0].outputs)
+    again = tiny_llm.generate(["Hello there"], constrained, use_tqdm=False)[0]  # seeded: batch-independent
+    assert [o.token_ids for o in again.outputs] == [o.token_ids for o in mixed[0].outputs]
+
+
+def test_logprobs_stay_the_models(tiny_llm):
+    free = tiny_llm.generate(["Pick one:"], SamplingParams(max_tokens=1, temperature=0, logprobs=0), use_tqdm=False)
+    forced = tiny_llm.generate(["Pick one:"], SamplingParams(max_tokens=1, temperature=0, logprobs=0,
+                                                             structured_outputs={"choice": ["no"]}), use_tqdm=False)
+    token = forced[0].outputs[0].token_ids[0]
+    assert forced[0].outputs[0].text == "no" or tiny_llm.engine.tokenizer.decode([token]) in "no"
+    if free[0].outputs[0].token_ids[0] != token:  # a forced token is less likely than the free choice
+        assert forced[0].outputs[0].logprobs[0].logprob < free[0].outputs[0].logprobs[0].logprob
+
+
+@pytest.mark.parametrize("structured, field", [
+    ({"json": {"type": "no-such-type"}}, "structured_outputs.json"),
+    ({"regex": "(unclosed"}, "structured_outputs.regex"),
+    ({"choice": []}, "structured_outputs.choice"),
+    ({"json": {}, "regex": "a"}, "exactly one of"),
+    ({"grammar_kind": 1}, "unknown field"),
+])
+def test_bad_constraints_are_one_line_errors(tiny_llm, structured, field):
+    with pytest.raises(InvalidRequestError, match=re.escape(field)):
+        tiny_llm.generate(["x"], SamplingParams(structured_outputs=structured), use_tqdm=False)
+
+
+@pytest.mark.slow
+def test_schema_json_object_regex_choice_on_the_real_model(real_llm):
+    chat = [{"role": "user", "content": "Describe a person (name and age) as JSON."}]
+    params = [SamplingParams(max_tokens=80, temperature=0.7, seed=s, n=2, structured_outputs={"json": SCHEMA})
+              for s in (1, 2)]
+    free = SamplingParams(max_tokens=20, temperature=0.7, seed=5)
+    free_alone = real_llm.chat([chat], free, use_tqdm=False)[0].outputs[0].token_ids
+    outs = real_llm.chat([chat, chat, chat], [*params, free], use_tqdm=False)
+    for out in (o for req in outs[:2] for o in req.outputs):
+        assert out.finish_reason == "stop", out.text
+        check_schema(out.text)
+    assert outs[2].outputs[0].token_ids == free_alone
+    obj = real_llm.chat([chat], SamplingParams(max_tokens=120, temperature=0, structured_outputs={"json_object": True}),
+                        use_tqdm=False)[0].outputs[0]
+    assert obj.finish_reason == "stop" and isinstance(json.loads(obj.text), dict), obj.text
+    ask = [{"role": "user", "content": "Is Paris the capital of France? Answer yes or no."}]
+    answer = real_llm.chat([ask], SamplingParams(max_tokens=5, temperature=0, structured_outputs={"choice": CHOICES}),
+                           use_tqdm=False)[0].outputs[0]
+    assert answer.text in CHOICES
+    phone = real_llm.generate(["Call me at"], SamplingParams(max_tokens=20, temperature=1, seed=3,
+                                                            structured_outputs={"regex": r"\d{3}-\d{4}"}),
+                              use_tqdm=False)[0].outputs[0]
+    assert re.fullmatch(r"\d{3}-\d{4}", phone.text) and phone.finish_reason == "stop"
