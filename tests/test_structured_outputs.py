@@ -103,3 +103,68 @@ def test_schema_json_object_regex_choice_on_the_real_model(real_llm):
                                                             structured_outputs={"regex": r"\d{3}-\d{4}"}),
                               use_tqdm=False)[0].outputs[0]
     assert re.fullmatch(r"\d{3}-\d{4}", phone.text) and phone.finish_reason == "stop"
+
+
+# --- the server's request fields (no model) and the chat template's continue_final_message ---
+
+def _chat(**body):
+    from lamina.server.protocol import ChatCompletionRequest
+
+    return ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], **body)
+
+
+@pytest.mark.parametrize("body, want", [
+    ({"response_format": {"type": "json_object"}}, {"json_object": True}),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": SCHEMA}}}, {"json": SCHEMA}),
+    ({"response_format": {"type": "text"}}, None),
+    ({"guided_choice": CHOICES}, {"choice": CHOICES}),
+    ({"guided_regex": REGEX}, {"regex": REGEX}),
+    ({"guided_json": SCHEMA}, {"json": SCHEMA}),
+    ({"structured_outputs": {"regex": REGEX}}, {"regex": REGEX}),
+    ({}, None),
+])
+def test_server_fields_map_to_structured_outputs(body, want):
+    assert _chat(**body).sampling_params(100).structured_outputs == want
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nope"}}}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format.json_schema.schema"),
+    ({"response_format": {"type": "yaml"}}, "response_format.type"),
+    ({"guided_regex": "(open"}, "guided_regex"),
+    ({"guided_regex": "a", "response_format": {"type": "json_object"}}, "guided_regex"),
+])
+def test_bad_server_constraints_are_400s_naming_the_field(body, param):
+    from lamina.server.errors import APIError
+
+    with pytest.raises(APIError) as info:
+        _chat(**body).sampling_params(100)
+    assert info.value.status == 400 and info.value.param == param
+
+
+def test_continue_final_message_flags():
+    from lamina.server.errors import APIError
+
+    body = _chat(continue_final_message=True)
+    body.check_supported()
+    assert body.add_generation_prompt is False
+    with pytest.raises(APIError):
+        _chat(continue_final_message=True, add_generation_prompt=True).check_supported()
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer(real_model_path):
+    from lamina.engine.loader.gguf_reader import GGUFFile
+    from lamina.engine.loader.gguf_tokenizer import tokenizer_from_gguf
+
+    return tokenizer_from_gguf(GGUFFile.open(real_model_path))
+
+
+def test_continue_final_message_leaves_the_assistant_turn_open(smollm2_tokenizer):
+    messages = [{"role": "user", "content": "Count to five."}, {"role": "assistant", "content": "1, 2, 3"}]
+    closed = smollm2_tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+    opened = smollm2_tokenizer.apply_chat_template(messages, add_generation_prompt=False, continue_final_message=True)
+    assert opened.endswith("<|im_start|>assistant\n1, 2, 3") and closed.startswith(opened)
+    assert len(closed) > len(opened)  # the end-of-turn that continuing drops
+    with pytest.raises(InvalidRequestError, match="continue_final_message"):
+        smollm2_tokenizer.apply_chat_template(messages, add_generation_prompt=True, continue_final_message=True)
