@@ -168,3 +168,34 @@ def test_continue_final_message_leaves_the_assistant_turn_open(smollm2_tokenizer
     assert len(closed) > len(opened)  # the end-of-turn that continuing drops
     with pytest.raises(InvalidRequestError, match="continue_final_message"):
         smollm2_tokenizer.apply_chat_template(messages, add_generation_prompt=True, continue_final_message=True)
+
+
+# --- specs ask for a constraint; the OpenAI backend forwards it ---
+
+def test_a_judge_component_passes_its_constraint_to_its_calls():
+    from tests.archs import run_spec
+    from tests.scripted import ScriptedBackend
+
+    choice = {"choice": ["Verdict: correct", "Verdict: incorrect"]}
+    backend = ScriptedBackend({"Check the reasoning": "Verdict: correct"})
+    spec = {"name": "s", "models": {"m": {"model": "scripted"}},
+            "layers": [[{"type": "generate", "samples": 2}], [{"type": "verify", "structured_outputs": choice}]]}
+    run_spec(spec, [{"role": "user", "content": "What is 2 + 2?"}], backends={"m": backend})
+    verify = [c for c in backend.calls if "Check the reasoning" in c.prompt]
+    assert len(verify) == 2 and all(c.params.structured_outputs == choice for c in verify)
+    assert all(c.params.structured_outputs is None for c in backend.calls if c not in verify)
+
+
+@pytest.mark.parametrize("structured, fields", [
+    ({"json": SCHEMA}, {"response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": SCHEMA}}}),
+    ({"json_object": True}, {"response_format": {"type": "json_object"}}),
+    ({"regex": REGEX}, {"guided_regex": REGEX}),
+    ({"choice": CHOICES}, {"guided_choice": CHOICES}),
+])
+def test_openai_backend_sends_the_constraint_as_request_fields(structured, fields):
+    from lamina.backends import get_backend
+
+    backend = get_backend("openai", "m", base_url="http://127.0.0.1:9")
+    body = backend._body([{"role": "user", "content": "hi"}], None, SamplingParams(structured_outputs=structured))
+    assert "structured_outputs" not in body
+    assert {k: body[k] for k in fields} == fields
