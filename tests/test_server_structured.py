@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.serving import serve
+from tests.serving import post, serve
 
 pytestmark = pytest.mark.slow  # a `lamina serve` of the real model
 
@@ -21,10 +21,6 @@ ASK = [{"role": "user", "content": "What is the capital of France? Reply in JSON
 def base() -> Iterator[str]:
     with serve("--model", "default", "--kv-cache-memory-gb", "0.25") as url:
         yield url
-
-
-def post(base: str, path: str, **body) -> httpx.Response:
-    return httpx.post(base + path, json={"model": "default", **body}, timeout=120)
 
 
 def streamed_text(base: str, path: str, **body) -> str:

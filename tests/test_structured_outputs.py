@@ -199,3 +199,8 @@ def test_openai_backend_sends_the_constraint_as_request_fields(structured, field
     body = backend._body([{"role": "user", "content": "hi"}], None, SamplingParams(structured_outputs=structured))
     assert "structured_outputs" not in body
     assert {k: body[k] for k in fields} == fields
+
+
+def test_architectures_list_the_constraint_and_prompt_fields_as_ignored():
+    body = _chat(response_format={"type": "json_object"}, continue_final_message=True, temperature=0.5)
+    assert body.sampling_fields_set() == ["continue_final_message", "response_format", "temperature"]

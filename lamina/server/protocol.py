@@ -208,6 +208,11 @@ class ChatCompletionRequest(_Sampling):
             raise bad_request("top_logprobs requires logprobs=true", "top_logprobs")
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    def sampling_fields_set(self) -> list[str]:
+        """Also the prompt-shaping fields, which an architecture (its own prompts) does not apply either."""
+        prompt_fields = {"add_generation_prompt", "continue_final_message"} & self.model_fields_set
+        return sorted({*super().sampling_fields_set(), *prompt_fields})
+
     def message_dicts(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.text(i)} for i, m in enumerate(self.messages)]
 
