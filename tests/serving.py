@@ -51,3 +51,8 @@ def serve(*args: str, timeout_s: float = 180.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def post(base: str, path: str, **body) -> httpx.Response:
+    """POST a JSON body to the served model "default" (body fields win), as a client would."""
+    return httpx.post(base + path, json={"model": "default", **body}, timeout=120)

@@ -336,7 +336,7 @@ def test_per_backend_concurrency_limit_is_respected(stub):
 # A value other than the default for every SamplingParams field (a new field must be added here to be tested).
 CHANGED = {"n": 2, "temperature": 0.3, "top_p": 0.9, "top_k": 5, "min_p": 0.05, "repetition_penalty": 1.2,
            "seed": 9, "max_tokens": 7, "stop": ["###"], "stop_token_ids": [2, 7], "ignore_eos": True, "logprobs": 3,
-           "include_stop_str_in_output": True, "prompt_logprobs": 2}
+           "include_stop_str_in_output": True, "prompt_logprobs": 2, "structured_outputs": {"regex": "a+"}}
 OPENAI_KEYS = {"model", "n", "temperature", "top_p", "max_tokens"}
 
 
@@ -352,12 +352,17 @@ def test_each_sampling_field_reaches_the_server(stub, name, chat):
     messages, prompt = (MESSAGES, None) if chat else (None, "plain prompt")
     run(complete_and_close(backend(stub), SamplingParams(**{name: CHANGED[name]}), messages, prompt))
     body = st.requests[0]["body"]
+    sent_as = {name}
     if name == "logprobs" and chat:  # OpenAI's chat shape
         assert body["logprobs"] is True and body["top_logprobs"] == CHANGED["logprobs"]
+        sent_as = {"logprobs", "top_logprobs"}
+    elif name == "structured_outputs":  # vLLM's guided_regex (JSON goes as OpenAI's response_format)
+        assert body["guided_regex"] == "a+"
+        sent_as = {"guided_regex"}
     else:
         assert body[name] == CHANGED[name]
     extra = set(body) - OPENAI_KEYS - {"messages", "prompt"}
-    assert extra == ({"logprobs", "top_logprobs"} if name == "logprobs" and chat else ({name} - OPENAI_KEYS))
+    assert extra == sent_as - OPENAI_KEYS
 
 
 def test_default_params_send_only_openai_keys(stub):

@@ -20,7 +20,8 @@ OUT_OF_RANGE = {"n": 0, "temperature": -1, "top_p": 0, "top_k": 0, "min_p": 1.5,
                 "max_tokens": 0, "stop": [""], "logprobs": 21}
 SET = {"temperature": 0.3, "top_p": 0.9, "top_k": 5, "min_p": 0.05, "repetition_penalty": 1.2, "seed": 9,
        "max_tokens": 7, "stop": ["###"], "stop_token_ids": [2, 7], "ignore_eos": True,
-       "include_stop_str_in_output": True}
+       "include_stop_str_in_output": True, "structured_outputs": {"choice": ["yes", "no"]}}
+CLI_SET = {k: v for k, v in SET.items() if k != "structured_outputs"}  # a constraint is no CLI flag
 
 
 def spec_with(params: dict) -> dict:
@@ -69,14 +70,15 @@ def test_cli_has_a_flag_per_field_with_its_help_and_the_commands_defaults():
     parser = argparse.ArgumentParser()
     add_sampling_arguments(parser, temperature=0.7, max_tokens=128)
     helps = {a.dest: a.help for a in parser._actions}
-    assert set(CLI_SAMPLING_FIELDS) == set(SAMPLING_FIELDS) - {"logprobs", "prompt_logprobs"} and set(CLI_SAMPLING_FIELDS) <= set(helps)
+    assert set(CLI_SAMPLING_FIELDS) == set(SAMPLING_FIELDS) - {"logprobs", "prompt_logprobs", "structured_outputs"}
+    assert set(CLI_SAMPLING_FIELDS) <= set(helps)
     assert all(SAMPLING_FIELDS[name].help in helps[name] for name in CLI_SAMPLING_FIELDS)
     assert sampling_params(parser.parse_args([])) == SamplingParams(temperature=0.7, max_tokens=128)
     args = parser.parse_args(["-n", "2", "--temperature", "0.3", "--top-p", "0.9", "--top-k", "5", "--min-p", "0.05",
                               "--repetition-penalty", "1.2", "--seed", "9", "--max-tokens", "7", "--stop", "###",
                               "--stop-token-ids", "2", "--stop-token-ids", "7", "--ignore-eos",
                               "--include-stop-str-in-output"])
-    assert sampling_params(args) == SamplingParams(n=2, **SET)
+    assert sampling_params(args) == SamplingParams(n=2, **CLI_SET)
     with pytest.raises(InvalidRequestError, match=re.escape(f"SamplingParams.top_k=0: {expected('top_k')}")):
         sampling_params(parser.parse_args(["--top-k", "0"]))
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from lamina import SamplingParams
-from tests.serving import serve
+from tests.serving import post, serve
 
 pytestmark = pytest.mark.slow  # a `lamina serve` of the real model
 
@@ -22,10 +22,6 @@ CHOICES = [" Paris", " London", " a large purple elephant"]
 def base() -> Iterator[str]:
     with serve("--model", "default", "--kv-cache-memory-gb", "0.25") as url:
         yield url
-
-
-def post(base: str, path: str, **body) -> httpx.Response:
-    return httpx.post(base + path, json={"model": "default", **body}, timeout=120)
 
 
 def harness_loglikelihood(choice: dict, ctxlen: int) -> tuple[float, bool]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import re
@@ -99,7 +100,9 @@ class OpenAIBackend(Backend):
 
     def _body(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, **{name: getattr(params, name) for name in ALWAYS_SENT}}
-        body.update((name, value) for name, value in params.changed().items() if name != "logprobs")
+        body.update((name, value) for name, value in params.changed().items()
+                    if name not in ("logprobs", "structured_outputs"))
+        body.update(_constraint_fields(params.structured_outputs))
         if messages is not None:
             body["messages"] = messages
             if params.logprobs is not None:
@@ -219,3 +222,19 @@ def _text_logprobs(raw: dict[str, Any] | None) -> list[TokenLP] | None:
     tops = raw.get("top_logprobs") or [{}] * len(raw["tokens"])
     return [TokenLP(tok, float(lp or 0.0), {k: float(v) for k, v in (top or {}).items()})
             for tok, lp, top in zip(raw["tokens"], raw.get("token_logprobs") or [], tops)]
+
+
+def _constraint_fields(structured: dict[str, Any] | None) -> dict[str, Any]:
+    """SamplingParams.structured_outputs as request fields: OpenAI's response_format for JSON (schema or any object),
+    vLLM's guided_regex / guided_choice otherwise."""
+    if not structured:
+        return {}
+    if structured.get("json_object"):
+        return {"response_format": {"type": "json_object"}}
+    if structured.get("json") is not None:
+        schema = structured["json"]
+        schema = json.loads(schema) if isinstance(schema, str) else schema
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}}
+    if structured.get("regex") is not None:
+        return {"guided_regex": structured["regex"]}
+    return {"guided_choice": structured["choice"]}

@@ -10,8 +10,9 @@ from pathlib import Path
 from lamina.engine.sampling_params import SAMPLING_FIELDS, SamplingParams
 
 
-# SamplingParams fields given as flags (all but logprobs, which these commands do not print)
-CLI_SAMPLING_FIELDS = tuple(name for name in SAMPLING_FIELDS if name not in ("logprobs", "prompt_logprobs"))
+# SamplingParams fields given as flags (all but logprobs, which these commands do not print, and structured_outputs)
+CLI_SAMPLING_FIELDS = tuple(name for name in SAMPLING_FIELDS
+                            if name not in ("logprobs", "prompt_logprobs", "structured_outputs"))
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = CLI_SAMPLING_FIELDS,

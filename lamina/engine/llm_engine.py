@@ -173,5 +173,5 @@ class LLMEngine:
         params = request.params
         return Sequence(request.request_id, index, list(request.prompt_token_ids), len(request.prompt_token_ids),
                         params, make_generator(seed, index), seed, self.tokenizer.detokenizer(), arrival=arrival,
-                        logprobs=[] if params.logprobs is not None else None,
+                        logprobs=[] if params.logprobs is not None else None, matcher=request.matcher(),
                         prompt_logprobs=prompt_logprobs_slots(request, index))

@@ -91,6 +91,8 @@ class OutputProcessor:
             return
         token = result.token_ids[row]
         seq.token_ids.append(token)
+        if seq.matcher is not None:
+            seq.matcher.consume_token(token)
         if seq.logprobs is not None and result.logprobs is not None:
             k = seq.params.logprobs or 0
             top = {} if not k else dict(zip(result.top_ids[row][:k], result.top_logprobs[row][:k]))  # type: ignore[index]
@@ -115,6 +117,9 @@ class OutputProcessor:
                 seq.text = seq.text[: at + len(stop)] if params.include_stop_str_in_output else seq.text[:at]
                 seq.finish_reason, seq.stop_reason = "stop", stop
                 return
+        if seq.matcher is not None and seq.matcher.is_stopped():  # the grammar is complete: nothing else may follow
+            seq.finish_reason = "stop"
+            return
         if seq.num_output_tokens >= params.max_tokens or len(seq.token_ids) >= self.max_seq_len:
             seq.finish_reason = "length"
 

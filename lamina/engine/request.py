@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from lamina.engine.outputs import OutputKind
 from lamina.engine.sampling_params import SamplingParams
 from lamina.engine.sequence import Sequence
+from lamina.engine.structured_outputs import Grammar, StructuredOutputsParams
 from lamina.engine.tokenizer import Tokenizer
 from lamina.errors import InvalidRequestError
 
@@ -24,6 +26,11 @@ class Request:
     seqs: list[Sequence] = field(default_factory=list)
     aborted: bool = False
     prompt_logprobs_sent: bool = False  # OutputKind.DELTA: the prompt logprobs went out with an earlier output
+    grammar: Grammar | None = None  # SamplingParams.structured_outputs, compiled; each sample gets its own matcher
+
+    def matcher(self) -> Any:
+        """A new sample's grammar state (an llguidance.LLMatcher), or None when the request is unconstrained."""
+        return None if self.grammar is None else self.grammar.matcher()
 
     @property
     def finished(self) -> bool:
@@ -64,7 +71,9 @@ def make_request(prompt: str | list[int], params: SamplingParams | None, request
         )
     if -(-(len(ids) + 1) // limits.block_size) > limits.num_blocks:
         raise InvalidRequestError(f"prompt of {len(ids)} tokens does not fit the KV pool of {limits.num_blocks} blocks")
-    return Request(request_id, text, ids, params, output_kind)
+    structured = StructuredOutputsParams.coerce(params.structured_outputs)
+    grammar = None if structured is None else Grammar(structured, tokenizer)
+    return Request(request_id, text, ids, params, output_kind, grammar=grammar)
 
 
 def make_generator(seed: int, index: int) -> torch.Generator:

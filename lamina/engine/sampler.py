@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from lamina.engine.sequence import Sequence
+from lamina.engine.structured_outputs import mask_logits
 
 
 TOP_P_CANDIDATES = 256
@@ -107,6 +108,7 @@ def _draw(logits: Tensor, seqs: list[Sequence], kernels: ModuleType | None) -> T
 def sample(logits: Tensor, seqs: list[Sequence], kernels: ModuleType | None = None) -> SampleResult:
     """logits [B, vocab] (float32), one row per sequence in `seqs`; `kernels`: the native sampler, if in use."""
     logits = apply_repetition_penalty(logits.float(), seqs)
+    scored, logits = logits, mask_logits(logits, seqs)  # logprobs stay the model's; the draw obeys the grammars
     rows = [row for row, seq in enumerate(seqs) if not seq.params.greedy]
     if len(rows) == len(seqs):
         chosen = _draw(logits, seqs, kernels)
@@ -118,7 +120,7 @@ def sample(logits: Tensor, seqs: list[Sequence], kernels: ModuleType | None = No
     result = SampleResult(chosen.tolist())
     want = [s.params.logprobs for s in seqs]
     if any(w is not None for w in want):
-        logprobs = torch.log_softmax(logits, dim=-1)
+        logprobs = torch.log_softmax(scored, dim=-1)
         result.logprobs = logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1).tolist()
         k = max(w or 0 for w in want)
         if k:

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from lamina.errors import InvalidRequestError
+from lamina.engine.structured_outputs import StructuredOutputsParams
+from lamina.errors import InvalidRequestError, LaminaError
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,13 @@ class FieldInfo:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _structured(value: Any) -> bool:
+    try:
+        return StructuredOutputsParams.coerce(value) is not None
+    except LaminaError:
+        return False
 
 
 def _sampling(default: Any, expected: str, help: str, check: Callable[[Any], bool]) -> Any:
@@ -73,6 +81,10 @@ class SamplingParams:
                                             lambda v: v is None or (isinstance(v, int) and 0 <= v <= 20))
     include_stop_str_in_output: bool = _sampling(False, "true or false", "keep the matched stop string in the output",
                                                  lambda v: isinstance(v, bool))
+    structured_outputs: dict[str, Any] | None = _sampling(
+        None, "None or an object with one of json (a JSON schema), regex, choice (a list of strings), json_object: true",
+        "constrain the output to a grammar (vLLM's StructuredOutputsParams)",
+        lambda v: v is None or _structured(v))
 
     def __init__(self, **kwargs: Any) -> None:
         unknown = sorted(set(kwargs) - set(SAMPLING_FIELDS))
@@ -85,9 +97,13 @@ class SamplingParams:
             self.stop = [self.stop]
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
+        if isinstance(self.structured_outputs, StructuredOutputsParams):
+            self.structured_outputs = self.structured_outputs.to_dict()
         self._validate()
 
     def _validate(self) -> None:
+        if isinstance(self.structured_outputs, dict):
+            StructuredOutputsParams.coerce(self.structured_outputs)  # its own error names the sub-field
         for name, info in SAMPLING_FIELDS.items():
             if name == "max_tokens" and self.max_tokens == 0 and self.prompt_logprobs is not None:
                 continue  # score the prompt, generate nothing (vLLM's echo with max_tokens 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -52,6 +52,7 @@ class Sequence:
     num_preemptions: int = 0
     parks: bool = False  # a branch (see branches.py): finishing keeps its blocks, parked until released or dropped
     prefill_only: bool = False  # a branch being opened: its prompt is prefilled, nothing is sampled
+    matcher: Any = None  # SamplingParams.structured_outputs: this sample's llguidance.LLMatcher, advanced per token
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -78,16 +78,33 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any) -> str:
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                            continue_final_message: bool = False, **extra: Any) -> str:
+        """The prompt text. `continue_final_message` (vLLM's): the last message is left open, so the model continues
+        its text (rendered without a generation prompt, then cut right after that message's content); it excludes
+        `add_generation_prompt` (InvalidRequestError)."""
         import jinja2
 
         messages = _plain_messages(messages)
+        if continue_final_message and add_generation_prompt:
+            raise InvalidRequestError("continue_final_message and add_generation_prompt cannot both be true")
         template = self._compiled()
         try:
-            return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+            text = template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                    bos_token=self.bos_token or "", eos_token=self.eos_token or "", **extra)
         except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
             raise InvalidRequestError(f"{self.source}: chat template rejected the messages: {exc}") from None
+        if continue_final_message:
+            final = messages[-1]["content"]
+            at = text.rfind(final) if final else -1
+            if final and at < 0:
+                final = final.strip()  # some templates trim the content
+                at = text.rfind(final)
+            if at < 0:
+                raise InvalidRequestError("continue_final_message: the chat template does not render the final "
+                                          "message's content verbatim")
+            text = text[: at + len(final)]
+        return text
 
     def _compiled(self) -> "jinja2.Template":
         import jinja2

@@ -58,7 +58,8 @@ class Server:
         if isinstance(target, LocalModel):
             params = body.sampling_params(target.max_model_len)
             call = self._call("chat", body, ChatFormat(target.tokenizer))
-            stream = target.generate([target.chat_prompt(messages)], params, call.id)
+            prompt = target.chat_prompt(messages, body.add_generation_prompt, body.continue_final_message)
+            stream = target.generate([prompt], params, call.id)
         else:
             stream = self._arch_generate(target, body, messages, wants_logprobs=body.logprobs)
             call = self._call("chat", body, ChatFormat(None))

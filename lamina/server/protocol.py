@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from lamina.engine.sampling_params import SAMPLING_FIELDS, SamplingParams, pydantic_fields, pydantic_type
+from lamina.engine.structured_outputs import StructuredOutputsParams
 from lamina.errors import InvalidRequestError
 from lamina.server.errors import APIError, bad_request
 
@@ -53,8 +54,11 @@ class LaminaOptions(BaseModel):
 # (per endpoint) are declared below. vLLM's extra fields (top_k, min_p, repetition_penalty, stop_token_ids,
 # ignore_eos, include_stop_str_in_output) are accepted as top-level keys, as vLLM does.
 _OPENAI_SHAPED = ("stop", "logprobs")
+# Structured outputs: OpenAI's response_format, vLLM's structured_outputs and its older guided_* fields.
+_GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice"}
 _SAMPLING_FIELDS = frozenset(set(SAMPLING_FIELDS) - {"n", "seed", "logprobs", "prompt_logprobs"}
-                             | {"max_completion_tokens", "presence_penalty", "frequency_penalty"})
+                             | {"max_completion_tokens", "presence_penalty", "frequency_penalty", "response_format",
+                                *_GUIDED})
 
 
 class _Extensible(BaseModel):
@@ -75,6 +79,10 @@ class _Sampling(_SamplingFields):  # type: ignore[valid-type, misc]
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     user: str | None = None
+    response_format: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
     lamina: LaminaOptions = Field(default_factory=LaminaOptions)
 
     @field_validator("n")
@@ -125,6 +133,9 @@ class _Sampling(_SamplingFields):  # type: ignore[valid-type, misc]
         max_tokens = self.requested_max_tokens()
         fields.update(max_tokens=default_max_tokens if max_tokens is None else max_tokens, stop=self.stop,
                       logprobs=self.requested_logprobs(), prompt_logprobs=self.requested_prompt_logprobs())
+        structured = self.structured_outputs_requested()
+        if structured is not None:
+            fields["structured_outputs"] = structured
         try:
             return SamplingParams(**fields)
         except InvalidRequestError as exc:
@@ -132,11 +143,52 @@ class _Sampling(_SamplingFields):  # type: ignore[valid-type, misc]
             raise APIError(400, str(exc), param=field if field in fields else None) from None
 
 
+    def structured_outputs_requested(self) -> dict[str, Any] | None:
+        """The one output constraint the body asks for (response_format, structured_outputs or a guided_* field),
+        checked here so that a bad one is a 400 naming its field; None when the output is free text."""
+        given: list[tuple[str, dict[str, Any]]] = []
+        if self.response_format is not None:
+            constraint = _response_format(self.response_format)
+            if constraint is not None:
+                given.append(("response_format", constraint))
+        if self.structured_outputs is not None:
+            given.append(("structured_outputs", self.structured_outputs))
+        given += [(name, {kind: getattr(self, name)}) for name, kind in _GUIDED.items() if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise bad_request(f"{' and '.join(n for n, _ in given)}: set only one output constraint", given[1][0])
+        if not given:
+            return None
+        name, constraint = given[0]
+        try:
+            StructuredOutputsParams.coerce(constraint).grammar()  # type: ignore[union-attr]
+        except InvalidRequestError as exc:
+            raise bad_request(f"{name}: {exc}", name) from None
+        return constraint
+
+
+def _response_format(value: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's response_format as a StructuredOutputsParams dict: text (None), json_object, json_schema."""
+    kind = value.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        schema = (value.get("json_schema") or {}).get("schema") if isinstance(value.get("json_schema"), dict) else None
+        if not isinstance(schema, dict):
+            raise bad_request("response_format.json_schema.schema: expected a JSON schema (an object)",
+                              "response_format.json_schema.schema")
+        return {"json": schema}
+    raise bad_request(f"response_format.type={kind!r}: expected text, json_object or json_schema", "response_format.type")
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: _MaxTokens = None
     logprobs: bool = False
     top_logprobs: _LogprobsCount = None
+    add_generation_prompt: bool = True  # vLLM's: false leaves the prompt after the last message
+    continue_final_message: bool = False  # vLLM's: the final (assistant) message is continued, not closed
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -146,11 +198,20 @@ class ChatCompletionRequest(_Sampling):
         if (self.model_extra or {}).get("echo"):
             raise bad_request("echo=true is not supported on chat completions (use /v1/completions)", "echo",
                               "unsupported_parameter")
+        if self.continue_final_message and "add_generation_prompt" not in self.model_fields_set:
+            self.add_generation_prompt = False  # vLLM's clients send continue_final_message alone
+        if self.continue_final_message and self.add_generation_prompt:
+            raise bad_request("continue_final_message=true needs add_generation_prompt=false", "continue_final_message")
 
     def requested_logprobs(self) -> int | None:
         if self.top_logprobs is not None and not self.logprobs:
             raise bad_request("top_logprobs requires logprobs=true", "top_logprobs")
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def sampling_fields_set(self) -> list[str]:
+        """Also the prompt-shaping fields, which an architecture (its own prompts) does not apply either."""
+        prompt_fields = {"add_generation_prompt", "continue_final_message"} & self.model_fields_set
+        return sorted({*super().sampling_fields_set(), *prompt_fields})
 
     def message_dicts(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.text(i)} for i, m in enumerate(self.messages)]

@@ -45,8 +45,10 @@ class LocalModel:
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
 
-    def chat_prompt(self, messages: Messages) -> str:
-        return self.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    def chat_prompt(self, messages: Messages, add_generation_prompt: bool = True,
+                    continue_final_message: bool = False) -> str:
+        return self.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                         continue_final_message=continue_final_message)
 
     def stats(self) -> dict[str, int]:
         return self.engine.stats()

@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, create_model
 from lamina.engine.sampling_params import pydantic_fields
 
 # The SamplingParams fields a component may override (with SamplingParams' allowed values). Not top_k: rank, fuse
-# and reward use `top_k` for how many candidates to keep.
-COMPONENT_SAMPLING = ("temperature", "top_p", "max_tokens")
+# and reward use `top_k` for how many candidates to keep. structured_outputs: a judge or generator may ask for a JSON
+# schema, regex or choice (e.g. {choice: ["yes", "no"]}) so that its reply parses.
+COMPONENT_SAMPLING = ("temperature", "top_p", "max_tokens", "structured_outputs")
 
 
 class StrictModel(BaseModel):
