@@ -233,7 +233,7 @@ def test_engine_times_each_shape_once_and_keeps_its_faster_kind(engine_kernel, t
     timed = []
     def fake_ratio(native, onednn, in_features):  # oneDNN "wins" the down projection (the only one with K = 96)
         timed.append(in_features)
-        return 1.5 if in_features == 96 else 0.5
+        return (1.5, 1.2) if in_features == 96 else (0.5, 0.3)  # (geometric mean, one row) of native / oneDNN
     monkeypatch.setattr(linear_choice, "time_ratio", fake_ratio)
     path = write_gguf(tmp_path / "m.gguf", "llama", random_hf_weights(len(byte_vocab()), False, False), permute=True,
                       types=_block_typed)
@@ -393,3 +393,20 @@ def test_native_rms_norm_rope_and_silu_match_pytorch(kernel):
     gate, up = gate_up.chunk(2, dim=1)
     torch.testing.assert_close(kernel.silu_mul(gate_up.contiguous()), torch.nn.functional.silu(gate) * up,
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("ratios, kind", [((1.5, 1.2), "onednn"), ((1.5, 0.5), "native"), ((1.05, 1.2), "native"),
+                                          ((0.8, 0.9), "native")])
+def test_onednn_only_when_clearly_faster_and_not_losing_the_single_row(tmp_path, monkeypatch, ratios, kind):
+    """(geometric mean, one row) of native / oneDNN time: oneDNN must win overall by the margin without native being
+    clearly faster on one row (a single stream's decode)."""
+    from types import SimpleNamespace
+
+    from lamina.engine.models import linear_choice
+
+    monkeypatch.setenv("LAMINA_LINEAR_CHOICES", str(tmp_path / "choices.json"))
+    monkeypatch.setattr(linear_choice, "time_ratio", lambda native, onednn, in_features: ratios)
+    table = linear_choice.ChoiceTable(SimpleNamespace(__name__="lamina_kernels_test"))
+    part = SimpleNamespace(qtype=SimpleNamespace(name="Q4_1"), shape=(64, 32))
+    assert table.native_is_faster([part], None, None, lambda linear: None) == (kind == "native")
+    assert table.choices == {"Q4_1 64x32": kind}

@@ -2,8 +2,11 @@
 
 Both multiply exactly the file's dequantized weights and give a row the same result whatever its batch, but their
 sums round differently: a linear that switched kind with the batch size would make a seeded sample depend on its
-batch mates. So each (formats, shape) gets one kind for every batch size: the one with the lower geometric mean of
-times over batches of 1, 8, 32 and 64 rows (each the fastest of a few runs), timed once per machine (CPU model,
+batch mates. So each (formats, shape) gets one kind for every batch size: native unless oneDNN is clearly faster
+overall (geometric mean of times over batches of 1, 8, 32 and 64 rows, each the fastest of a few runs, lower by
+ONEDNN_MARGIN) without being clearly slower on a single row (decode of one stream reads every weight per token, which
+the native kernel does from the 4-bit blocks: giving that up halved single-stream speed on an AVX2 CPU, while oneDNN's
+gains at 32-64 rows were a few tens of percent). Timed once per machine (CPU model,
 kernel build, torch version, threads) and kept in a JSON table (`LAMINA_LINEAR_CHOICES`, default ~/.cache/lamina/linear_choices.json).
 `LAMINA_LINEAR_CHOICE=native` or `onednn` decides without timing.
 """
@@ -25,6 +28,8 @@ from lamina.engine.loader.types import QuantizedWeight
 
 BATCHES = (1, 8, 32, 64)
 ROUNDS = 5
+ONEDNN_MARGIN = 1.1  # oneDNN is chosen when native takes over 1.1x its time (geometric mean over BATCHES) ...
+SINGLE_ROW_SLACK = 0.9  # ... and native is not under 0.9x oneDNN's time on one row
 POLICIES = ("measure", "native", "onednn")
 
 
@@ -47,9 +52,10 @@ def shape_key(parts: list[QuantizedWeight]) -> str:
     return f"{'+'.join(p.qtype.name for p in parts)} {sum(p.shape[0] for p in parts)}x{parts[0].shape[1]}"
 
 
-def time_ratio(native: Callable[[Tensor], Tensor], onednn: Callable[[Tensor], Tensor], in_features: int) -> float:
-    """Geometric mean over BATCHES of native time / oneDNN time, each the fastest of ROUNDS interleaved runs (the
-    least disturbed by other processes)."""
+def time_ratio(native: Callable[[Tensor], Tensor], onednn: Callable[[Tensor], Tensor],
+               in_features: int) -> tuple[float, float]:
+    """(geometric mean over BATCHES, the one-row value) of native time / oneDNN time, each the fastest of ROUNDS
+    interleaved runs (the least disturbed by other processes)."""
     logs = []
     with torch.inference_mode():
         for rows in BATCHES:
@@ -62,7 +68,7 @@ def time_ratio(native: Callable[[Tensor], Tensor], onednn: Callable[[Tensor], Te
                     if run:
                         times[which].append(time.perf_counter() - start)
             logs.append(math.log(min(times[0]) / min(times[1])))
-    return math.exp(sum(logs) / len(logs))
+    return math.exp(sum(logs) / len(logs)), math.exp(logs[0])
 
 
 class ChoiceTable:
@@ -81,8 +87,9 @@ class ChoiceTable:
                          make_onednn: Callable[[nn.Linear], nn.Module]) -> bool:
         key = shape_key(parts)
         if key not in self.choices:
-            ratio = time_ratio(native, make_onednn(linear), parts[0].shape[1])
-            self.choices[key] = "native" if ratio <= 1.0 else "onednn"
+            mean, single_row = time_ratio(native, make_onednn(linear), parts[0].shape[1])
+            onednn = mean > ONEDNN_MARGIN and single_row > SINGLE_ROW_SLACK
+            self.choices[key] = "onednn" if onednn else "native"
             self.changed = True
         return self.choices[key] == "native"
 
