@@ -95,3 +95,47 @@ def test_refused_echo_and_max_tokens_zero(base, path, body, param):
     r = post(base, path, **body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+LM_EVAL_TASK = """task: lamina_capitals
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+target_delimiter: " "
+metric_list:
+  - metric: acc
+"""
+
+
+def test_lm_evaluation_harness_runs_a_multiple_choice_task(base, tmp_path):
+    """lm-evaluation-harness itself (`local-completions`, echo + logprobs requests) on a local 8-question task."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("lm_eval", reason="lm-eval is in the test extra (pip install -e '.[test]')")
+    import transformers
+
+    from lamina.engine.loader import resolve_model_path
+
+    gguf = resolve_model_path("default")  # the served model's tokenizer, as lm-eval's tokenizer= wants a folder
+    transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp_path / "tok")
+    data = Path(__file__).parent / "data" / "lm_eval" / "capitals.jsonl"
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "capitals.yaml").write_text(LM_EVAL_TASK.format(data=data))
+    args = (f"model=default,base_url={base}/v1/completions,tokenizer={tmp_path / 'tok'},num_concurrent=1,"
+            "max_retries=1,tokenized_requests=True")
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args", args,
+                           "--tasks", "lamina_capitals", "--include_path", str(tmp_path / "task"),
+                           "--output_path", str(tmp_path / "out")], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (result,) = (tmp_path / "out").rglob("results_*.json")
+    acc = json.loads(result.read_text())["results"]["lamina_capitals"]["acc,none"]
+    assert acc >= 0.75  # the embedded model gets these easy questions right (8/8 when first run)
