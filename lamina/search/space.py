@@ -312,7 +312,7 @@ def estimate(spec: dict[str, Any], prompt_tokens: int) -> tuple[int, int, str | 
             n = comp.get("samples", 4 if ctype == "first_finish" else 1) * len(comp.get("models") or [alias])
             calls += len(comp.get("models") or [alias])
             tokens += prompt_tokens + n * mt
-            candidates, length = (n if ctype == "generate" else 1), mt
+            candidates, length = (1 if ctype == "first_finish" else n), mt  # first_finish keeps one
         elif ctype == "vote":
             candidates = 1 if comp.get("keep", "winner") == "winner" else candidates
         elif ctype == "rank":
@@ -334,6 +334,10 @@ def estimate(spec: dict[str, Any], prompt_tokens: int) -> tuple[int, int, str | 
         elif ctype == "unit_test":
             calls += 1
             tokens += prompt_tokens + mt
+    last = spec["layers"][-1][0]["type"]
+    if last in FIRST_LAYER_TYPES and candidates > 1 and spec.get("resolve", "first") == "first":
+        return calls, tokens, (f"layers[{len(spec['layers']) - 1}] ({last}) samples {candidates} candidates but "
+                               "nothing selects among them and resolve 'first' keeps one: redundant")
     return calls, tokens, None
 
 
