@@ -105,10 +105,10 @@ class Searcher:
             child.score = score
         for node, _ in chosen:
             await self._release(node)
+        await self._measure_blocks()  # the new children all still held: the search at its widest
         for child in children:
             if child.finished:
                 await self._release(child)
-        await self._measure_blocks()
         return groups
 
     def _child(self, parent: Node, step: Step, whole: bool) -> Node:

@@ -78,10 +78,6 @@ class Search(Technique):
     reads_candidates = False
     spec: SearchSpec
 
-    def messages(self, state: State) -> list[dict[str, str]]:
-        system = [{"role": "system", "content": self.spec.system}] if self.spec.system else []
-        return system + list(state.messages)
-
     def config(self, state: State) -> SearchConfig:
         s, params = self.spec, self.params(state)
         seed = s.seed if s.seed is not None else derive_seed(state.calls.base_seed, state.calls.query_key,
