@@ -10,8 +10,9 @@ from lamina.engine.config import EngineConfig, ModelConfig
 from lamina.engine.kernels import native_kernels
 from lamina.engine.kv_cache import KVCache
 from lamina.engine.models.block_quant import use_block_quant_linears
+from lamina.engine.models import model_class
 from lamina.engine.models.cpu_linear import Int8Linear, PackedLinear, packing_available, replace_linears
-from lamina.engine.models.llama import LlamaForCausalLM
+from lamina.engine.models.llama import LlamaForCausalLM, RotaryEmbedding
 from lamina.engine.tokenizer import Tokenizer
 
 
@@ -36,10 +37,11 @@ def build_model(model: str, cfg: EngineConfig) -> BuiltModel:
     mc, tokenizer = loaded.config, loaded.tokenizer
     max_model_len = min(cfg.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings)
     with torch.device(cfg.device):
-        net = LlamaForCausalLM(mc, max_positions=max_model_len)
+        net = model_class(mc.architecture)(mc, max_positions=max_model_len)
     net.load_hf_weights(loaded.weights)
     net.to(dtype=dtype)
-    net.rope.to(torch.float32)
+    for rope in (m for m in net.modules() if isinstance(m, RotaryEmbedding)):
+        rope.to(torch.float32)
     kernels = native_kernels() if cfg.native_kernels and cfg.device == "cpu" and dtype == torch.float32 else None
     linear_backend = _choose_linears(net, cfg, loaded.quantized, kernels)
     if kernels is not None:
