@@ -325,7 +325,8 @@ def plot(results: list[dict], path: Path) -> None:
             nudge = 1 + 0.025 * (k - len(res["methods"]) / 2)  # methods at one cost side by side
             yerr = [[max(acc - low, 0.0)], [max(high - acc, 0.0)]]
             ax.errorbar(r["tokens_per_example"] * nudge, acc, yerr=yerr,
-                        fmt=markers.get(method, "o"), capsize=2, label=method)
+                        fmt=markers.get(method, "o"), capsize=2, label=method,
+                        color=plt.cm.tab20(METHODS.index(method) % 20 if method in METHODS else 19))
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{res['task']} (test, n={res['questions']})")
@@ -334,8 +335,11 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_ylim(0, 1)
     for ax in list(axes.flat)[len(results):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8)
+    legend = {}  # every method of any task, once, in METHODS order
+    for ax in axes.flat:
+        legend.update({label: h for h, label in zip(*ax.get_legend_handles_labels())})
+    ordered = sorted(legend, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
+    fig.legend([legend[m] for m in ordered], ordered, loc="lower center", ncol=5, fontsize=8)
     fig.suptitle("Selectors among 8 samples, SmolLM2-135M-Instruct on CPU (95% Wilson intervals)")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
