@@ -3,8 +3,9 @@
 Per task, on its TEST split (95% Wilson intervals): greedy; and, among the SAME 8 samples per question (drawn once,
 one n=8 request with top-20 logprobs), majority@8, self-certainty best-of-8 and self-certainty-weighted vote,
 mean-logprob best-of-8, the learned outcome verifier (ORM) best-of-8 and ORM-weighted vote, and coverage@8 (some
-sample right: the ceiling of any selector); program-aided vote (8 executed programs, arith/units tasks) is drawn
-separately. AUROC of each scorer over the pooled samples; tokens and seconds per example, the ORM's forward pass
+sample right: the ceiling of any selector); on code tasks, the samples EXECUTED in the sandbox on the prompt's own
+examples (the task's public tests, never the hidden tests its scorer runs) and voted among those passing the most of
+them (public_tests); program-aided vote (8 executed programs, arith/units tasks) is drawn separately. AUROC of each scorer over the pooled samples; tokens and seconds per example, the ORM's forward pass
 over prompt + answer counted in its rows. Each task's ORM is trained on its train split (`--train-size` questions
 of a generated task) and kept in the cache folder; finished tasks are kept there too, so a rerun resumes.
 
@@ -35,8 +36,8 @@ from lamina.verifiers.select import best_of, vote
 TASKS = ["arith-1", "arith-3", "units-1", "units-2", "code-2", "code-3"]
 PROGRAM_TASKS = ("arith-", "units-")
 METHODS = ["greedy", "majority", "self_certainty", "self_certainty_vote", "mean_logprob", "orm", "orm_vote",
-           "orm_mlp", "orm_mlp_vote", "program_vote", "coverage", "program_coverage"]  # in tables and plots
-SCORERS = ["self_certainty", "mean_logprob", "orm", "orm_mlp"]  # AUROC over the samples
+           "orm_mlp", "orm_mlp_vote", "public_tests", "program_vote", "coverage", "program_coverage"]  # in tables, plots
+SCORERS = ["self_certainty", "mean_logprob", "orm", "orm_mlp", "public_tests"]  # AUROC over the samples
 CONCURRENCY = 4  # questions in flight (the engine batches their samples)
 
 
@@ -61,7 +62,7 @@ def cpu_description() -> str:
     try:
         from lamina.engine.kernels import cpu_description as described  # type: ignore[attr-defined]
 
-        return described()
+        return described().removeprefix("CPU: ")
     except ImportError:
         pass
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
@@ -151,6 +152,30 @@ async def train_orms(task, args, paths: dict[str, Path]) -> dict[str, LearnedVer
     return out
 
 
+def public_pass_rates(drawn: Drawn, examples) -> tuple[list[list[float | None]], float]:
+    """Per sample, the fraction of its question's PUBLIC tests (the examples shown in the prompt; the scorer's hidden
+    tests are never read) its program passes in the sandbox; and the seconds that took."""
+    from lamina.rewards import Response, TestsPassed
+
+    async def all_questions() -> list[list[float | None]]:
+        out = []
+        for texts, example in zip(drawn.texts, examples):
+            checker = TestsPassed(list(example.public_tests), timeout_s=5.0)
+            out.append(list(await checker.score("", [Response(t) for t in texts])) if example.public_tests
+                       else [None] * len(texts))
+        return out
+
+    start = time.perf_counter()
+    rates = asyncio.run(all_questions())
+    return rates, time.perf_counter() - start
+
+
+def passing_vote(keys: list[str | None], scores: list[float | None]) -> int:
+    """Majority vote among the samples with the highest score (all samples when none has one)."""
+    top = max((s for s in scores if s is not None), default=None)
+    return vote(keys, [1.0 if top is None or s == top else 0.0 for s in scores])
+
+
 def picks(drawn: Drawn, orms: list[str]) -> dict[str, list[int]]:
     """Per selector, the label of the sample it picks for each question."""
     out: dict[str, list[int]] = {}
@@ -166,6 +191,8 @@ def picks(drawn: Drawn, orms: list[str]) -> dict[str, list[int]]:
             add(scorer, labels[best_of(scores)] if labels else 0)
             if scorer != "mean_logprob":
                 add(f"{scorer}_vote", labels[vote(keys, [max(s or 0.0, 0.0) for s in scores])] if labels else 0)
+        if "public_tests" in drawn.scores:
+            add("public_tests", labels[passing_vote(keys, drawn.scores["public_tests"][q])] if labels else 0)
         add("coverage", int(any(labels)))
     return out
 
@@ -177,13 +204,48 @@ def row(correct: list[int], tokens: float, seconds: float) -> dict:
             "tokens_per_example": tokens / max(n, 1), "seconds_per_example": seconds / max(n, 1)}
 
 
-def score_orm(verifier: LearnedVerifier, engine, drawn: Drawn) -> tuple[list[list[float | None]], int, float]:
-    """The ORM's scores of every sample, the tokens its forward pass read and its seconds."""
-    start = time.perf_counter()
+def score_orms(verifiers: dict[str, LearnedVerifier], engine, drawn: Drawn
+               ) -> dict[str, tuple[list[list[float | None]], int, float]]:
+    """Per ORM, its scores of every sample, the tokens its forward pass read and its seconds. ORMs reading the same
+    layers share one forward pass (each is charged all of it, as it would need it alone)."""
+    from lamina.rewards.learned import features_of
+
     flat_sequences = [s for seqs in drawn.sequences for s in seqs]
-    it = iter(verifier.bind(engine, "default").score_sequences(flat_sequences))
-    scores = [[next(it) for _ in seqs] for seqs in drawn.sequences]
-    return scores, sum(len(s) for s in flat_sequences), time.perf_counter() - start
+    tokens = sum(len(s) for s in flat_sequences)
+    out = {}
+    by_layers: dict[tuple[int, ...], list[str]] = {}
+    for name, verifier in verifiers.items():
+        verifier.bind(engine, "default")  # refuses another model
+        by_layers.setdefault(tuple(verifier.info.layers), []).append(name)
+    for layers, names in by_layers.items():
+        start = time.perf_counter()
+        features = features_of(engine, flat_sequences, list(layers))
+        shared = time.perf_counter() - start
+        for name in names:
+            start = time.perf_counter()
+            it = iter(verifiers[name].probe.predict(features))
+            scores = [[next(it) for _ in seqs] for seqs in drawn.sequences]
+            out[name] = (scores, tokens, shared + time.perf_counter() - start)
+    return out
+
+
+def per_task(text: str | None, flag: str) -> dict[str, int | None]:
+    """`--limit`/`--train-size` values: "N" for every task, "N,code-2=M" (or just "code-2=M") to set some tasks
+    apart; key "" is the default. argparse error text on a bad value."""
+    out: dict[str, int | None] = {"": None}
+    for part in filter(None, (text or "").split(",")):
+        task, _, value = part.rpartition("=")
+        try:
+            out[task.strip()] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: {part!r} is not N or TASK=N") from None
+        if out[task.strip()] < 1:
+            raise argparse.ArgumentTypeError(f"{flag}: {part!r} must be >= 1")
+    return out
+
+
+def for_task(values: dict[str, int | None], name: str) -> int | None:
+    return values.get(name, values[""])
 
 
 async def run_task(name: str, args) -> dict:
@@ -191,15 +253,16 @@ async def run_task(name: str, args) -> dict:
     from lamina.verifiers.train import grow_train
 
     task = load_task(name)
+    train_size, limit = for_task(args.train_size, name), for_task(args.limit, name)
     if task.spec.source.type == "generated":
-        grow_train(task, args.train_size)
+        grow_train(task, train_size)
     scorer = Scorer.from_spec(task.scorer)
     scorer.prepare()
-    size = args.train_size if task.spec.source.type == "generated" else "all"
+    size = train_size if task.spec.source.type == "generated" else "all"
     paths = {probe: args.cache / f"{name}-{orm_name(probe)}-train{size}-n{args.samples}-seed{args.seed}.json"
              for probe in args.probes}
     orms = {orm_name(probe): verifier for probe, verifier in (await train_orms(task, args, paths)).items()}
-    examples = task.examples("test", args.limit)
+    examples = task.examples("test", limit)
     max_tokens = task.spec.max_tokens
     sample_layer = [{"type": "generate", "samples": args.samples, "logprobs": 20}]
     drawn, engine = await draw(model_spec("samples", args.temperature, max_tokens, args.threads, args.seed,
@@ -207,8 +270,11 @@ async def run_task(name: str, args) -> dict:
     greedy, _ = await draw(model_spec("greedy", 0.0, max_tokens, args.threads, args.seed, [{"type": "generate"}]),
                            task, examples, scorer, f"{name} greedy")
     orm_cost: dict[str, tuple[int, float]] = {}
-    for orm, verifier in orms.items():
-        drawn.scores[orm], tokens, seconds = await asyncio.to_thread(score_orm, verifier, engine, drawn)
+    if scorer.kind == "code":
+        drawn.scores["public_tests"], seconds = await asyncio.to_thread(public_pass_rates, drawn, examples)
+        orm_cost["public_tests"] = (0, seconds)
+    for orm, (scores, tokens, seconds) in (await asyncio.to_thread(score_orms, orms, engine, drawn)).items():
+        drawn.scores[orm] = scores
         orm_cost[orm] = (tokens, seconds)
 
     methods = {"greedy": row([labels[0] if labels else 0 for labels in greedy.labels], greedy.tokens,
@@ -227,11 +293,13 @@ async def run_task(name: str, args) -> dict:
     flat_labels = [y for labels in drawn.labels for y in labels]
     qids = [str(q) for q, labels in enumerate(drawn.labels) for _ in labels]
     auroc = {}
-    for scorer_name in ["self_certainty", "mean_logprob"] + list(orms):
+    for scorer_name in ["self_certainty", "mean_logprob"] + list(orms) + (["public_tests"] if scorer.kind == "code"
+                                                                           else []):
         values = drawn.flat(scorer_name)
         rows = [i for i, v in enumerate(values) if v is not None]
         auroc[scorer_name] = metrics.auroc([values[i] for i in rows], [flat_labels[i] for i in rows])
-    return {"task": name, "questions": len(examples), "samples": args.samples, "methods": methods, "auroc": auroc,
+    return {"task": name, "questions": len(examples), "test_size": len(task.examples("test")), "limit": limit,
+            "train_size": train_size, "samples": args.samples, "methods": methods, "auroc": auroc,
             "ece": {orm: metrics.ece(drawn.flat(orm), flat_labels) for orm in orms},
             "sample_accuracy": sum(flat_labels) / max(len(flat_labels), 1),
             "first_sample_accuracy": metrics.first_sample_accuracy(qids, flat_labels),
@@ -257,7 +325,8 @@ def plot(results: list[dict], path: Path) -> None:
             nudge = 1 + 0.025 * (k - len(res["methods"]) / 2)  # methods at one cost side by side
             yerr = [[max(acc - low, 0.0)], [max(high - acc, 0.0)]]
             ax.errorbar(r["tokens_per_example"] * nudge, acc, yerr=yerr,
-                        fmt=markers.get(method, "o"), capsize=2, label=method)
+                        fmt=markers.get(method, "o"), capsize=2, label=method,
+                        color=plt.cm.tab20(METHODS.index(method) % 20 if method in METHODS else 19))
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{res['task']} (test, n={res['questions']})")
@@ -266,8 +335,11 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_ylim(0, 1)
     for ax in list(axes.flat)[len(results):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8)
+    legend = {}  # every method of any task, once, in METHODS order
+    for ax in axes.flat:
+        legend.update({label: h for h, label in zip(*ax.get_legend_handles_labels())})
+    ordered = sorted(legend, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
+    fig.legend([legend[m] for m in ordered], ordered, loc="lower center", ncol=5, fontsize=8)
     fig.suptitle("Selectors among 8 samples, SmolLM2-135M-Instruct on CPU (95% Wilson intervals)")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
@@ -276,10 +348,10 @@ def plot(results: list[dict], path: Path) -> None:
 def table(results: list[dict], markdown: bool) -> str:
     names = [m for m in METHODS if any(m in r["methods"] for r in results)]
     scorers = [s for s in SCORERS if any(s in r["auroc"] for r in results)]
-    head = ["task", "n"] + names + [f"AUROC {s}" for s in scorers]
+    head = ["task", "n/test"] + names + [f"AUROC {s}" for s in scorers]
     lines = [head]
     for r in results:
-        cells = [r["task"], str(r["questions"])]
+        cells = [r["task"], f"{r['questions']}/{r['test_size']}" if "test_size" in r else str(r["questions"])]
         for m in names:
             v = r["methods"].get(m)
             cells.append(f"{v['accuracy']:.2f} ({v['ci95'][0]:.2f}-{v['ci95'][1]:.2f})" if v else "-")
@@ -287,7 +359,7 @@ def table(results: list[dict], markdown: bool) -> str:
         lines.append(cells)
     cost = ["", "tokens, seconds per example:"] + [
         f"{r['task']} {m}: {v['tokens_per_example']:.0f} tok, {v['seconds_per_example']:.2f} s"
-        for r in results for m, v in r["methods"].items() if m in ("greedy", "majority", "orm", "program_vote")]
+        for r in results for m, v in r["methods"].items() if m in ("greedy", "majority", "orm", "public_tests", "program_vote")]
     if markdown:
         text = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         text += ["| " + " | ".join(c) + " |" for c in lines[1:]]
@@ -296,11 +368,46 @@ def table(results: list[dict], markdown: bool) -> str:
     return "\n".join(["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines] + cost)
 
 
+CEILINGS = ("greedy", "coverage", "program_coverage")  # not selectors
+LEARNED = ("orm", "orm_vote", "orm_mlp", "orm_mlp_vote")
+
+
+def targets(result: dict) -> dict:
+    """Issue 13's targets on one task: the best selector's margin over greedy (target >= 0.10), and per learned
+    selector the fraction of the majority-to-coverage gap it closes (target >= 0.5; None when there is no gap)."""
+    methods = {m: v["accuracy"] for m, v in result["methods"].items()}
+    best = max((m for m in methods if m not in CEILINGS), key=lambda m: methods[m])
+    gap = methods["coverage"] - methods["majority"]
+    closed = {m: (methods[m] - methods["majority"]) / gap if gap > 0 else None for m in LEARNED if m in methods}
+    return {"best_selector": best, "best_minus_greedy": methods[best] - methods["greedy"],
+            "beats_greedy_by_10": methods[best] - methods["greedy"] >= 0.10, "gap_closed": closed,
+            "orm_closes_half": (closed.get("orm") or 0.0) >= 0.5}
+
+
+def target_lines(results: list[dict]) -> list[str]:
+    lines = ["", "targets (best selector - greedy >= 0.10; learned verifier closes >= 1/2 of majority->coverage):"]
+    for r in results:
+        t = r["targets"]
+        closed = ", ".join(f"{m} {c:.2f}" if c is not None else f"{m} -" for m, c in t["gap_closed"].items())
+        lines.append(f"{r['task']}: best {t['best_selector']} {t['best_minus_greedy']:+.2f} vs greedy "
+                     f"({'met' if t['beats_greedy_by_10'] else 'NOT met'}); gap closed: {closed} "
+                     f"({'met' if t['orm_closes_half'] else 'NOT met'} by orm)")
+    return lines
+
+
+def train_sizes(results: list[dict]) -> str:
+    """The ORMs' train questions per task, e.g. "arith-1 136, code-2 100"."""
+    return ", ".join(f"{r['task']} {r['orms']['orm']['train_questions']}" for r in results if "orm" in r["orms"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated (default {','.join(TASKS)})")
-    parser.add_argument("--limit", type=int, help="first N test questions per task (default: all)")
-    parser.add_argument("--train-size", type=int, default=1000, help="ORM train questions of a generated task")
+    parser.add_argument("--limit", type=lambda t: per_task(t, "--limit"), default=per_task(None, "--limit"),
+                        help="first N test questions per task (default: all); N,TASK=M sets a task apart")
+    parser.add_argument("--train-size", type=lambda t: per_task(t, "--train-size"),
+                        default=per_task("1000", "--train-size"),
+                        help="ORM train questions of a generated task (default 1000); N,TASK=M sets a task apart")
     parser.add_argument("--samples", type=int, default=8, help="samples per question (default 8)")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
@@ -311,8 +418,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/verifiers"), help="OUT.json, OUT.png")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
-    if args.samples < 2 or (args.limit is not None and args.limit < 1):
-        parser.error(f"--samples must be >= 2 and --limit >= 1 (got {args.samples}, {args.limit})")
+    if args.samples < 2 or args.train_size[""] is None:
+        parser.error(f"--samples must be >= 2 and --train-size needs a default N (got {args.samples})")
     args.probes = ["logistic"] + (["mlp"] if args.mlp else [])
     import torch
 
@@ -321,7 +428,8 @@ def main() -> None:
     print(f"CPU: {cpu}; {args.threads} engine thread(s)", flush=True)
     results = []
     for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
-        key = (f"{name}-limit{args.limit or 'all'}-train{args.train_size}-n{args.samples}-t{args.temperature}"
+        limit, train_size = for_task(args.limit, name), for_task(args.train_size, name)
+        key = (f"{name}-limit{limit or 'all'}-train{train_size}-n{args.samples}-t{args.temperature}"
                f"-seed{args.seed}{'-noprog' if args.no_program else ''}{'-mlp' if args.mlp else ''}.json")
         done = args.cache / key
         if done.exists():
@@ -336,11 +444,17 @@ def main() -> None:
         print(f"{name}: greedy {m['greedy']['accuracy']:.2f}, majority {m['majority']['accuracy']:.2f}, "
               f"orm {m['orm']['accuracy']:.2f}, coverage {m['coverage']['accuracy']:.2f}", flush=True)
     print(f"\nSelectors on the test split, embedded SmolLM2-135M-Instruct, {args.samples} samples at T="
-          f"{args.temperature}, ORM trained on {args.train_size} train questions; CPU: {cpu}")
+          f"{args.temperature}, ORM trained on {train_sizes(results)} train questions; CPU: {cpu}")
+    from lamina.tasks.task import load_task
+
+    for r in results:
+        r.setdefault("test_size", len(load_task(r["task"]).examples("test")))  # results cached before it was kept
+        r["targets"] = targets(r)
     print(table(results, args.markdown))
+    print("\n".join(target_lines(results)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"cpu": cpu, "threads": args.threads, "samples": args.samples, "temperature": args.temperature,
-              "train_size": args.train_size, "limit": args.limit, "seed": args.seed, "tasks": results}
+              "seed": args.seed, "tasks": results}
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     plot(results, args.out.with_suffix(".png"))
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")

@@ -18,6 +18,7 @@ PROGRAMS = {
     "silent": "```python\nx = 6 * 7\n```",
     "unfenced": "print(40 + 2)",
     "wrong": "```python\nprint(6 + 7)\n```",
+    "bomb": "```python\nx = bytearray(1024**3)\nprint(42)\n```",
 }
 
 
@@ -44,6 +45,13 @@ def test_a_vote_counts_the_executed_answers_not_the_numbers_in_the_code():
                                                                           "keep": "all"}]])
     assert [c.answer for c in result.final] == ["42", "42", "13", None, None]
     assert result.answer == "42"
+
+
+def test_a_program_over_the_spec_s_memory_limit_answers_nothing():
+    result, _ = run(["bomb", "right"], memory_mb=128)
+    assert [c.answer for c in result.final] == ["42", None]
+    errors = [e["error"] for e in result.trace if e.get("fallback") == "program failed"]
+    assert errors == ["memory limit"]
 
 
 def test_the_prompt_template_and_sampling_fields_are_the_spec_s():
