@@ -50,7 +50,7 @@ def plot(summaries: list[RunSummary], path: str | Path, title: str = "Accuracy v
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in summaries:
-        err = [[s.accuracy - s.ci_low], [s.ci_high - s.accuracy]]
+        err = [[max(0.0, s.accuracy - s.ci_low)], [max(0.0, s.ci_high - s.accuracy)]]  # rounding can cross 0
         ax.errorbar([s.tokens], [s.accuracy], yerr=err, fmt="o", capsize=4, label=s.name)
     ax.set_xscale("log")
     ax.set_xlabel("mean tokens per example (prompt + completion, log scale)")
