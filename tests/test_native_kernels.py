@@ -411,3 +411,17 @@ def test_onednn_only_when_clearly_faster_and_not_losing_the_single_row(tmp_path,
     part = SimpleNamespace(qtype=SimpleNamespace(name="Q4_1"), shape=(64, 32))
     assert table.native_is_faster([part], None, None, lambda linear: None) == (kind == "native")
     assert table.choices == {"Q4_1 64x32": kind}
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
+    import os
+
+    from lamina.engine.kernels import STALE_LOCK_S, clear_stale_lock
+
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    assert not clear_stale_lock(tmp_path) and lock.exists()  # may be a build in progress
+    old = lock.stat().st_mtime - STALE_LOCK_S - 1
+    os.utime(lock, (old, old))
+    assert clear_stale_lock(tmp_path) and not lock.exists()
+    assert not clear_stale_lock(tmp_path)  # nothing left to remove

@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -124,6 +125,24 @@ def kernels_for(isa: str) -> ModuleType | None:
     return _variants[isa]
 
 
+STALE_LOCK_S = 900  # a build takes a minute or two; a lock this old was left by a build that was killed
+
+
+def clear_stale_lock(build_dir: Path, max_age_s: float = STALE_LOCK_S) -> bool:
+    """Remove the build lock torch's cpp_extension leaves when a build is killed (it would wait for it forever);
+    True when one was removed. A lock younger than max_age_s (seconds) may be a build in progress: kept."""
+    lock = build_dir / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < max_age_s:
+        return False
+    print(f"lamina: removing a stale kernel build lock ({lock}, {age / 60:.0f} minutes old)", file=sys.stderr)
+    lock.unlink(missing_ok=True)
+    return True
+
+
 def _build(isa: str) -> ModuleType | None:
     from torch.utils import cpp_extension
 
@@ -131,6 +150,7 @@ def _build(isa: str) -> ModuleType | None:
         os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     name = module_name(isa)
     build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+    clear_stale_lock(build_dir)
     if not (build_dir / f"{name}.so").exists():
         print(f"lamina: compiling native CPU kernels for {isa} (once per machine, about a minute)...", file=sys.stderr, flush=True)
     try:
