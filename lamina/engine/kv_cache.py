@@ -128,13 +128,22 @@ class BlockManager:
             self.blocks[block_id].ref_count += 1
 
     def free(self, seq: Sequence) -> None:
-        for block_id in reversed(seq.block_table):
+        self._release(seq.block_table)
+        seq.block_table = []
+        seq.num_computed_tokens = 0
+
+    def trim(self, seq: Sequence) -> None:
+        """Give back seq's blocks past its computed tokens (those that held only rejected speculative drafts)."""
+        keep = -(-seq.num_computed_tokens // self.block_size)
+        self._release(seq.block_table[keep:])
+        del seq.block_table[keep:]
+
+    def _release(self, block_ids: list[int]) -> None:
+        for block_id in reversed(block_ids):
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free_ids[block_id] = None
-        seq.block_table = []
-        seq.num_computed_tokens = 0
 
     def take_pending_copies(self) -> list[tuple[int, int]]:
         pairs, self.pending_copies = self.pending_copies, []
