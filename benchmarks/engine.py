@@ -1,10 +1,11 @@
-"""Engine throughput on the embedded model: Lamina vs transformers' generate, same model, same threads, one run.
+"""Engine throughput on a local model (the embedded one by default; `--model gemma3-270m` for Gemma 3): Lamina vs
+transformers' generate, same model, same threads, one run.
 
 Prints the CPU (model, the instruction-set flags that matter, the kernel variant in use), a table of tokens/s for
 a single stream and for n = 1, 8, 32, 64 samples of one prompt, the ratio to transformers, and how many KV blocks
 the prompt occupies when n = 32 samples share it.
 
-    python benchmarks/engine.py [--threads 2] [--tokens 64] [--ns 1,8,32,64] [--markdown] [--llamacpp PY]
+    python benchmarks/engine.py [--model NAME] [--threads 2] [--tokens 64] [--ns 1,8,32,64] [--markdown] [--llamacpp PY]
 
 With `--llamacpp PY` (a Python with llama-cpp-python built for this CPU: `bash scripts/llamacpp_peer.sh` makes
 .venv-llamacpp) llama.cpp is measured as a peer on the same GGUF, prompt, threads and n, by the reference script
@@ -99,7 +100,8 @@ def hf_run(model, prompt_ids: list[int], n: int, tokens: int) -> float:
 PEER_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "peers" / "llamacpp_decode.py"
 
 
-def llamacpp_runs(python: str, prompt_ids: list[int], threads: int, tokens: int, ns: list[int]) -> dict[int, float]:
+def llamacpp_runs(python: str, model: str, prompt_ids: list[int], threads: int, tokens: int,
+                  ns: list[int]) -> dict[int, float]:
     """tokens/s per n from llama.cpp (decode only), run by `python` in its own process after Lamina is done."""
     from lamina.engine.loader import resolve_model_path
 
@@ -107,7 +109,7 @@ def llamacpp_runs(python: str, prompt_ids: list[int], threads: int, tokens: int,
         raise SystemExit(f"--llamacpp: the peer script {PEER_SCRIPT} is missing (it lives in shared/peers/)")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(prompt_ids, f)
-    cmd = [python, str(PEER_SCRIPT), str(resolve_model_path("default")), f.name, str(threads), str(tokens),
+    cmd = [python, str(PEER_SCRIPT), str(resolve_model_path(model)), f.name, str(threads), str(tokens),
            ",".join(map(str, ns))]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800).stdout
@@ -130,7 +132,7 @@ def prompt_blocks(llm: LLM, prompt_ids: list[int], n: int) -> tuple[int, int]:
     return used, -(-len(prompt_ids) // engine.blocks.block_size)
 
 
-def plot(results: list[dict], columns: list[str], path: Path) -> None:
+def plot(results: list[dict], columns: list[str], path: Path, title: str = "SmolLM2-135M-Instruct") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,7 +146,7 @@ def plot(results: list[dict], columns: list[str], path: Path) -> None:
         ax.bar(xs, [r[name] for r in results], width, label=name)
     ax.set_xticks(range(len(results)), [r["workload"] for r in results])
     ax.set_ylabel("aggregate tokens/s")
-    ax.set_title("Decode throughput, SmolLM2-135M-Instruct on CPU")
+    ax.set_title(f"Decode throughput, {title} on CPU")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -180,6 +182,7 @@ def print_lines(lines: list[list[str]], markdown: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default", help="a local model name (default, gemma3-270m) or .gguf file")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per sample for n > 1")
     parser.add_argument("--single-tokens", type=int, default=128, help="tokens for the single-stream row")
@@ -194,12 +197,15 @@ def main() -> None:
     parser.add_argument("--speculative-tokens", type=int, default=4, help="draft tokens per step, speculative case")
     parser.add_argument("--speculative-max-tokens", type=int, default=128, help="tokens per speculative run")
     parser.add_argument("--speculative-only", action="store_true", help="measure only the speculative case")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine"), help="writes OUT.json, OUT.png")
+    parser.add_argument("--out", type=Path, help="writes OUT.json, OUT.png (default benchmarks/results/engine, "
+                        "engine-MODEL for another model)")
     args = parser.parse_args()
+    suffix = "" if args.model == "default" else "-" + Path(args.model).stem
+    args.out = args.out or Path(f"benchmarks/results/engine{suffix}")
     torch.set_num_threads(args.threads)
     ns = [int(x) for x in args.ns.split(",")]
 
-    engines = {"lamina": LLM("default", num_threads=args.threads)}
+    engines = {"lamina": LLM(args.model, num_threads=args.threads)}
     if args.speculative_only:
         lamina_run(engines["lamina"], [1, 2, 3], 1, 4)  # warm-up
         rows = speculative_rows(engines["lamina"], args.speculative_max_tokens, args.speculative_tokens)
@@ -207,15 +213,15 @@ def main() -> None:
         print_speculative(rows, args.speculative_tokens, args.markdown)
         return
     if not args.skip_torch_only:
-        engines["lamina torch-only"] = LLM("default", num_threads=args.threads, native_kernels=False)
+        engines["lamina torch-only"] = LLM(args.model, num_threads=args.threads, native_kernels=False)
     if args.quantization:
-        engines[f"lamina {args.quantization}"] = LLM("default", num_threads=args.threads, quantization=args.quantization)
+        engines[f"lamina {args.quantization}"] = LLM(args.model, num_threads=args.threads, quantization=args.quantization)
     cpu = cpu_description()
     print(f"  {cpu}")
     for name, engine in engines.items():
         print(f"  {name}: {engine.engine.linear_backend}")
     llm = engines["lamina"]
-    prompt_ids = llm.tokenizer.encode(llm.tokenizer.apply_chat_template(PROMPT))
+    prompt_ids = llm.tokenizer.encode_prompt(llm.tokenizer.apply_chat_template(PROMPT))
     hf = None
     if not args.skip_peer:
         import transformers
@@ -223,7 +229,7 @@ def main() -> None:
         from lamina.engine.loader import resolve_model_path
 
         transformers.logging.set_verbosity_error()
-        path = resolve_model_path("default")
+        path = resolve_model_path(args.model)
         hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         hf.eval()
 
@@ -245,24 +251,25 @@ def main() -> None:
     linears = {name: e.engine.linear_backend for name, e in engines.items()}
     if args.llamacpp:
         del engines, llm, hf  # the peer runs alone on the cores
-        peer = llamacpp_runs(args.llamacpp, prompt_ids, args.threads, args.tokens, [1, *ns])
-        single = llamacpp_runs(args.llamacpp, prompt_ids, args.threads, args.single_tokens, [1])
+        peer = llamacpp_runs(args.llamacpp, args.model, prompt_ids, args.threads, args.tokens, [1, *ns])
+        single = llamacpp_runs(args.llamacpp, args.model, prompt_ids, args.threads, args.single_tokens, [1])
         for row, (label, n, _) in zip(results, workloads):
             row["llama.cpp"] = single[1] if label == "single stream" else peer[n]
         columns.append("llama.cpp")
 
-    print(f"\nEngine throughput, embedded SmolLM2-135M-Instruct (fp32 compute), {args.threads} threads, "
+    title = "embedded SmolLM2-135M-Instruct" if args.model == "default" else args.model
+    print(f"\nEngine throughput, {title} (fp32 compute), {args.threads} threads, "
           f"prompt {len(prompt_ids)} tokens, temperature 0.8, top_p 0.95\n{cpu}")
     print_table(results, columns, args.markdown)
     print(f"KV blocks held by the prompt with n=32 samples: {used} (one copy: {one_copy})")
     print(f"\nSpeculative decoding (prompt lookup), single stream, greedy, {args.threads} threads")
     print_speculative(speculative, args.speculative_tokens, args.markdown)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"cpu": cpu, "threads": args.threads, "linears": linears,
+    record = {"model": args.model, "cpu": cpu, "threads": args.threads, "linears": linears,
               "prompt_blocks_n32": used, "prompt_blocks_one_copy": one_copy, "rows": results,
               "speculative": speculative}
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, allow_nan=True))
-    plot(results, columns, args.out.with_suffix(".png"))
+    plot(results, columns, args.out.with_suffix(".png"), title)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
 
 

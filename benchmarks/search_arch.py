@@ -32,6 +32,11 @@ from lamina.tasks.task import load_task  # noqa: E402
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "architectures"
 
 
+def embedded_only(spec: dict) -> bool:
+    """Whether a shipped example uses only the embedded model (the search space's model; ensembles need others)."""
+    return all(alias.get("model") in ("default", "smollm2-135m") for alias in spec.get("models", {}).values())
+
+
 def search_cost(study) -> int:
     return sum(int(t.user_attrs.get("spent_tokens", 0)) for t in study.trials)
 
@@ -51,8 +56,8 @@ def run_task(task: str, args: argparse.Namespace, plain: bool = False) -> dict:
     found = report(name, root=args.root, test=True, test_limit=args.test_limit, progress=not args.no_progress,
                    out=io.StringIO())
     directory = Path(args.root) / name
-    shipped = [(p.stem, read_spec_file(p)) for p in sorted(EXAMPLES.glob("*.yaml"))
-               if p.stem != "code_unit_tests" or load_task(task).scorer.kind == "code"]
+    shipped = [(p.stem, spec) for p in sorted(EXAMPLES.glob("*.yaml")) for spec in [read_spec_file(p)]
+               if (p.stem != "code_unit_tests" or load_task(task).scorer.kind == "code") and embedded_only(spec)]
     on_dev = rescore(shipped, settings, directory, args.limit, not args.no_progress, split="dev")
     best_shipped = max(zip(shipped, on_dev), key=lambda pair: (pair[1].accuracy, -pair[1].tokens))[0]
     label, spec = best_shipped

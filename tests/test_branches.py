@@ -160,3 +160,57 @@ def test_an_aborted_extension_releases_its_children(llm):
     with pytest.raises(InvalidRequestError, match="unknown or was released"):
         llm.branch(extension.branch_ids[0])
     assert llm.branch_blocks().num_used_blocks == llm.branch_blocks([root.branch_id]).num_used_blocks
+
+
+class _FailingStep:
+    """Wraps the model runner: the first run whose batch prefills a prompt raises (as a kernel error mid-search
+    would), or the first run at all with `any_batch`."""
+
+    def __init__(self, runner, any_batch: bool = False) -> None:
+        self.runner, self.any_batch, self.failed = runner, any_batch, False
+
+    def run(self, batch, *args):
+        if not self.failed and (self.any_batch or batch.prefills):
+            self.failed = True
+            raise RuntimeError("injected step failure")
+        return self.runner.run(batch, *args)
+
+
+def test_a_failed_step_fails_pending_openings_and_extensions_and_leaves_nothing_scheduled(llm):
+    engine = AsyncEngine.from_llm(llm)
+    real = llm.engine.runner
+
+    async def go():
+        root = await engine.open_branch(PROMPT)
+        llm.engine.runner = _FailingStep(real)  # fails the step that prefills the opening, mid-way through the extension
+        extension = asyncio.ensure_future(engine.extend_branch(root.branch_id, SAMPLED.replace(max_tokens=40)))
+        await asyncio.sleep(0.05)
+        opening = asyncio.ensure_future(engine.open_branch("another prompt opened while the step fails " * 3))
+        results = await asyncio.gather(extension, opening, return_exceptions=True)
+        llm.engine.runner = real
+        await engine.release_branch(root.branch_id)
+        after = await engine.open_branch(PROMPT)  # the engine still works
+        await engine.release_branch(after.branch_id)
+        return results
+
+    try:
+        results = asyncio.run(asyncio.wait_for(go(), 60))
+    finally:
+        llm.engine.runner = real
+        engine.shutdown()
+    assert all(isinstance(r, RuntimeError) and "injected" in str(r) for r in results), results
+    scheduler = llm.engine.scheduler
+    assert not scheduler.running and not scheduler.waiting and not llm.engine.branches.pending
+    assert list(llm.engine.branches.branches) == []
+
+
+def test_a_failed_step_under_llm_forgets_the_opening(llm):
+    real = llm.engine.runner
+    llm.engine.runner = _FailingStep(real, any_batch=True)
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            llm.open_branch(PROMPT)
+    finally:
+        llm.engine.runner = real
+    assert not llm.engine.scheduler.running and not llm.engine.scheduler.waiting
+    assert not llm.engine.branches.pending and list(llm.engine.branches.branches) == []

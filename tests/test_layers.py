@@ -12,12 +12,16 @@ ROOT = Path(__file__).resolve().parents[1] / "lamina"
 
 # importer layer -> the layers it must not import ("*": every layer but those listed in ALLOWED_ONLY)
 FORBIDDEN = {
-    "backends": {"techniques", "architecture", "runner", "spec", "eval", "server", "tasks"},
+    "backends": {"techniques", "architecture", "runner", "spec", "eval", "server", "tasks", "decoding"},
     "answers": {"techniques", "eval", "tasks", "architecture", "server"},
     "sandbox": {"techniques", "eval", "tasks", "architecture", "server"},
     "tasks": {"eval", "architecture", "runner", "spec", "techniques", "server"},
     "techniques": {"eval", "server", "architecture", "verifiers"},
-    "rewards": {"techniques", "eval", "server", "architecture", "runner", "spec", "tasks", "verifiers"},
+    "rewards": {"techniques", "eval", "server", "architecture", "runner", "spec", "tasks", "verifiers", "decoding"},
+    # step-level search sits below techniques (which use it as a layer) and above rewards and backends; it reaches
+    # the model through a backend's branches, never through the Caller (calls), whose budget the technique settles
+    "decoding": {"techniques", "eval", "server", "architecture", "runner", "spec", "tasks", "verifiers", "calls",
+                 "search"},
 }
 ALLOWED_ONLY = {"engine": {"engine", "errors"}}  # the engine stands alone: it imports only itself and lamina.errors
 SERVER_IMPORTERS = {"server", "cli"}  # nothing else imports the server

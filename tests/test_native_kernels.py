@@ -25,7 +25,7 @@ from tests.test_loader import byte_vocab, random_hf_weights, write_gguf
 
 
 VARIANTS = ["avx2", "avx512"]
-QTYPES = [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K]
+QTYPES = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K]
 K_QUANTS = (Q.Q4_K, Q.Q5_K, Q.Q6_K)
 
 
@@ -104,7 +104,7 @@ def test_every_variant_gives_bit_identical_rows(qtype):
         assert all(torch.equal(first, other) for other in others), f"{rows} rows"
 
 
-@pytest.mark.parametrize("types", [(Q.Q4_1, Q.Q4_1), (Q.Q4_1, Q.Q8_0), (Q.Q4_K, Q.Q6_K), (Q.Q5_K, Q.Q4_0)],
+@pytest.mark.parametrize("types", [(Q.Q4_1, Q.Q4_1), (Q.Q4_1, Q.Q8_0), (Q.Q4_K, Q.Q6_K), (Q.Q5_K, Q.Q4_0), (Q.Q5_0, Q.Q8_0)],
                          ids=lambda t: "+".join(q.name for q in t))
 def test_fused_parts_stack_along_outputs(kernel, types):
     """Parts of different formats share one layout (8-bit codes, the finer scale groups) with the same values."""

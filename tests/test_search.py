@@ -129,6 +129,8 @@ def test_grid_search_finds_the_known_best_spec_and_reports_it(tmp_path, stub, qu
     assert exported["layers"] == BEST
     test_scores = {s.name.split(" ")[0]: s.accuracy for s in result["test"]}
     assert test_scores["best"] == 1.0 and test_scores["greedy-1-call"] == 0.0
+    assert result["test_plot"] == tmp_path / "grid" / "report-test.png"
+    assert result["test_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {q for q, _, _ in stub.asked} - searched <= questions["test"]  # only --test reads the test split
 
 
@@ -362,3 +364,60 @@ def test_a_search_whose_trials_keep_failing_stops_with_one_line(tmp_path):
     study = load_study("s", root=str(tmp_path))[0]
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 3 and all("ConnectError" in t.user_attrs["error"] for t in failed)
+
+
+@pytest.mark.parametrize("first, selectable", [("generate", True), ("program", True), ("first_finish", False)])
+def test_a_vote_over_a_sampling_layer_is_redundant_only_over_one_candidate(first, selectable):
+    from lamina.search.space import estimate
+
+    spec = {"models": {"m": {"model": "default"}},
+            "layers": [[{"type": first, "model": "m", "samples": 4}], [{"type": "vote", "method": "majority"}]]}
+    calls, tokens, redundant = estimate(spec, 32)
+    assert (redundant is None) is selectable, redundant
+    if selectable:
+        assert calls == 1 and tokens == 32 + 4 * 256
+
+
+def test_samples_that_nothing_selects_among_are_redundant():
+    from lamina.search.space import estimate
+
+    spec = {"models": {"m": {"model": "default"}}, "layers": [[{"type": "generate", "model": "m", "samples": 4}]]}
+    assert "nothing selects" in estimate(spec, 32)[2]
+    assert estimate({**spec, "resolve": "random"}, 32)[2] is None
+    assert estimate({**spec, "layers": [[{"type": "generate", "model": "m", "samples": 1}]]}, 32)[2] is None
+
+
+def test_the_study_opens_in_optuna_dashboard(tmp_path, stub):
+    """optuna-dashboard (the `search` extra) serves a study `lamina search` wrote: its trials, their accuracy and
+    the linked run store, through the dashboard's own HTTP API on loopback."""
+    pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is not installed (pip install '.[search]')")
+    import json
+    import urllib.request
+
+    search(tmp_path, stub, "random", trials=3, rungs=(4,))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = Path(sys.executable).with_name("optuna-dashboard")
+    proc = subprocess.Popen([str(dashboard), f"sqlite:///{tmp_path / 'random' / 'study.sqlite'}", "--host",
+                             "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, studies = time.monotonic() + 60, None
+        while studies is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.load(r)["study_summaries"]
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.3)
+        assert [s["study_name"] for s in studies] == ["random"]
+        study_id = studies[0]["study_id"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}", timeout=10) as r:
+            trials = json.load(r)["trials"]
+        assert len(trials) == 3
+        attrs = [{a["key"]: a["value"] for a in t["user_attrs"]} for t in trials]
+        done = [a for a in attrs if "accuracy" in a]
+        assert done and all(Path(a["run_store"]).is_file() for a in done)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

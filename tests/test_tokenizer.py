@@ -75,10 +75,17 @@ def test_token_bytes_concatenate_to_utf8(tok, text):
     assert b"".join(tok.token_bytes(i) for i in ids) == text.encode("utf-8")
 
 
+def test_model_without_chat_template_gets_the_plain_prompt_rule(tok):
+    base = Tokenizer(tok.backend, chat_template=None, bos_token=None, eos_token=None, source="m.gguf")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]
+    assert base.apply_chat_template(messages) == "Be brief.\n\nUser: What is 2 + 2?\n\nAssistant:"
+    assert base.apply_chat_template(messages[1:], add_generation_prompt=False) == "User: What is 2 + 2?"
+    partial = messages + [{"role": "assistant", "content": "It is"}]
+    assert base.apply_chat_template(partial, add_generation_prompt=False, continue_final_message=True).endswith(
+        "\n\nAssistant: It is")
+
+
 def test_chat_errors_are_clear(tok):
-    no_template = Tokenizer(tok.backend, chat_template=None, bos_token=None, eos_token=None, source="m.gguf")
-    with pytest.raises(LaminaError, match=r"m\.gguf: the model has no chat template"):
-        no_template.apply_chat_template([{"role": "user", "content": "hi"}])
     for bad in ([], "hi", [{"content": "no role"}], [{"role": "user"}], [{"role": "user", "content": [{"type": "image_url"}]}]):
         with pytest.raises(InvalidRequestError, match="messages"):
             tok.apply_chat_template(bad)

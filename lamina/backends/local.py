@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from lamina.backends.base import Backend, Completion, Completions, Messages, TokenLP
+from lamina.backends.branching import Branching, Step, Steps, TreeBlocks
 from lamina.engine.outputs import DeltaJoiner, OutputKind
 from lamina.engine.sampling_params import SamplingParams
 from lamina.errors import InvalidRequestError
@@ -62,7 +63,10 @@ def shutdown_all() -> None:
         engine.shutdown()
 
 
-class LocalBackend(Backend):
+class LocalBackend(Backend, Branching):
+    """Branches (step-level search) run on the engine's branch API: a handle is a branch id, children share their
+    parent's KV blocks copy-on-write."""
+
     kind = "local"
 
     def __init__(self, model: str = "default", max_concurrency: int = 64, engine: dict[str, Any] | None = None) -> None:
@@ -121,6 +125,40 @@ class LocalBackend(Backend):
         item = Completion(winner.text, len(winner.token_ids), _logprobs(winner.logprobs, engine.tokenizer),
                           winner.finish_reason, list(winner.token_ids))
         return Completions([item], prompt_tokens, time.perf_counter() - start, joiner.num_tokens, cached)
+
+
+    # Branches (lamina/backends/branching.py) on the engine's branch API (lamina/engine/branches.py).
+
+    async def open_tree(self, messages: Messages) -> str:
+        engine = await self.engine()
+        start = time.perf_counter()
+        root = await engine.open_branch(await self._prompt(messages, None))
+        self.usage.add_call(self.identity, len(root.token_ids), 0, time.perf_counter() - start, cached=False)
+        return root.branch_id
+
+    async def extend(self, handle: str, params: SamplingParams) -> Steps:
+        """The parent's tokens are the prompt of the extension; all but its last are already in the KV cache when
+        it is resident (counted as cached prompt tokens), none when it was dropped under memory pressure."""
+        engine = await self.engine()
+        start = time.perf_counter()
+        async with self.slots():
+            parent = await engine.branch(handle)
+            children = await engine.extend_branch(handle, params)
+        cached = len(parent.token_ids) - 1 if parent.resident else 0
+        tok = engine.tokenizer
+        steps = Steps([Step(c.branch_id, c.step_text, list(c.step_token_ids), _logprobs(c.step_logprobs, tok),
+                            c.finish_reason, len(c.step_token_ids)) for c in children],
+                      len(parent.token_ids), cached, 1, time.perf_counter() - start)
+        self.usage.add_call(self.identity, steps.prompt_tokens, steps.completion_tokens, steps.seconds, cached=False,
+                            cached_prompt_tokens=cached)
+        return steps
+
+    async def release(self, handle: str) -> None:
+        await (await self.engine()).release_branch(handle)
+
+    async def tree_blocks(self, handles: list[str]) -> TreeBlocks:
+        usage = await (await self.engine()).branch_blocks(handles)
+        return TreeBlocks(usage.num_used_blocks, usage.num_copy_per_path_blocks)
 
 
 def _logprobs(logprobs, tokenizer) -> list[TokenLP] | None:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from lamina.backends.base import Backend, Completion, Completions, Messages, TokenLP
+from lamina.backends.branching import Branching, Step, Steps
 from lamina.engine.sampling_params import SamplingParams
 from lamina.errors import BackendError
 
@@ -23,7 +24,11 @@ RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 ALWAYS_SENT = ("n", "temperature", "top_p", "max_tokens")
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(Backend, Branching):
+    """Branches (step-level search) are emulated: a node is the conversation plus the assistant's partial reply, and
+    each extension is one /v1/chat/completions request continuing it (`continue_final_message: true`,
+    `add_generation_prompt: false`, as vLLM and `lamina serve` accept); the server's prefix cache shares the prefix."""
+
     kind = "openai"
 
     def __init__(self, model: str, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str | None = None,
@@ -36,6 +41,8 @@ class OpenAIBackend(Backend):
         self.supports_n = supports_n  # None: try n, fall back to parallel calls if the server refuses
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._nodes: dict[str, tuple[Messages, str]] = {}  # branch handle -> (conversation, partial reply)
+        self._trees = 0
 
     @property
     def identity(self) -> str:
@@ -61,15 +68,17 @@ class OpenAIBackend(Backend):
             await self._client.aclose()
             self._client = None
 
-    async def _complete(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> Completions:
+    async def _complete(self, messages: Messages | None, prompt: str | None, params: SamplingParams,
+                        extra: dict[str, Any] | None = None) -> Completions:
+        """`extra`: request fields sent as they are (e.g. continue_final_message)."""
         start = time.perf_counter()
         chat = messages is not None
         if params.n == 1:
-            return self._parse(await self._post(messages, prompt, params), chat, start)
+            return self._parse(await self._post(messages, prompt, params, extra), chat, start)
         parts: list[Completions] = []
         if self.supports_n is not False:
             try:
-                first = self._parse(await self._post(messages, prompt, params), chat, start)
+                first = self._parse(await self._post(messages, prompt, params, extra), chat, start)
             except _NRefused:
                 first = Completions(requests=1)  # the refused request was made: it counts as a call
             if len(first) == params.n:
@@ -80,7 +89,8 @@ class OpenAIBackend(Backend):
             parts.append(Completions(first[: params.n], first.prompt_tokens, first.seconds, first.completion_tokens,
                                      first.cached_prompt_tokens, first.requests))
         have = len(parts[0]) if parts else 0
-        rest = await asyncio.gather(*(self._post(messages, prompt, _single(params, i)) for i in range(have, params.n)))
+        rest = await asyncio.gather(*(self._post(messages, prompt, _single(params, i), extra)
+                                      for i in range(have, params.n)))
         return _join(parts + [self._parse(r, chat, start) for r in rest], start)
 
     async def _first_finish(self, messages: Messages | None, prompt: str | None,
@@ -98,8 +108,38 @@ class OpenAIBackend(Backend):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _body(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, **{name: getattr(params, name) for name in ALWAYS_SENT}}
+    # Branches (lamina/backends/branching.py), emulated over chat completions.
+
+    async def open_tree(self, messages: Messages) -> str:
+        self._trees += 1
+        handle = f"tree-{self._trees}"
+        self._nodes[handle] = (list(messages), "")
+        return handle
+
+    async def extend(self, handle: str, params: SamplingParams) -> Steps:
+        if handle not in self._nodes:
+            raise BackendError(f"backend {self.identity}: branch {handle!r} is unknown or was released")
+        messages, partial = self._nodes[handle]
+        extra = None
+        if partial:  # continue the partial reply; the root's reply starts after the generation prompt
+            messages = [*messages, {"role": "assistant", "content": partial}]
+            extra = {"continue_final_message": True, "add_generation_prompt": False}
+        async with self.slots():
+            out = self._record(await self._complete(messages, None, params, extra))
+        steps = Steps([], out.prompt_tokens, out.cached_prompt_tokens, out.requests, out.seconds)
+        for i, c in enumerate(out):
+            child = f"{handle}.{i}"
+            self._nodes[child] = (self._nodes[handle][0], partial + c.text)
+            steps.append(Step(child, c.text, c.token_ids, c.logprobs, c.finish_reason, c.num_tokens))
+        return steps
+
+    async def release(self, handle: str) -> None:
+        self._nodes.pop(handle, None)
+
+    def _body(self, messages: Messages | None, prompt: str | None, params: SamplingParams,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, **{name: getattr(params, name) for name in ALWAYS_SENT},
+                                **(extra or {})}
         body.update((name, value) for name, value in params.changed().items()
                     if name not in ("logprobs", "structured_outputs"))
         body.update(_constraint_fields(params.structured_outputs))
@@ -114,9 +154,10 @@ class OpenAIBackend(Backend):
                 body["logprobs"] = params.logprobs
         return body
 
-    async def _post(self, messages: Messages | None, prompt: str | None, params: SamplingParams) -> dict[str, Any]:
+    async def _post(self, messages: Messages | None, prompt: str | None, params: SamplingParams,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
         path = "/chat/completions" if messages is not None else "/completions"
-        body = self._body(messages, prompt, params)
+        body = self._body(messages, prompt, params, extra)
         for attempt in range(self.max_retries + 1):
             try:
                 response = await self.client().post(path, json=body)

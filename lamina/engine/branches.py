@@ -190,6 +190,17 @@ class BranchTable:
                     else:
                         child.last_used = next(self.clock)
 
+    def fail_openings(self) -> list[str]:
+        """Forget every branch still being opened (its prefill failed: a step raised); their ids. Extensions fail
+        with their requests (aborted, their children released by `settle`)."""
+        failed = [key for key, work in self.pending.items() if isinstance(work, Branch)]
+        for key in failed:
+            branch = self.pending.pop(key)
+            self.scheduler.finish(branch.seq)  # out of the running/waiting queues (a parking seq keeps its blocks)
+            self.blocks.free(branch.seq)
+            del self.branches[key]
+        return failed
+
     def release(self, branch_id: str) -> None:
         """Forget the branch and give its blocks back (shared blocks stay while other branches hold them)."""
         branch = self.parked(branch_id)

@@ -10,6 +10,7 @@ from lamina.engine.config import EngineConfig, ModelConfig
 from lamina.engine.kernels import native_kernels
 from lamina.engine.kv_cache import KVCache
 from lamina.engine.models.block_quant import use_block_quant_linears
+from lamina.engine.models import model_class
 from lamina.engine.models.cpu_linear import Int8Linear, PackedLinear, packing_available, replace_linears
 from lamina.engine.models.llama import LlamaForCausalLM, RotaryEmbedding
 from lamina.engine.tokenizer import Tokenizer
@@ -40,9 +41,8 @@ def build_model(model: str, cfg: EngineConfig) -> BuiltModel:
     loaded = load_model(model, dtype=torch.float32)
     mc, tokenizer = loaded.config, loaded.tokenizer
     max_model_len = min(cfg.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings)
-    with torch.device("meta"):
-        net = LlamaForCausalLM(mc, max_positions=max_model_len)
-    net.rope = RotaryEmbedding(mc, max_model_len)
+    with torch.device("meta"):  # no memory, no random initialisation (RoPE tables are computed on the CPU)
+        net = model_class(mc.architecture)(mc, max_positions=max_model_len)
     net.tie_embeddings(loaded.weights)
     kernels = native_kernels() if cfg.native_kernels and cfg.device == "cpu" and dtype == torch.float32 else None
     native = 0
@@ -50,7 +50,8 @@ def build_model(model: str, cfg: EngineConfig) -> BuiltModel:
         native = use_block_quant_linears(net, loaded.quantized, kernels, loaded.weights)
     net.load_hf_weights(loaded.weights)
     net.to(device=cfg.device, dtype=dtype)
-    net.rope.to(torch.float32)
+    for rope in (m for m in net.modules() if isinstance(m, RotaryEmbedding)):
+        rope.to(torch.float32)
     linear_backend = _choose_linears(net, cfg, native, kernels)
     if kernels is not None:
         net.use_native_ops(kernels)

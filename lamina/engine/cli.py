@@ -41,7 +41,7 @@ def sampling_params(args: argparse.Namespace, names: Iterable[str] = CLI_SAMPLIN
 
 
 def _engine_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default", help="model name (default, smollm2-135m), .gguf file or HF folder")
+    parser.add_argument("--model", default="default", help="model name (default, smollm2-135m, gemma3-270m), .gguf file or HF folder")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
 
 

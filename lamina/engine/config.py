@@ -6,12 +6,14 @@ from typing import Any
 
 from lamina.errors import InvalidRequestError, UnsupportedModelError
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma3")
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "gemma3_text": "gemma3"}  # config.json's
+SLIDING, FULL = "sliding_attention", "full_attention"  # layer types, Hugging Face's names
 
 
 @dataclass(slots=True)
 class ModelConfig:
-    architecture: str  # "llama" | "mistral" | "qwen2"
+    architecture: str  # one of SUPPORTED_ARCHITECTURES
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -27,15 +29,32 @@ class ModelConfig:
     attention_bias: bool = False  # q/k/v projections carry a bias (Qwen2)
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
+    # Gemma 3 (None elsewhere): per-layer SLIDING or FULL attention, the window (tokens a query sees, itself
+    # included), the sliding layers' RoPE base, the attention scale's denominator, and the final logit soft cap.
+    layer_types: tuple[str, ...] | None = None
+    sliding_window: int | None = None
+    rope_local_theta: float | None = None
+    query_pre_attn_scalar: float | None = None
+    final_logit_softcapping: float | None = None
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of `layer` in tokens, or None when it attends to the whole context."""
+        if self.layer_types is None or self.layer_types[layer] != SLIDING:
+            return None
+        return self.sliding_window
 
     @classmethod
     def from_hf_dict(cls, cfg: dict[str, Any], source: str = "config.json") -> "ModelConfig":
         model_type = str(cfg.get("model_type", "")).lower()
-        if model_type not in SUPPORTED_ARCHITECTURES:
+        if model_type not in HF_MODEL_TYPES:
             raise UnsupportedModelError(
-                f"{source}: unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+                f"{source}: unsupported architecture {model_type!r}; supported: {', '.join(HF_MODEL_TYPES)}"
             )
+        architecture = HF_MODEL_TYPES[model_type]
         rope = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+        gemma = _gemma3_fields(cfg, rope) if architecture == "gemma3" else {}
+        if gemma:
+            rope = dict(rope.get(FULL) or {})
         rope_theta = float(cfg.get("rope_theta") or rope.pop("rope_theta", 10000.0))
         rope.pop("rope_theta", None)
         if rope.get("rope_type", rope.get("type", "default")) == "default":
@@ -45,7 +64,7 @@ class ModelConfig:
         eos = cfg.get("eos_token_id")
         eos_ids = [] if eos is None else ([int(e) for e in eos] if isinstance(eos, list) else [int(eos)])
         return cls(
-            architecture=model_type,
+            architecture=architecture,
             vocab_size=int(cfg["vocab_size"]),
             hidden_size=hidden,
             intermediate_size=int(cfg["intermediate_size"]),
@@ -61,7 +80,20 @@ class ModelConfig:
             attention_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos_ids,
+            **gemma,
         )
+
+
+def _gemma3_fields(cfg: dict[str, Any], rope: dict[str, Any]) -> dict[str, Any]:
+    """Gemma 3's extra fields from a Hugging Face `gemma3_text` config (rope_parameters keyed by layer type)."""
+    layers = int(cfg["num_hidden_layers"])
+    pattern = int(cfg.get("sliding_window_pattern", 6))
+    types = cfg.get("layer_types") or [SLIDING if (i + 1) % pattern else FULL for i in range(layers)]
+    local = dict(rope.get(SLIDING) or {})
+    return dict(layer_types=tuple(types), sliding_window=int(cfg.get("sliding_window") or 4096),
+                rope_local_theta=float(local.get("rope_theta") or cfg.get("rope_local_base_freq") or 10000.0),
+                query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar") or cfg.get("head_dim") or 256),
+                final_logit_softcapping=cfg.get("final_logit_softcapping"))
 
 
 QUANTIZATIONS = (None, "int8")

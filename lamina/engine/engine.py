@@ -80,6 +80,7 @@ class LLM:
         except BaseException:
             if key in self.engine.requests:
                 self.engine.abort(key)
+            self.engine.fail_pending_branches()  # an opening is no request: forget it, or it stays scheduled
             raise
 
     def _check_driver(self) -> None:
@@ -264,10 +265,13 @@ class AsyncEngine:
                 continue
             try:
                 outputs = self.engine.step()
-            except Exception as exc:  # a failed step fails its requests, never the loop
+            except Exception as exc:  # a failed step fails its requests and branch work, never the loop
+                failed = {request_id for request_id in self.engine.requests if self.engine.is_branch_pending(request_id)}
                 for request_id in list(self.engine.requests):
                     self.engine.abort(request_id)
                     self._deliver_error(request_id, exc)
+                failed.update(self.engine.fail_pending_branches())
+                self._fail_waiters(failed, exc)
                 continue
             for out in outputs:
                 self._deliver(out)
@@ -297,6 +301,16 @@ class AsyncEngine:
                 except Exception as exc:
                     stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
                 self._answer_waiters()
+
+    def _fail_waiters(self, keys: set[str], exc: BaseException) -> None:
+        """Answer the callers waiting on these branch openings or extensions with the step's error."""
+        waiting = []
+        for key, answer, stream in self._waiters:
+            if key in keys:
+                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, exc)
+            else:
+                waiting.append((key, answer, stream))
+        self._waiters = waiting
 
     def _answer_waiters(self) -> None:
         waiting = []

@@ -55,10 +55,10 @@ def hidden_states(model: LlamaForCausalLM, sequences: list[list[int]], layers: l
     pos = torch.cat([torch.arange(len(seq)) for seq in sequences])
     meta = _uncached_metadata(model, sequences)
     picks = torch.tensor(flat_rows)
-    x = model.embed_tokens(ids)
+    x = model.embed(ids)
     taken = {0: x[picks]} if 0 in wanted else {}
     for i, layer in enumerate(model.layers, 1):
-        x = layer(x, pos, model.rope, meta)
+        x = layer(x, pos, model.rope_of(layer), meta)
         if i in wanted:
             taken[i] = (model.norm(x) if i == count else x)[picks]
     stacked = torch.stack([taken[i] for i in wanted])  # [layers, batch * P, hidden]

@@ -134,6 +134,11 @@ class LLMEngine:
         self.requests[request_id] = request
         return Extension(request_id, [f"{branch_id}.{i}" for i in range(request.params.n)])
 
+    def fail_pending_branches(self) -> list[str]:
+        """After a step raised: forget the branches still being opened (their blocks back to the pool); their ids.
+        Pending extensions end with their requests (`abort`)."""
+        return self.branches.fail_openings()
+
     def is_branch_pending(self, key: str) -> bool:
         """Whether a branch being opened (by branch id) or an extension (by request id) is still running."""
         return key in self.branches.pending

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from lamina.engine.kv_cache import KVCache
-from lamina.engine.models.attention import AttentionMetadata, PrefillSegment
+from lamina.engine.models.attention import AttentionMetadata, PrefillSegment, decode_mask
 from lamina.engine.models.llama import LlamaForCausalLM
 from lamina.engine.prompt_logprobs import PromptScores, rows_to_score, score
 from lamina.engine.sampler import SampleResult, sample
@@ -116,6 +116,4 @@ class ModelRunner:
         meta.decode_lengths = torch.tensor(lengths, dtype=torch.long)
         if self.attention_kernels is not None:
             return
-        visible = torch.arange(width * self.block_size).unsqueeze(0) < meta.decode_lengths.unsqueeze(1)
-        mask = torch.zeros(visible.shape, dtype=self.cache.k[0].dtype).masked_fill_(~visible, float("-inf"))
-        meta.decode_mask = mask[None, :, None, :]
+        meta.decode_mask = decode_mask(meta.decode_lengths, width, self.cache.k[0], None)

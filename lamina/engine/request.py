@@ -56,7 +56,7 @@ def make_request(prompt: str | list[int], params: SamplingParams | None, request
     if not isinstance(output_kind, OutputKind):
         raise InvalidRequestError(f"output_kind must be an OutputKind, got {output_kind!r}")
     if isinstance(prompt, str):
-        text, ids = prompt, tokenizer.encode(prompt)
+        text, ids = prompt, tokenizer.encode_prompt(prompt)
     elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
         text, ids = None, list(prompt)
     else:

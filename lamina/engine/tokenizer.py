@@ -53,6 +53,11 @@ class Tokenizer:
             ids.insert(0, self.bos_token_id)
         return ids
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """The ids a text prompt runs as: BOS first when the model's tokenizer asks for it (GGUF add_bos_token, e.g.
+        Gemma; not SmolLM2), as vLLM does; a chat template that writes the BOS itself is not given a second one."""
+        return self.encode(text, add_special_tokens=self.add_bos_token)
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
@@ -80,7 +85,8 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
                             continue_final_message: bool = False, **extra: Any) -> str:
-        """The prompt text. `continue_final_message` (vLLM's): the last message is left open, so the model continues
+        """The prompt text: the model's chat template, or for a model without one (a base model such as gemma3-270m)
+        the plain-prompt rule of `plain_prompt`. `continue_final_message` (vLLM's): the last message is left open, so the model continues
         its text (rendered without a generation prompt, then cut right after that message's content); it excludes
         `add_generation_prompt` (InvalidRequestError)."""
         import jinja2
@@ -88,12 +94,14 @@ class Tokenizer:
         messages = _plain_messages(messages)
         if continue_final_message and add_generation_prompt:
             raise InvalidRequestError("continue_final_message and add_generation_prompt cannot both be true")
-        template = self._compiled()
-        try:
-            text = template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                   bos_token=self.bos_token or "", eos_token=self.eos_token or "", **extra)
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise InvalidRequestError(f"{self.source}: chat template rejected the messages: {exc}") from None
+        if not self.chat_template:
+            text = plain_prompt(messages, add_generation_prompt)
+        else:
+            try:
+                text = self._compiled().render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                               bos_token=self.bos_token or "", eos_token=self.eos_token or "", **extra)
+            except (jinja2.TemplateError, TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise InvalidRequestError(f"{self.source}: chat template rejected the messages: {exc}") from None
         if continue_final_message:
             final = messages[-1]["content"]
             at = text.rfind(final) if final else -1
@@ -110,8 +118,6 @@ class Tokenizer:
         import jinja2
 
         if self._template is None:
-            if not self.chat_template:
-                raise LaminaError(f"{self.source}: the model has no chat template; send a plain prompt instead of messages")
             try:
                 self._template = _environment().from_string(self.chat_template)
             except jinja2.TemplateSyntaxError as exc:
@@ -173,6 +179,15 @@ def byte_to_unicode() -> dict[int, str]:
 @lru_cache(maxsize=1)
 def unicode_to_byte() -> dict[str, int]:
     return {c: b for b, c in byte_to_unicode().items()}
+
+
+def plain_prompt(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    """The plain-prompt rule for models without a chat template: one paragraph per message, a system message as its
+    bare text, any other as "Role: content" ("User: ...", "Assistant: ..."), then "Assistant:" when a generation
+    prompt is asked for. E.g. [user "What is 2 + 2?"] -> "User: What is 2 + 2?\n\nAssistant:". A base model may go on
+    to write the next "User:" turn; a `stop` of "\nUser:" ends its reply there."""
+    parts = [m["content"] if m["role"] == "system" else f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n\n".join(parts + ["Assistant:"] * add_generation_prompt)
 
 
 def _plain_messages(messages: Any) -> list[dict[str, Any]]:

@@ -111,7 +111,7 @@ class VerifierInfo:
 
 def prompt_ids(tokenizer, question: Question) -> list[int]:
     """The token ids the local backend prompts the model with for this question (its chat template)."""
-    return tokenizer.encode(tokenizer.apply_chat_template(messages_of(question), add_generation_prompt=True))
+    return tokenizer.encode_prompt(tokenizer.apply_chat_template(messages_of(question), add_generation_prompt=True))
 
 
 def features_of(engine, sequences: list[list[int]], layers: list[int]) -> list[list[float]]:

@@ -226,6 +226,11 @@ def report(study_arg: str, *, storage: str | None = None, root: str = "runs/sear
         result["test"] = rescore(specs, settings, directory, test_limit, progress)
         print("\nheld-out test split (never seen by the search):", file=out)
         print(format_table(result["test"]), file=out)
+        from lamina.eval.report import plot
+
+        result["test_plot"] = plot(result["test"], png.with_name(png.stem + "-test.png"),
+                                   f"search {study.study_name}: found vs one greedy call, {settings.task}/test")
+        print(f"test plot: {result['test_plot']}", file=out)
     return result
 
 

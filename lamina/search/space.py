@@ -25,7 +25,7 @@ from lamina.spec import _describe as describe_error  # the spec's one wording of
 Value = str | int | float | bool | None  # what an Optuna categorical choice may be
 # Techniques that select among candidates: over one candidate they change nothing, so such a stack is redundant.
 SELECTORS = frozenset({"vote", "rank", "reward", "verify", "unit_test"})
-FIRST_LAYER_TYPES = frozenset({"generate", "program", "first_finish"})  # the layers that produce candidates from the query alone
+FIRST_LAYER_TYPES = frozenset({"generate", "program", "first_finish", "search"})  # the layers that produce candidates from the query alone
 DEFAULT_SPACE = "default"
 
 
@@ -308,11 +308,17 @@ def estimate(spec: dict[str, Any], prompt_tokens: int) -> tuple[int, int, str | 
         shown = candidates * length
         if ctype in SELECTORS and candidates < 2:
             return calls, tokens, f"layers[{i}] ({ctype}) selects among {candidates} candidate(s): redundant"
-        if ctype in FIRST_LAYER_TYPES:
+        if ctype == "search":  # every step of every path is a call; its answers are up to `width` complete paths
+            width, depth = comp.get("width", 4), comp.get("depth", 8)
+            step = int(comp.get("step_max_tokens", 64))
+            calls += width * depth
+            tokens += width * depth * (prompt_tokens + step)
+            candidates, length = width, depth * step
+        elif ctype in FIRST_LAYER_TYPES:
             n = comp.get("samples", 4 if ctype == "first_finish" else 1) * len(comp.get("models") or [alias])
             calls += len(comp.get("models") or [alias])
             tokens += prompt_tokens + n * mt
-            candidates, length = (n if ctype == "generate" else 1), mt
+            candidates, length = (1 if ctype == "first_finish" else n), mt  # first_finish keeps one
         elif ctype == "vote":
             candidates = 1 if comp.get("keep", "winner") == "winner" else candidates
         elif ctype == "rank":
@@ -334,6 +340,10 @@ def estimate(spec: dict[str, Any], prompt_tokens: int) -> tuple[int, int, str | 
         elif ctype == "unit_test":
             calls += 1
             tokens += prompt_tokens + mt
+    last = spec["layers"][-1][0]["type"]
+    if last in FIRST_LAYER_TYPES and candidates > 1 and spec.get("resolve", "first") == "first":
+        return calls, tokens, (f"layers[{len(spec['layers']) - 1}] ({last}) samples {candidates} candidates but "
+                               "nothing selects among them and resolve 'first' keeps one: redundant")
     return calls, tokens, None
 
 

@@ -9,13 +9,14 @@ from lamina.techniques.generate import Generate
 from lamina.techniques.program import Program
 from lamina.techniques.rank import Rank
 from lamina.techniques.reward import Reward
+from lamina.techniques.search import Search
 from lamina.techniques.unit_test import UnitTest
 from lamina.techniques.verify import Verify
 from lamina.techniques.vote import Vote
 
 TECHNIQUES: dict[str, type[Technique]] = {
     cls.kind: cls for cls in (Generate, Rank, Fuse, Critique, Verify, UnitTest, Vote, Reward, FirstFinish,
-                            Program)
+                            Program, Search)
 }
 
 __all__ = ["Candidate", "State", "Technique", "TECHNIQUES", "build_technique"]

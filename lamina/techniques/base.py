@@ -119,6 +119,11 @@ class Technique:
     def per_call_estimate(self, state: State, prompt_text: str, calls: int, samples: int = 1) -> Estimate:
         return state.calls.estimate(self.spec.model, prompt_text, self.max_tokens(state), samples, calls)
 
+    def messages(self, state: State) -> list[dict[str, str]]:
+        """The query's conversation, after the spec's `system` prompt when it has one (generators)."""
+        system = getattr(self.spec, "system", None)
+        return ([{"role": "system", "content": system}] if system else []) + list(state.messages)
+
     def note(self, state: State, **event: Any) -> None:
         state.calls.note(self.name, **event)
 

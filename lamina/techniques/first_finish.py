@@ -24,10 +24,6 @@ class FirstFinish(Technique):
     reads_candidates = False
     spec: FirstFinishSpec
 
-    def messages(self, state: State) -> list[dict[str, str]]:
-        system = [{"role": "system", "content": self.spec.system}] if self.spec.system else []
-        return system + list(state.messages)
-
     async def run(self, state: State) -> list[Candidate]:
         outs = await state.calls.call(self.name, self.spec.model, self.messages(state), samples=self.spec.samples,
                                       first_finish=True, params=self.params(state))

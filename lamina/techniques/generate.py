@@ -33,10 +33,6 @@ class Generate(Technique):
     def aliases(self) -> list[str | None]:
         return self.spec.aliases()
 
-    def messages(self, state: State) -> list[dict[str, str]]:
-        system = [{"role": "system", "content": self.spec.system}] if self.spec.system else []
-        return system + list(state.messages)
-
     def alias_params(self, state: State, alias: str | None) -> dict:
         logprobs = self.logprobs_to_request()
         force = {"logprobs": logprobs} if logprobs is not None else {}

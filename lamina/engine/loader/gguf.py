@@ -11,7 +11,7 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
-from lamina.engine.config import SUPPORTED_ARCHITECTURES, ModelConfig
+from lamina.engine.config import FULL, SLIDING, SUPPORTED_ARCHITECTURES, ModelConfig
 from lamina.engine.loader.gguf_reader import GGUFFile, GGUFTensor
 from lamina.engine.loader.gguf_tokenizer import tokenizer_from_gguf
 from lamina.engine.loader.types import NATIVE_QUANTS, LoadedModel, QuantizedWeight
@@ -24,6 +24,12 @@ _TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": 
 _BLOCK = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
           "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
           "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+_GEMMA3_BLOCK = {**_BLOCK, "ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",
+                 "post_ffw_norm": "post_feedforward_layernorm", "attn_q_norm": "self_attn.q_norm",
+                 "attn_k_norm": "self_attn.k_norm"}
+BLOCK_NAMES = {"gemma3": _GEMMA3_BLOCK}  # architectures whose block tensors differ from Llama's
+NORM_PLUS_ONE = frozenset({"gemma3"})  # llama.cpp stores Gemma's RMSNorm weights as 1 + w (Hugging Face keeps w)
+GEMMA3_SLIDING_PATTERN = 6  # every 6th layer attends globally (llama.cpp hard-codes it; the GGUF does not say)
 _SKIPPED = ("rope_freqs.weight",)
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
@@ -35,12 +41,13 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
     config = config_from_gguf(gguf)
     tensors, quantized = {}, {}
     for tensor in gguf.tensors.values():
-        name = hf_name(gguf.path, tensor.name)
+        name = hf_name(gguf.path, tensor.name, config.architecture)
         if name is None or (config.tie_word_embeddings and name == "lm_head.weight"):
             continue
         check_supported(gguf.path, tensor)
         heads = _permuted_heads(config, name)
-        tensors[name] = (tensor, heads)
+        plus_one = config.architecture in NORM_PLUS_ONE and name.endswith("norm.weight")
+        tensors[name] = (tensor, heads, plus_one)
         if Q(tensor.qtype) in NATIVE_QUANTS and len(tensor.shape) == 2:
             rows = tensor.data.reshape(tensor.shape[0], -1)
             quantized[name] = QuantizedWeight(Q(tensor.qtype), rows if heads is None else unpermute(rows, heads), tensor.shape)
@@ -50,17 +57,21 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
 
 
 class LazyWeights(Mapping[str, torch.Tensor]):
-    """Hugging Face name -> the tensor, dequantized (and un-permuted) from the file on each read; `reads` counts the
-    reads per name (start-up reads each tensor at most once, and never one a native linear multiplies raw)."""
+    """Hugging Face name -> the tensor, dequantized (and un-permuted; a Gemma norm's stored 1 + w back to w) from the
+    file on each read; `reads` counts the reads per name (start-up reads each tensor at most once, and never one a
+    native linear multiplies raw). tensors: name -> (GGUF tensor, heads to un-permute or None, stored as 1 + w)."""
 
-    def __init__(self, path: Path, tensors: dict[str, tuple[GGUFTensor, int | None]], dtype: torch.dtype) -> None:
+    def __init__(self, path: Path, tensors: dict[str, tuple[GGUFTensor, int | None, bool]],
+                 dtype: torch.dtype) -> None:
         self.path, self.tensors, self.dtype = path, tensors, dtype
         self.reads: Counter[str] = Counter()
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        tensor, heads = self.tensors[name]
+        tensor, heads, plus_one = self.tensors[name]
         self.reads[name] += 1
         array = dequantize(self.path, tensor)
+        if plus_one:
+            array = array - np.float32(1)
         return torch.from_numpy(array if heads is None else unpermute(array, heads)).to(self.dtype)
 
     def __iter__(self) -> Iterator[str]:
@@ -84,16 +95,17 @@ def _permuted_heads(config: ModelConfig, name: str) -> int | None:
     return None
 
 
-def hf_name(path: Path, name: str) -> str | None:
+def hf_name(path: Path, name: str, architecture: str = "llama") -> str | None:
     if name in _TOP:
         return _TOP[name]
     if name in _SKIPPED:
         return None
+    block = BLOCK_NAMES.get(architecture, _BLOCK)
     match = _BLOCK_RE.fullmatch(name)
-    if match is None or match.group(2) not in _BLOCK:
-        raise UnsupportedModelError(f"{path}: unsupported tensor {name!r} (not part of a Llama/Qwen2 model)")
+    if match is None or match.group(2) not in block:
+        raise UnsupportedModelError(f"{path}: unsupported tensor {name!r} (not part of a {architecture} model)")
     layer, part, kind = match.groups()
-    return f"model.layers.{layer}.{_BLOCK[part]}.{kind}"
+    return f"model.layers.{layer}.{block[part]}.{kind}"
 
 
 def check_supported(path: Path, tensor: GGUFTensor) -> None:
@@ -133,7 +145,8 @@ def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
             raise ModelLoadError(f"{path}: GGUF metadata lacks required key '{arch}.{name}'")
         return value
 
-    heads, hidden = int(key("attention.head_count")), int(key("embedding_length"))
+    heads, hidden, layers = int(key("attention.head_count")), int(key("embedding_length")), int(key("block_count"))
+    head_dim = int(key("attention.key_length", 0) or hidden // heads)
     embedding = gguf.tensors.get("token_embd.weight")
     vocab = embedding.shape[0] if embedding is not None else int(key("vocab_size", 0)) or len(meta.get("tokenizer.ggml.tokens", []))
     eos = meta.get("tokenizer.ggml.eos_token_id")
@@ -143,10 +156,10 @@ def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=int(key("feed_forward_length")),
-        num_hidden_layers=int(key("block_count")),
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=int(key("attention.head_count_kv", heads)),
-        head_dim=int(key("attention.key_length", 0) or hidden // heads),
+        head_dim=head_dim,
         rms_norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
         rope_theta=float(key("rope.freq_base", 10000.0)),
         rope_scaling=_rope_scaling(gguf, arch, context),
@@ -155,6 +168,20 @@ def config_from_gguf(gguf: GGUFFile) -> ModelConfig:
         attention_bias="blk.0.attn_q.bias" in gguf.tensors,
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_ids=[] if eos is None else [int(eos)],
+        **(_gemma3_fields(key, layers, hidden // heads, head_dim) if arch == "gemma3" else {}),
+    )
+
+
+def _gemma3_fields(key, layers: int, hidden_per_head: int, head_dim: int) -> dict:
+    """Gemma 3's sliding-window layout, local RoPE base and attention scale, read as llama.cpp reads them."""
+    pattern = int(key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN))
+    return dict(
+        layer_types=tuple(SLIDING if (i + 1) % pattern else FULL for i in range(layers)),
+        sliding_window=int(key("attention.sliding_window")),
+        rope_local_theta=float(key("rope.freq_base_swa", 10000.0)),
+        # Gemma 3 27B scales by hidden / heads (query_pre_attn_scalar 168), every other size by head_dim
+        query_pre_attn_scalar=float(hidden_per_head if layers == 62 else head_dim),
+        final_logit_softcapping=key("final_logit_softcapping", None),
     )
 
 

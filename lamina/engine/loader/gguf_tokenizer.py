@@ -31,7 +31,8 @@ def tokenizer_from_gguf(gguf: GGUFFile) -> Tokenizer:
     if kind == "gpt2":
         backend = _byte_level(tokens, meta.get("tokenizer.ggml.merges") or [], meta.get("tokenizer.ggml.pre"))
     elif kind == "llama":
-        backend = _sentencepiece(tokens, meta.get("tokenizer.ggml.merges"), meta.get("tokenizer.ggml.scores"))
+        backend = _sentencepiece(tokens, meta.get("tokenizer.ggml.merges"), meta.get("tokenizer.ggml.scores"),
+                                 space_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)))
     else:
         raise UnsupportedModelError(f"{gguf.path}: unsupported tokenizer.ggml.model {kind!r}; supported: gpt2, llama")
     _add_special(backend, tokens, types, byte_level=kind == "gpt2")
@@ -62,16 +63,19 @@ def _byte_level(tokens: list[str], merges: list[str], pre: str | None) -> Backen
     return backend
 
 
-def _sentencepiece(tokens: list[str], merges: list[str] | None, scores: list[float] | None) -> Backend:
+def _sentencepiece(tokens: list[str], merges: list[str] | None, scores: list[float] | None,
+                   space_prefix: bool = True) -> Backend:
+    """SentencePiece BPE; `space_prefix` (GGUF's add_space_prefix; False for Gemma): a space is put before the text."""
     vocab = {t: i for i, t in enumerate(tokens)}
     if merges:
         pairs = [tuple(m.split(" ", 1)) for m in merges]
     else:
         pairs = _merges_from_scores(vocab, scores or [0.0] * len(tokens))
     backend = Backend(BPE(vocab=vocab, merges=pairs, fuse_unk=True, byte_fallback=True, dropout=None, unk_token=tokens[0]))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                         decoders.Strip(content=" ", left=1)])
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first" if space_prefix else "never",
+                                                     split=False)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    backend.decoder = decoders.Sequence(steps + [decoders.Strip(content=" ", left=1)] if space_prefix else steps)
     return backend
 
 

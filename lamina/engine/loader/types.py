@@ -13,7 +13,8 @@ from lamina.engine.config import ModelConfig
 from lamina.engine.tokenizer import Tokenizer
 
 
-NATIVE_QUANTS = frozenset({GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q8_0,
+NATIVE_QUANTS = frozenset({GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q5_0,
+                           GGMLQuantizationType.Q8_0,
                            GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q5_K, GGMLQuantizationType.Q6_K})
 
 

@@ -1,6 +1,6 @@
-"""Linear layers that compute straight from a GGUF file's Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K blocks (kernels/qgemm.cpp).
+"""Linear layers that compute straight from a GGUF file's Q4_0/Q4_1/Q5_0/Q8_0/Q4_K/Q5_K/Q6_K blocks (kernels/qgemm.cpp).
 
-The weights stay quantized in memory (4-bit codes for Q4_1 and Q4_K, a byte per code otherwise, fp32 scales and
+The weights stay quantized in memory (4-bit codes for Q4_1 and Q4_K, a byte per code otherwise (Q5_0 included), fp32 scales and
 offsets per 16 or 32 codes) and are expanded to fp32 inside the GEMM, with the same fp32 arithmetic as the
 reference dequantization: the values multiplied are exactly the dequantized ones, but each step reads 3-5x fewer
 bytes of weights. Rows are batch-invariant (see the kernel). Parts of one fused linear in different formats share
@@ -77,6 +77,10 @@ def codes_of(weight: QuantizedWeight) -> Codes:
         return Codes(_nibbles(blocks[..., 4:]).reshape(n, k), _fp16(blocks, 0), _fp16(blocks, 2))
     if weight.qtype == Q.Q4_0:
         signed = _nibbles(blocks[..., 2:]).astype(np.int8) - np.int8(8)
+        return Codes(signed.reshape(n, k), _fp16(blocks, 0), None)
+    if weight.qtype == Q.Q5_0:  # d, 32 fifth bits (bit j is code j's), 16 bytes of nibbles; codes are 0..31 - 16
+        high = (blocks[..., 2:6].copy().view(np.uint32) >> np.arange(32, dtype=np.uint32)) & 1
+        signed = (_nibbles(blocks[..., 6:]) | (high.astype(np.uint8) << 4)).astype(np.int8) - np.int8(16)
         return Codes(signed.reshape(n, k), _fp16(blocks, 0), None)
     if weight.qtype == Q.Q8_0:
         return Codes(np.ascontiguousarray(blocks[..., 2:]).view(np.int8).reshape(n, k), _fp16(blocks, 0), None)

@@ -58,11 +58,12 @@ def rope_inv_freq(config: ModelConfig) -> tuple[Tensor, float]:
 class RotaryEmbedding(nn.Module):
     def __init__(self, config: ModelConfig, max_positions: int) -> None:
         super().__init__()
-        inv_freq, mscale = rope_inv_freq(config)
-        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
-        emb = torch.cat([freqs, freqs], dim=-1)
-        self.register_buffer("cos", (emb.cos() * mscale).float(), persistent=False)
-        self.register_buffer("sin", (emb.sin() * mscale).float(), persistent=False)
+        with torch.device("cpu"):  # real tables even while the model is built on the meta device
+            inv_freq, mscale = rope_inv_freq(config)
+            freqs = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
+            emb = torch.cat([freqs, freqs], dim=-1)
+            self.register_buffer("cos", (emb.cos() * mscale).float(), persistent=False)
+            self.register_buffer("sin", (emb.sin() * mscale).float(), persistent=False)
         self.native: ModuleType | None = None
 
     def forward(self, positions: Tensor, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,16 +105,23 @@ class Attention(nn.Module):
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
-        self.scale = self.head_dim**-0.5
+        self.scale = (config.query_pre_attn_scalar or self.head_dim) ** -0.5
+        self.window = config.layer_window(layer_id)  # tokens a query sees; None: the whole context
 
     def forward(self, x: Tensor, positions: Tensor, rope: RotaryEmbedding, meta: AttentionMetadata) -> Tensor:
-        qkv = self.qkv_proj(x)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(-1, self.num_heads, self.head_dim)
-        k = k.view(-1, self.num_kv_heads, self.head_dim)
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        q, k, v = self.project(x)
         q, k = rope(positions, q, k)
-        out = paged_attention(q, k, v, meta, self.layer_id, self.scale)
+        return self.attend(q, k, v, meta)
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [T, hidden] -> q [T, heads, head_dim], k and v [T, kv_heads, head_dim]."""
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        return (q.view(-1, self.num_heads, self.head_dim), k.view(-1, self.num_kv_heads, self.head_dim),
+                v.view(-1, self.num_kv_heads, self.head_dim))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, meta: AttentionMetadata) -> Tensor:
+        """Paged attention of the rotated q/k and v, then the output projection -> [T, hidden]."""
+        out = paged_attention(q, k, v, meta, self.layer_id, self.scale, self.window)
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
@@ -146,11 +154,14 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
+    layer_class: type[nn.Module] = DecoderLayer
+    norm_weight_offset = 0.0  # added to every loaded RMSNorm weight (Gemma scales by 1 + weight)
+
     def __init__(self, config: ModelConfig, max_positions: int | None = None) -> None:
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(self.layer_class(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rope = RotaryEmbedding(config, max_positions or config.max_position_embeddings)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -158,10 +169,17 @@ class LlamaForCausalLM(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, input_ids: Tensor, positions: Tensor, meta: AttentionMetadata) -> Tensor:
-        x = self.embed_tokens(input_ids)
+        x = self.embed(input_ids)
         for layer in self.layers:
-            x = layer(x, positions, self.rope, meta)
+            x = layer(x, positions, self.rope_of(layer), meta)
         return self.norm(x)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """input_ids [T] -> the first layer's input [T, hidden]."""
+        return self.embed_tokens(input_ids)
+
+    def rope_of(self, layer: nn.Module) -> RotaryEmbedding:
+        return self.rope
 
     def compute_logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden)
@@ -193,17 +211,23 @@ class LlamaForCausalLM(nn.Module):
         get = _WeightGetter(weights)
         self.tie_embeddings(weights)
         self.embed_tokens.weight = _parameter(get("model.embed_tokens.weight"))
-        self.norm.weight = _parameter(get("model.norm.weight"))
         if self.tied and isinstance(self.lm_head, nn.Linear):
             self.lm_head.weight = self.embed_tokens.weight
         for parent, attr, names in self.linear_sources():
             linear = getattr(parent, attr)
             if isinstance(linear, nn.Linear) and linear.weight is not self.embed_tokens.weight:
                 load_linear(linear, names, weights)
+        for norm, name in self.norm_sources():
+            weight = get(name)
+            norm.weight = _parameter(weight + self.norm_weight_offset if self.norm_weight_offset else weight)
+
+    def norm_sources(self) -> Iterator[tuple[RMSNorm, str]]:
+        """Every RMSNorm with the Hugging Face weight it loads."""
+        yield self.norm, "model.norm.weight"
         for i, layer in enumerate(self.layers):
             p = f"model.layers.{i}."
-            layer.input_layernorm.weight = _parameter(get(p + "input_layernorm.weight"))
-            layer.post_attention_layernorm.weight = _parameter(get(p + "post_attention_layernorm.weight"))
+            yield layer.input_layernorm, p + "input_layernorm.weight"
+            yield layer.post_attention_layernorm, p + "post_attention_layernorm.weight"
 
 
 def load_linear(linear: nn.Linear, names: list[str], weights: Mapping[str, Tensor]) -> None:
