@@ -29,6 +29,26 @@ from lamina import LLM, SamplingParams
 from lamina.engine.kernels import cpu_description
 
 PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
+PARAGRAPH = ("The museum opens at nine in the morning and closes at six in the evening. Visitors may bring a camera, "
+             "but flash photography is not allowed in the painting galleries. The cafe on the ground floor serves "
+             "coffee, tea and sandwiches until five. Children under twelve enter free of charge.")
+CODE = """\
+def mean(values):
+    total = 0
+    for value in values:
+        total += value
+    return total / len(values)
+
+
+def variance(values):
+    m = mean(values)
+    return sum((value - m) ** 2 for value in values) / len(values)
+"""
+SPECULATIVE_PROMPTS = {  # label: (does the answer copy the prompt?, the user message)
+    "edit a paragraph": (True, "Rewrite this paragraph, replacing 'museum' with 'library':\n\n" + PARAGRAPH),
+    "annotate code": (True, "Add type hints to these Python functions and return the whole code:\n\n" + CODE),
+    "story (no copy)": (False, PROMPT[0]["content"]),
+}
 
 
 def lamina_run(llm: LLM, prompt_ids: list[int], n: int, tokens: int) -> float:
@@ -38,6 +58,32 @@ def lamina_run(llm: LLM, prompt_ids: list[int], n: int, tokens: int) -> float:
     elapsed = time.perf_counter() - start
     assert sum(len(c.token_ids) for c in out.outputs) == n * tokens
     return n * tokens / elapsed
+
+
+def speculative_rows(llm: LLM, tokens: int, k: int) -> list[dict]:
+    """Per prompt: greedy single-stream tokens/s without and with prompt-lookup speculation (k drafts), and the
+    drafts accepted. The two outputs must be identical (checked)."""
+    rows = []
+    for label, (copies, message) in SPECULATIVE_PROMPTS.items():
+        prompt_ids = llm.tokenizer.encode(llm.tokenizer.apply_chat_template([{"role": "user", "content": message}]))
+        plain = SamplingParams(temperature=0, max_tokens=tokens)
+        timed = {}
+        for name, params in (("plain", plain), ("speculative", plain.replace(num_speculative_tokens=k))):
+            start = time.perf_counter()
+            out = llm.generate(prompt_ids, params)[0]
+            timed[name] = (len(out.outputs[0].token_ids) / (time.perf_counter() - start), out)
+        (base, ref), (fast, spec) = timed["plain"], timed["speculative"]
+        assert spec.outputs[0].token_ids == ref.outputs[0].token_ids, f"{label}: speculative output differs"
+        rows.append({"prompt": label, "copies": copies, "tokens": len(ref.outputs[0].token_ids), "plain": base,
+                     "speculative": fast, "drafted": spec.num_draft_tokens, "accepted": spec.num_accepted_tokens})
+    return rows
+
+
+def print_speculative(rows: list[dict], k: int, markdown: bool) -> None:
+    header = ["prompt", "tokens", "plain tok/s", f"speculative k={k} tok/s", "speedup", "drafts accepted"]
+    lines = [header] + [[r["prompt"], str(r["tokens"]), f"{r['plain']:.1f}", f"{r['speculative']:.1f}",
+                         f"{r['speculative'] / r['plain']:.2f}x", f"{r['accepted']}/{r['drafted']}"] for r in rows]
+    print_lines(lines, markdown)
 
 
 def hf_run(model, prompt_ids: list[int], n: int, tokens: int) -> float:
@@ -118,6 +164,12 @@ def print_table(results: list[dict], columns: list[str], markdown: bool) -> None
     for r in results:
         line = [r["workload"], str(r["tokens_per_sample"])] + [f"{r[c]:.1f}" for c in columns]
         lines.append(line + [f"{r[c] / r[p]:.2f}x" for c, p in ratios])
+    print_lines(lines, markdown)
+
+
+def print_lines(lines: list[list[str]], markdown: bool) -> None:
+    """A table (header first) as Markdown or as right-aligned columns."""
+    header = lines[0]
     if markdown:
         print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
         for line in lines[1:]:
@@ -142,6 +194,9 @@ def main() -> None:
     parser.add_argument("--llamacpp", metavar="PYTHON", help="also measure llama.cpp with this Python "
                         "(llama-cpp-python built for this CPU; scripts/llamacpp_peer.sh makes .venv-llamacpp)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--speculative-tokens", type=int, default=4, help="draft tokens per step, speculative case")
+    parser.add_argument("--speculative-max-tokens", type=int, default=128, help="tokens per speculative run")
+    parser.add_argument("--speculative-only", action="store_true", help="measure only the speculative case")
     parser.add_argument("--out", type=Path, help="writes OUT.json, OUT.png (default benchmarks/results/engine, "
                         "engine-MODEL for another model)")
     args = parser.parse_args()
@@ -151,6 +206,12 @@ def main() -> None:
     ns = [int(x) for x in args.ns.split(",")]
 
     engines = {"lamina": LLM(args.model, num_threads=args.threads)}
+    if args.speculative_only:
+        lamina_run(engines["lamina"], [1, 2, 3], 1, 4)  # warm-up
+        rows = speculative_rows(engines["lamina"], args.speculative_max_tokens, args.speculative_tokens)
+        print(f"\nSpeculative decoding (prompt lookup), single stream, greedy, {args.threads} threads\n{cpu_description()}")
+        print_speculative(rows, args.speculative_tokens, args.markdown)
+        return
     if not args.skip_torch_only:
         engines["lamina torch-only"] = LLM(args.model, num_threads=args.threads, native_kernels=False)
     if args.quantization:
@@ -186,6 +247,7 @@ def main() -> None:
         results.append(row)
         print("  " + label + ": " + ", ".join(f"{c} {row[c]:.1f} tok/s" for c in columns), flush=True)
     used, one_copy = prompt_blocks(llm, prompt_ids, 32)
+    speculative = speculative_rows(llm, args.speculative_max_tokens, args.speculative_tokens)
     linears = {name: e.engine.linear_backend for name, e in engines.items()}
     if args.llamacpp:
         del engines, llm, hf  # the peer runs alone on the cores
@@ -200,9 +262,12 @@ def main() -> None:
           f"prompt {len(prompt_ids)} tokens, temperature 0.8, top_p 0.95\n{cpu}")
     print_table(results, columns, args.markdown)
     print(f"KV blocks held by the prompt with n=32 samples: {used} (one copy: {one_copy})")
+    print(f"\nSpeculative decoding (prompt lookup), single stream, greedy, {args.threads} threads")
+    print_speculative(speculative, args.speculative_tokens, args.markdown)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"model": args.model, "cpu": cpu, "threads": args.threads, "linears": linears,
-              "prompt_blocks_n32": used, "prompt_blocks_one_copy": one_copy, "rows": results}
+              "prompt_blocks_n32": used, "prompt_blocks_one_copy": one_copy, "rows": results,
+              "speculative": speculative}
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, allow_nan=True))
     plot(results, columns, args.out.with_suffix(".png"), title)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")

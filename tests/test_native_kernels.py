@@ -409,7 +409,7 @@ def test_onednn_only_when_clearly_faster_and_not_losing_the_single_row(tmp_path,
     monkeypatch.setattr(linear_choice, "time_ratio", lambda native, onednn, in_features: ratios)
     table = linear_choice.ChoiceTable(SimpleNamespace(__name__="lamina_kernels_test"))
     part = SimpleNamespace(qtype=SimpleNamespace(name="Q4_1"), shape=(64, 32))
-    assert table.native_is_faster([part], None, None, lambda linear: None) == (kind == "native")
+    assert table.native_is_faster([part], None, lambda: None) == (kind == "native")
     assert table.choices == {"Q4_1 64x32": kind}
 
 

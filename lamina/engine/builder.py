@@ -29,21 +29,30 @@ class BuiltModel:
 
 
 def build_model(model: str, cfg: EngineConfig) -> BuiltModel:
-    """Load `model` (a name, .gguf file or HF folder), build it on cfg.device in cfg.dtype and size its KV cache."""
+    """Load `model` (a name, .gguf file or HF folder), build it on cfg.device in cfg.dtype and size its KV cache.
+
+    The model is built on the meta device (no memory, no random initialisation); the linears the native kernels run
+    take the file's blocks first, then the other parameters become the loaded tensors, each read once (a GGUF's are
+    dequantized as they are read, so the native linears' weights never are).
+    """
     from lamina.engine.loader import load_model
 
     dtype = cfg.torch_dtype
     loaded = load_model(model, dtype=torch.float32)
     mc, tokenizer = loaded.config, loaded.tokenizer
     max_model_len = min(cfg.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings)
-    with torch.device(cfg.device):
+    with torch.device("meta"):  # no memory, no random initialisation (RoPE tables are computed on the CPU)
         net = model_class(mc.architecture)(mc, max_positions=max_model_len)
+    net.tie_embeddings(loaded.weights)
+    kernels = native_kernels() if cfg.native_kernels and cfg.device == "cpu" and dtype == torch.float32 else None
+    native = 0
+    if kernels is not None and loaded.quantized and cfg.quantization is None:
+        native = use_block_quant_linears(net, loaded.quantized, kernels, loaded.weights)
     net.load_hf_weights(loaded.weights)
-    net.to(dtype=dtype)
+    net.to(device=cfg.device, dtype=dtype)
     for rope in (m for m in net.modules() if isinstance(m, RotaryEmbedding)):
         rope.to(torch.float32)
-    kernels = native_kernels() if cfg.native_kernels and cfg.device == "cpu" and dtype == torch.float32 else None
-    linear_backend = _choose_linears(net, cfg, loaded.quantized, kernels)
+    linear_backend = _choose_linears(net, cfg, native, kernels)
     if kernels is not None:
         net.use_native_ops(kernels)
     del loaded  # the file's weights: free them before the KV cache is allocated
@@ -54,20 +63,16 @@ def build_model(model: str, cfg: EngineConfig) -> BuiltModel:
     return BuiltModel(net, mc, tokenizer, max_model_len, kernels, linear_backend, cache, num_blocks)
 
 
-def _choose_linears(net: LlamaForCausalLM, cfg: EngineConfig, quantized: dict, kernels: ModuleType | None) -> str:
-    """Swap the model's linears for the fastest exact CPU kind available; returns a line saying which."""
+def _choose_linears(net: LlamaForCausalLM, cfg: EngineConfig, native: int, kernels: ModuleType | None) -> str:
+    """Swap the model's remaining nn.Linears for the fastest exact CPU kind available; a line saying what runs."""
     dtype = cfg.torch_dtype
     if cfg.quantization == "int8":
         replace_linears(net, Int8Linear)
         return "linears: int8 (fbgemm, lossy)"
     if cfg.device != "cpu" or dtype != torch.float32:
         return f"linears: torch {dtype} on {cfg.device}"
-    kinds = []
-    if kernels is not None and quantized:
-        native = use_block_quant_linears(net, quantized, kernels)
-        if native:
-            kinds.append(f"{native} native ({kernels.isa}) from the file's quantized blocks")
-    remaining = sum(isinstance(m, torch.nn.Linear) for m in net.modules())
+    kinds = [f"{native} native ({kernels.isa}) from the file's quantized blocks"] if native and kernels else []
+    remaining = sum(isinstance(m, (torch.nn.Linear, PackedLinear)) for m in net.modules())
     if remaining and cfg.pack_weights and packing_available():
         replace_linears(net, PackedLinear)
         kinds.append(f"{remaining} fp32 packed for oneDNN")

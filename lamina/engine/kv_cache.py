@@ -6,9 +6,11 @@ until the pool needs them again (least recently freed first).
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,9 +35,16 @@ class KVCache:
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
-        shape = (kv_heads, num_blocks, block_size, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        shape = (2 * num_layers, kv_heads, num_blocks, block_size, head_dim)
+        if torch.device(device).type == "cpu":
+            # One zeroed allocation from calloc: the OS maps zero pages as they are first touched, so a large pool
+            # costs nothing at start-up (torch.zeros would write every byte of it).
+            size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+            pool = torch.from_numpy(np.zeros(size, dtype=np.uint8)).view(dtype).view(shape)
+        else:
+            pool = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = list(pool[:num_layers].unbind(0))
+        self.v = list(pool[num_layers:].unbind(0))
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         if not pairs:
@@ -128,13 +137,22 @@ class BlockManager:
             self.blocks[block_id].ref_count += 1
 
     def free(self, seq: Sequence) -> None:
-        for block_id in reversed(seq.block_table):
+        self._release(seq.block_table)
+        seq.block_table = []
+        seq.num_computed_tokens = 0
+
+    def trim(self, seq: Sequence) -> None:
+        """Give back seq's blocks past its computed tokens (those that held only rejected speculative drafts)."""
+        keep = -(-seq.num_computed_tokens // self.block_size)
+        self._release(seq.block_table[keep:])
+        del seq.block_table[keep:]
+
+    def _release(self, block_ids: list[int]) -> None:
+        for block_id in reversed(block_ids):
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free_ids[block_id] = None
-        seq.block_table = []
-        seq.num_computed_tokens = 0
 
     def take_pending_copies(self) -> list[tuple[int, int]]:
         pairs, self.pending_copies = self.pending_copies, []

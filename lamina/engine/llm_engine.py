@@ -37,13 +37,13 @@ class LLMEngine:
         self.kernels = built.kernels
         self.linear_backend = built.linear_backend
         self.cache = built.cache
+        # A sequence never outgrows the context, nor the KV pool (then no step could hold it: it ends with "length").
+        self.max_seq_len = min(self.max_model_len, built.num_blocks * cfg.block_size)
         self.blocks = BlockManager(built.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
-        self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_num_batched_tokens)
+        self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, cfg.max_num_batched_tokens, self.max_seq_len)
         self.runner = ModelRunner(self.model, self.cache, cfg.block_size, self.kernels,
                                   native_attention=mc.head_dim % 8 == 0)
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(mc.eos_token_ids)
-        # A sequence never outgrows the context, nor the KV pool (then no step could hold it: it ends with "length").
-        self.max_seq_len = min(self.max_model_len, built.num_blocks * cfg.block_size)
         self.processor = OutputProcessor(self.tokenizer, self.scheduler, self.eos_token_ids, self.max_seq_len)
         self.limits = PromptLimits(mc.vocab_size, self.max_model_len, cfg.block_size, built.num_blocks)
         self.requests: dict[str, Request] = {}
@@ -106,6 +106,7 @@ class LLMEngine:
         self.scheduler.advance(batch)
         self.processor.record_prompt_logprobs(prompt_scores)
         outputs = [] if result is None else self.processor.process(samplers, result, self.requests)
+        self.scheduler.settle_drafts(batch)
         if self.branches.pending:
             self.branches.settle()
         return outputs
@@ -158,7 +159,7 @@ class LLMEngine:
         """The scheduler's batch; a prompt whose prefill completes in it forks its n - 1 siblings, sharing every block."""
         batch = self.scheduler.schedule()
         completing = [seq for seq, chunk, _ in batch.prefills if seq.num_computed_tokens + chunk == len(seq.token_ids)]
-        completing += [seq for seq, _ in batch.decodes]  # a prompt's last token may be scheduled as a decode
+        completing += [seq for seq, _, _ in batch.decodes]  # a prompt's last token may be scheduled as a decode
         for parent in completing:
             if not parent.fork_pending:
                 continue

@@ -38,15 +38,17 @@ class OutputProcessor:
         self.max_seq_len = max_seq_len  # prompt + output tokens a sequence may reach (context and KV pool)
 
     def process(self, seqs: list[Sequence], result: SampleResult, requests: dict[str, Request]) -> list[RequestOutput]:
-        """Append result's row i to seqs[i]; return the outputs of the touched requests, dropping finished ones."""
-        touched: dict[str, list[Sequence]] = {}
+        """Append result's row i to seqs[i] (a sequence that speculated has several rows, in order: those after the
+        one that finished it are dropped); return the outputs of the touched requests, dropping finished ones."""
+        touched: dict[str, dict[int, Sequence]] = {}
         for row, seq in enumerate(seqs):
-            self._append(seq, row, result)
-            touched.setdefault(seq.request_id, []).append(seq)
+            if seq.finish_reason is None:
+                self._append(seq, row, result)
+            touched.setdefault(seq.request_id, {})[seq.seq_id] = seq
         outputs = []
         for request_id, changed in touched.items():
             request = requests[request_id]
-            out = self.output(request, changed)
+            out = self.output(request, list(changed.values()))
             if out is not None:
                 outputs.append(out)
             if request.finished:
@@ -82,7 +84,9 @@ class OutputProcessor:
                                                              True)
         return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, outputs,
                              request.finished, request.seqs[0].num_cached_tokens,
-                             None if prompt_logprobs is None else list(prompt_logprobs))
+                             None if prompt_logprobs is None else list(prompt_logprobs),
+                             sum(seq.num_draft_tokens for seq in request.seqs),
+                             sum(seq.num_accepted_tokens for seq in request.seqs))
 
     def _append(self, seq: Sequence, row: int, result: SampleResult) -> None:
         if seq.params.max_tokens == 0:  # the prompt is scored (prompt_logprobs); nothing is generated

@@ -54,6 +54,10 @@ class RequestOutput:
     # SamplingParams.prompt_logprobs: one entry per prompt token, the first None (nothing precedes it); else None.
     # With OutputKind.DELTA, only the request's first output carries them.
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    # Speculative decoding (SamplingParams.num_speculative_tokens), over all samples so far: draft tokens proposed,
+    # and those accepted (each accepted draft is a token gained without a forward of its own).
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
 
     @property
     def num_prompt_tokens(self) -> int:

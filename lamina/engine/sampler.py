@@ -25,6 +25,16 @@ class SampleResult:
     top_ids: list[list[int]] | None = None
     top_logprobs: list[list[float]] | None = None
 
+    def extend(self, other: "SampleResult") -> None:
+        """Append other's rows (rows of a side without logprobs get placeholders: their sequences asked for none)."""
+        mine, theirs = len(self.token_ids), len(other.token_ids)
+        self.token_ids += other.token_ids
+        if self.logprobs is not None or other.logprobs is not None:
+            self.logprobs = (self.logprobs or [0.0] * mine) + (other.logprobs or [0.0] * theirs)
+        if self.top_ids is not None or other.top_ids is not None:
+            self.top_ids = (self.top_ids or [[]] * mine) + (other.top_ids or [[]] * theirs)
+            self.top_logprobs = (self.top_logprobs or [[]] * mine) + (other.top_logprobs or [[]] * theirs)
+
 
 def apply_repetition_penalty(logits: Tensor, seqs: list[Sequence]) -> Tensor:
     for row, seq in enumerate(seqs):
@@ -94,6 +104,21 @@ def _uniforms(seqs: list[Sequence]) -> Tensor:
     return torch.cat([torch.rand(1, generator=s.generator, dtype=torch.float64) for s in seqs])
 
 
+def uniform(seq: Sequence) -> float:
+    """The next uniform draw in [0, 1) of seq's own random stream."""
+    return float(torch.rand(1, generator=seq.generator, dtype=torch.float64))
+
+
+def filtered_probs(logits: Tensor, seqs: list[Sequence]) -> Tensor:
+    """logits [B, vocab] -> the distributions sampling draws from (temperature, top-k, top-p, min-p per row)."""
+    return _filter(logits, seqs).softmax(-1)
+
+
+def draw(probs: Tensor, u: float) -> int:
+    """The token of probs [vocab] (not necessarily normalised) at uniform draw u, by inverse CDF."""
+    return int(_inverse_cdf(probs.unsqueeze(0), torch.tensor([u], dtype=torch.float64)))
+
+
 def _draw(logits: Tensor, seqs: list[Sequence], kernels: ModuleType | None) -> Tensor:
     """A sampled token per row, each row filtered by its own parameters and drawn from its own generator."""
     if kernels is not None:
@@ -117,7 +142,12 @@ def sample(logits: Tensor, seqs: list[Sequence], kernels: ModuleType | None = No
         if rows:
             index = torch.tensor(rows)
             chosen[index] = _draw(logits[index], [seqs[r] for r in rows], kernels)
-    result = SampleResult(chosen.tolist())
+    return with_logprobs(SampleResult(chosen.tolist()), scored, chosen, seqs)
+
+
+def with_logprobs(result: SampleResult, scored: Tensor, chosen: Tensor, seqs: list[Sequence]) -> SampleResult:
+    """Fill result's logprobs (and top alternatives) when some row's sequence asked for them; scored [B, vocab] are
+    the logits they are read from, chosen [B] the tokens."""
     want = [s.params.logprobs for s in seqs]
     if any(w is not None for w in want):
         logprobs = torch.log_softmax(scored, dim=-1)

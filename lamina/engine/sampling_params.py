@@ -85,6 +85,15 @@ class SamplingParams:
         None, "None or an object with one of json (a JSON schema), regex, choice (a list of strings), json_object: true",
         "constrain the output to a grammar (vLLM's StructuredOutputsParams)",
         lambda v: v is None or _structured(v))
+    num_speculative_tokens: int = _sampling(
+        0, "an integer in [0, 16]", "speculative decoding by prompt lookup: draft up to this many tokens per step from "
+        "an earlier occurrence of the last n-gram in the prompt or output, verified in one forward (0: off); greedy "
+        "output is unchanged, sampled output keeps its distribution", lambda v: isinstance(v, int) and 0 <= v <= 16)
+    prompt_lookup_max: int = _sampling(4, "an integer in [1, 16]", "speculative decoding: the longest n-gram looked up",
+                                       lambda v: isinstance(v, int) and 1 <= v <= 16)
+    prompt_lookup_min: int = _sampling(2, "an integer in [1, 16], at most prompt_lookup_max",
+                                       "speculative decoding: the shortest n-gram looked up",
+                                       lambda v: isinstance(v, int) and 1 <= v <= 16)
 
     def __init__(self, **kwargs: Any) -> None:
         unknown = sorted(set(kwargs) - set(SAMPLING_FIELDS))
@@ -109,6 +118,9 @@ class SamplingParams:
                 continue  # score the prompt, generate nothing (vLLM's echo with max_tokens 0)
             if not info.check(getattr(self, name)):
                 raise InvalidRequestError(f"SamplingParams.{name}={getattr(self, name)!r}: expected {info.expected}")
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise InvalidRequestError(f"SamplingParams.prompt_lookup_min={self.prompt_lookup_min!r}: expected "
+                                      f"{SAMPLING_FIELDS['prompt_lookup_min'].expected} ({self.prompt_lookup_max})")
 
     @property
     def greedy(self) -> bool:

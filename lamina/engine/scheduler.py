@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 
 from lamina.engine.kv_cache import BlockManager
 from lamina.engine.sequence import Sequence, SequenceStatus
+from lamina.engine.speculative import propose
 
 
 @dataclass(slots=True)
 class ScheduledBatch:
     prefills: list[tuple[Sequence, int, list[int]]] = field(default_factory=list)  # (seq, new tokens, their slots)
-    decodes: list[tuple[Sequence, int]] = field(default_factory=list)  # (seq, slot)
+    # (seq, drafts, slots): its last token then its draft tokens (speculative decoding; usually none), one slot each
+    decodes: list[tuple[Sequence, list[int], list[int]]] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
     forks: list[tuple[Sequence, Sequence]] = field(default_factory=list)  # (parent, child): child samples from parent's row
 
@@ -22,8 +24,10 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_seq_len: int | None = None) -> None:
         self.blocks = block_manager
+        self.max_seq_len = max_seq_len or block_manager.num_blocks * block_manager.block_size  # tokens a seq may reach
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
@@ -61,11 +65,15 @@ class Scheduler:
         for seq in list(self.running):
             if seq.status is not SequenceStatus.RUNNING or seq.num_uncomputed_tokens != 1 or budget == 0:
                 continue
-            if not self._make_room(seq, 1, scheduled, batch):
+            drafts = propose(seq, self.max_seq_len, self.max_num_batched_tokens - 1)
+            if 1 + len(drafts) > budget:
+                scheduled.add(seq.seq_id)  # it waits a step: cutting its drafts would change its sample
                 continue
-            batch.decodes.append((seq, self.blocks.allocate(seq, 1)[0]))
+            if not self._make_room(seq, 1 + len(drafts), scheduled, batch):
+                continue
+            batch.decodes.append((seq, drafts, self.blocks.allocate(seq, 1 + len(drafts))))
             scheduled.add(seq.seq_id)
-            budget -= 1
+            budget -= 1 + len(drafts)
         for seq in list(self.running):
             if seq.status is not SequenceStatus.RUNNING or seq.seq_id in scheduled or budget == 0:
                 continue
@@ -99,9 +107,18 @@ class Scheduler:
         for seq, chunk, _ in batch.prefills:
             seq.num_computed_tokens += chunk
             self.blocks.register_full_blocks(seq)
-        for seq, _ in batch.decodes:
+        for seq, _, _ in batch.decodes:
             seq.num_computed_tokens += 1
             self.blocks.register_full_blocks(seq)
+
+    def settle_drafts(self, batch: ScheduledBatch) -> None:
+        """After the outputs are appended: a sequence that speculated holds its accepted drafts' KV (all its tokens but
+        the last); the blocks that only its rejected drafts reached go back to the pool."""
+        for seq, drafts, _ in batch.decodes:
+            if drafts and seq.block_table:
+                seq.num_computed_tokens = len(seq.token_ids) - 1
+                self.blocks.trim(seq)
+                self.blocks.register_full_blocks(seq)
 
     def _make_room(self, seq: Sequence, num_tokens: int, scheduled: set[int], batch: ScheduledBatch) -> bool:
         """Drop parked branches, then preempt the latest arrivals, until seq fits; False if seq itself was preempted.

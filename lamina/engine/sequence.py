@@ -53,6 +53,9 @@ class Sequence:
     parks: bool = False  # a branch (see branches.py): finishing keeps its blocks, parked until released or dropped
     prefill_only: bool = False  # a branch being opened: its prompt is prefilled, nothing is sampled
     matcher: Any = None  # SamplingParams.structured_outputs: this sample's llguidance.LLMatcher, advanced per token
+    ngrams: Any = None  # SamplingParams.num_speculative_tokens: its speculative.NgramIndex, built on first use
+    num_draft_tokens: int = 0  # draft tokens proposed for it (speculative decoding)
+    num_accepted_tokens: int = 0  # ... and accepted
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -1,7 +1,9 @@
-"""Load a GGUF file: config from metadata, dequantised Hugging Face-named weights, tokenizer from metadata."""
+"""Load a GGUF file: config from metadata, Hugging Face-named weights (dequantized when read), tokenizer from metadata."""
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -33,26 +35,53 @@ _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """The file's config, tokenizer, raw blocks of the tensors native kernels can read (`quantized`) and `weights`,
+    which dequantizes a tensor when it is read (the native linears' tensors are then never dequantized)."""
     gguf = GGUFFile.open(path)
     config = config_from_gguf(gguf)
-    weights, quantized = {}, {}
+    tensors, quantized = {}, {}
     for tensor in gguf.tensors.values():
         name = hf_name(gguf.path, tensor.name, config.architecture)
-        if name is None:
+        if name is None or (config.tie_word_embeddings and name == "lm_head.weight"):
             continue
+        check_supported(gguf.path, tensor)
         heads = _permuted_heads(config, name)
-        array = dequantize(gguf.path, tensor)
-        if config.architecture in NORM_PLUS_ONE and name.endswith("norm.weight"):
-            array = array - np.float32(1)
-        weights[name] = torch.from_numpy(array if heads is None else unpermute(array, heads)).to(dtype)
+        plus_one = config.architecture in NORM_PLUS_ONE and name.endswith("norm.weight")
+        tensors[name] = (tensor, heads, plus_one)
         if Q(tensor.qtype) in NATIVE_QUANTS and len(tensor.shape) == 2:
             rows = tensor.data.reshape(tensor.shape[0], -1)
             quantized[name] = QuantizedWeight(Q(tensor.qtype), rows if heads is None else unpermute(rows, heads), tensor.shape)
-    if config.tie_word_embeddings:
-        weights.pop("lm_head.weight", None)
-        quantized.pop("lm_head.weight", None)
+    weights = LazyWeights(gguf.path, tensors, dtype)
     return LoadedModel(config=config, weights=weights, tokenizer=tokenizer_from_gguf(gguf), source=gguf.path,
                        quantized=quantized)
+
+
+class LazyWeights(Mapping[str, torch.Tensor]):
+    """Hugging Face name -> the tensor, dequantized (and un-permuted; a Gemma norm's stored 1 + w back to w) from the
+    file on each read; `reads` counts the reads per name (start-up reads each tensor at most once, and never one a
+    native linear multiplies raw). tensors: name -> (GGUF tensor, heads to un-permute or None, stored as 1 + w)."""
+
+    def __init__(self, path: Path, tensors: dict[str, tuple[GGUFTensor, int | None, bool]],
+                 dtype: torch.dtype) -> None:
+        self.path, self.tensors, self.dtype = path, tensors, dtype
+        self.reads: Counter[str] = Counter()
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor, heads, plus_one = self.tensors[name]
+        self.reads[name] += 1
+        array = dequantize(self.path, tensor)
+        if plus_one:
+            array = array - np.float32(1)
+        return torch.from_numpy(array if heads is None else unpermute(array, heads)).to(self.dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors
 
 
 def _permuted_heads(config: ModelConfig, name: str) -> int | None:
@@ -79,11 +108,15 @@ def hf_name(path: Path, name: str, architecture: str = "llama") -> str | None:
     return f"model.layers.{layer}.{block[part]}.{kind}"
 
 
-def dequantize(path: Path, tensor: GGUFTensor) -> np.ndarray:
-    qtype = Q(tensor.qtype)
-    if qtype not in SUPPORTED_QUANTS:
+def check_supported(path: Path, tensor: GGUFTensor) -> None:
+    if Q(tensor.qtype) not in SUPPORTED_QUANTS:
         supported = ", ".join(sorted(q.name for q in SUPPORTED_QUANTS))
         raise UnsupportedModelError(f"{path}: tensor {tensor.name!r} has unsupported type {tensor.type_name}; supported: {supported}")
+
+
+def dequantize(path: Path, tensor: GGUFTensor) -> np.ndarray:
+    check_supported(path, tensor)
+    qtype = Q(tensor.qtype)
     rows = tensor.data.reshape(-1, quants.quant_shape_to_byte_shape((tensor.shape[-1],), qtype)[0])
     if qtype == Q.F32:
         values = rows.view(np.float32).copy()

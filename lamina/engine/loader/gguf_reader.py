@@ -74,7 +74,31 @@ class _Cursor:
             return np.frombuffer(self.take(count * dtype.itemsize, what), dtype=dtype).tolist()
         if count > len(self.buf):
             raise ModelLoadError(f"{self.path}: corrupt GGUF: {what} claims {count} elements")
+        if etype == _STRING:
+            return self.strings(count, what)
         return [self.value(etype, what) for _ in range(count)]
+
+    def strings(self, count: int, what: str) -> list[str]:
+        """`count` strings in a row (a tokenizer's vocabulary and merges: ~100k of them), in one tight loop."""
+        buf, pos, size, out = self.buf, self.pos, len(self.buf), []
+        unpack = struct.Struct("<Q").unpack_from
+        try:
+            for _ in range(count):
+                (n,) = unpack(buf, pos)
+                end = pos + 8 + n
+                if end > size:
+                    break
+                out.append(str(buf[pos + 8 : end], "utf-8"))
+                pos = end
+        except struct.error:
+            pass
+        except UnicodeDecodeError:
+            raise ModelLoadError(f"{self.path}: corrupt GGUF: {what} is not valid UTF-8") from None
+        if len(out) < count:
+            self.pos = pos
+            self.string(what)  # raises the truncation error with its byte range
+        self.pos = pos
+        return out
 
 
 @dataclass(slots=True)

@@ -1,6 +1,7 @@
 """What a loader returns."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,8 @@ class QuantizedWeight:
 @dataclass(slots=True)
 class LoadedModel:
     config: ModelConfig
-    weights: dict[str, torch.Tensor]  # Hugging Face Llama/Qwen2 names; no lm_head.weight when embeddings are tied
+    # Hugging Face Llama/Qwen2 names; no lm_head.weight when embeddings are tied. A GGUF's dequantizes on each read.
+    weights: Mapping[str, torch.Tensor]
     tokenizer: Tokenizer
     source: Path
     quantized: dict[str, QuantizedWeight] = field(default_factory=dict)  # same names; blocks native kernels can use

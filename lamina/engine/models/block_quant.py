@@ -8,6 +8,7 @@ the widest layout (Q4_K q/k beside a Q6_K v: all 8-bit codes, scales per 16).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from lamina.engine.loader.types import NATIVE_QUANTS, QuantizedWeight
 from lamina.engine.models.cpu_linear import PackedLinear, packing_available
 from lamina.engine.models.linear_choice import ChoiceTable, policy
+from lamina.engine.models.llama import load_linear
 
 PANEL = 16
 BLOCK = 32
@@ -154,10 +156,13 @@ def native_parts(quantized: dict[str, QuantizedWeight], names: list[str]) -> lis
     return parts if len({p.shape[1] for p in parts}) == 1 else None
 
 
-def use_block_quant_linears(model: nn.Module, quantized: dict[str, QuantizedWeight], kernel: ModuleType) -> int:
+def use_block_quant_linears(model: nn.Module, quantized: dict[str, QuantizedWeight], kernel: ModuleType,
+                            weights: Mapping[str, Tensor]) -> int:
     """Swap every linear of `model` whose stored weights the kernel can use and which runs faster on it than on
     oneDNN's packed fp32 (linear_choice.py: one kind per shape, timed once per machine); returns how many were
-    swapped. The others stay nn.Linear, for the engine to pack for oneDNN."""
+    swapped. Runs before the fp32 weights are loaded: a native linear's weight is never dequantized (its bias is read
+    from `weights`); one timed against oneDNN keeps the oneDNN module built for the timing when that wins. The
+    others stay nn.Linear, for the engine to load and pack for oneDNN."""
     how = policy() if packing_available() else "native"
     if how == "onednn":
         return 0
@@ -168,10 +173,20 @@ def use_block_quant_linears(model: nn.Module, quantized: dict[str, QuantizedWeig
         if parts is None:
             continue
         linear = getattr(parent, attr)
-        native = BlockQuantLinear(parts, linear.bias, kernel)
-        if table is None or table.native_is_faster(parts, native, linear, PackedLinear):
+        bias = None if linear.bias is None else torch.cat([weights[n.removesuffix("weight") + "bias"] for n in names])
+        native = BlockQuantLinear(parts, bias, kernel)
+        timed: list[nn.Module] = []
+
+        def onednn(linear: nn.Linear = linear, names: list[str] = names, timed: list[nn.Module] = timed) -> nn.Module:
+            load_linear(linear, names, weights)
+            timed.append(PackedLinear(linear))
+            return timed[0]
+
+        if table is None or table.native_is_faster(parts, native, onednn):
             setattr(parent, attr, native)
             swapped += 1
+        elif timed:
+            setattr(parent, attr, timed[0])
     if table is not None:
         table.save()
     return swapped

@@ -83,11 +83,12 @@ class ChoiceTable:
         self.choices: dict[str, str] = self.all.setdefault(self.machine, {})
         self.changed = False
 
-    def native_is_faster(self, parts: list[QuantizedWeight], native: nn.Module, linear: nn.Linear,
-                         make_onednn: Callable[[nn.Linear], nn.Module]) -> bool:
+    def native_is_faster(self, parts: list[QuantizedWeight], native: nn.Module,
+                         make_onednn: Callable[[], nn.Module]) -> bool:
+        """The kind kept for these parts' shape; timed (against `make_onednn()`, built only then) if not yet known."""
         key = shape_key(parts)
         if key not in self.choices:
-            mean, single_row = time_ratio(native, make_onednn(linear), parts[0].shape[1])
+            mean, single_row = time_ratio(native, make_onednn(), parts[0].shape[1])
             onednn = mean > ONEDNN_MARGIN and single_row > SINGLE_ROW_SLACK
             self.choices[key] = "onednn" if onednn else "native"
             self.changed = True

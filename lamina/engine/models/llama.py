@@ -6,7 +6,7 @@ and writes the paged cache through the step's `AttentionMetadata` (see attention
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 
 import torch
@@ -58,11 +58,12 @@ def rope_inv_freq(config: ModelConfig) -> tuple[Tensor, float]:
 class RotaryEmbedding(nn.Module):
     def __init__(self, config: ModelConfig, max_positions: int) -> None:
         super().__init__()
-        inv_freq, mscale = rope_inv_freq(config)
-        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
-        emb = torch.cat([freqs, freqs], dim=-1)
-        self.register_buffer("cos", (emb.cos() * mscale).float(), persistent=False)
-        self.register_buffer("sin", (emb.sin() * mscale).float(), persistent=False)
+        with torch.device("cpu"):  # real tables even while the model is built on the meta device
+            inv_freq, mscale = rope_inv_freq(config)
+            freqs = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
+            emb = torch.cat([freqs, freqs], dim=-1)
+            self.register_buffer("cos", (emb.cos() * mscale).float(), persistent=False)
+            self.register_buffer("sin", (emb.sin() * mscale).float(), persistent=False)
         self.native: ModuleType | None = None
 
     def forward(self, positions: Tensor, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
@@ -164,6 +165,7 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rope = RotaryEmbedding(config, max_positions or config.max_position_embeddings)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tied = config.tie_word_embeddings  # lm_head shares the embeddings (final once the weights are known)
         self.requires_grad_(False)
 
     def forward(self, input_ids: Tensor, positions: Tensor, meta: AttentionMetadata) -> Tensor:
@@ -196,23 +198,28 @@ class LlamaForCausalLM(nn.Module):
             yield layer.self_attn, "o_proj", [p + "self_attn.o_proj.weight"]
             yield layer.mlp, "gate_up_proj", [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
             yield layer.mlp, "down_proj", [p + "mlp.down_proj.weight"]
-        tied = self.lm_head.weight is self.embed_tokens.weight
-        yield self, "lm_head", ["model.embed_tokens.weight" if tied else "lm_head.weight"]
+        yield self, "lm_head", ["model.embed_tokens.weight" if self.tied else "lm_head.weight"]
 
-    def load_hf_weights(self, weights: dict[str, Tensor]) -> None:
-        """Load Hugging Face-named weights, fusing q/k/v and gate/up projections."""
+    def tie_embeddings(self, weights: Mapping[str, Tensor]) -> None:
+        """Decide whether lm_head shares the embeddings (the config says so, or the weights lack lm_head.weight)."""
+        self.tied = self.config.tie_word_embeddings or "lm_head.weight" not in weights
+
+    def load_hf_weights(self, weights: Mapping[str, Tensor]) -> None:
+        """Take Hugging Face-named weights as the parameters (no copies; each tensor read once), fusing q/k/v and
+        gate/up projections. Linears already replaced (native kernels reading the file's blocks) are skipped, so a
+        model built on the meta device is materialised here without random initialisation."""
         get = _WeightGetter(weights)
-        self.embed_tokens.weight.copy_(get("model.embed_tokens.weight"))
-        if self.config.tie_word_embeddings or "lm_head.weight" not in weights:
+        self.tie_embeddings(weights)
+        self.embed_tokens.weight = _parameter(get("model.embed_tokens.weight"))
+        if self.tied and isinstance(self.lm_head, nn.Linear):
             self.lm_head.weight = self.embed_tokens.weight
         for parent, attr, names in self.linear_sources():
             linear = getattr(parent, attr)
-            if linear.weight is not self.embed_tokens.weight:
-                linear.weight.copy_(torch.cat([get(name) for name in names]))
-            if linear.bias is not None:
-                linear.bias.copy_(torch.cat([get(name.removesuffix("weight") + "bias") for name in names]))
+            if isinstance(linear, nn.Linear) and linear.weight is not self.embed_tokens.weight:
+                load_linear(linear, names, weights)
         for norm, name in self.norm_sources():
-            norm.weight.copy_(get(name) + self.norm_weight_offset)
+            weight = get(name)
+            norm.weight = _parameter(weight + self.norm_weight_offset if self.norm_weight_offset else weight)
 
     def norm_sources(self) -> Iterator[tuple[RMSNorm, str]]:
         """Every RMSNorm with the Hugging Face weight it loads."""
@@ -221,6 +228,19 @@ class LlamaForCausalLM(nn.Module):
             p = f"model.layers.{i}."
             yield layer.input_layernorm, p + "input_layernorm.weight"
             yield layer.post_attention_layernorm, p + "post_attention_layernorm.weight"
+
+
+def load_linear(linear: nn.Linear, names: list[str], weights: Mapping[str, Tensor]) -> None:
+    """Set `linear`'s weight (and bias) to the named weights stacked along out_features."""
+    get = _WeightGetter(weights)
+    parts = [get(name) for name in names]
+    linear.weight = _parameter(parts[0] if len(parts) == 1 else torch.cat(parts))
+    if linear.bias is not None:
+        linear.bias = _parameter(torch.cat([get(name.removesuffix("weight") + "bias") for name in names]))
+
+
+def _parameter(tensor: Tensor) -> nn.Parameter:
+    return nn.Parameter(tensor, requires_grad=False)
 
 
 class _WeightGetter:

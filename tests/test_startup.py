@@ -1,0 +1,49 @@
+"""Start-up: the model is built without random initialisation and reads each tensor of the file at most once; the
+tensors the native linears multiply raw are never dequantized."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from lamina import LLM, SamplingParams
+from lamina.engine.loader import gguf as gguf_loader
+from tests.test_loader import byte_vocab, random_hf_weights, write_gguf
+
+NATIVE = {"output.weight", "blk.0.attn_output.weight", "blk.1.attn_output.weight"}  # Q8_0 lm_head, Q4_0 o_proj
+
+
+def test_start_up_loads_no_tensor_twice_and_never_a_native_linears(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAMINA_LINEAR_CHOICE", "native")
+    path = write_gguf(tmp_path / "tiny.gguf", "llama", random_hf_weights(len(byte_vocab()), False, False), permute=True)
+    reads: Counter[str] = Counter()
+    dequantize = gguf_loader.dequantize
+
+    def counted(file, tensor):
+        reads[tensor.name] += 1
+        return dequantize(file, tensor)
+
+    monkeypatch.setattr(gguf_loader, "dequantize", counted)
+    llm = LLM(str(path), num_kv_blocks=16, block_size=4)
+    if llm.engine.kernels is None:
+        pytest.skip("native kernels unavailable here")
+    stored = set(gguf_loader.GGUFFile.open(path).tensors)
+    assert reads and max(reads.values()) == 1, reads
+    assert set(reads) == stored - NATIVE
+    assert "2 native" in llm.engine.linear_backend or "3 native" in llm.engine.linear_backend
+    params = [*llm.engine.model.parameters(), *llm.engine.model.buffers()]
+    assert not any(t.is_meta for t in params)
+    out = llm.generate("the", SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))[0]
+    assert len(out.outputs[0].token_ids) == 4
+
+
+def test_kv_cache_pool_starts_zeroed():
+    from lamina.engine.kv_cache import KVCache
+
+    cache = KVCache(3, 8, 4, 2, 16)
+    assert len(cache.k) == len(cache.v) == 3 and cache.k[0].shape == (2, 8, 4, 16)
+    assert all(bool((t == 0).all()) for t in (*cache.k, *cache.v))
+    cache.k[1][0, 0, 0, 0] = 1.0
+    assert float(cache.v[1].abs().sum()) == 0 and float(cache.k[2].abs().sum()) == 0
+    assert cache.k[0].dtype == torch.float32
