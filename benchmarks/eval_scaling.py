@@ -66,7 +66,7 @@ def table(task: str, summaries: list[RunSummary]) -> str:
                      f"{s.tokens:.0f}", f"{s.calls:.1f}", f"{s.seconds:.1f}", f"{s.accuracy - base.accuracy:+.3f}",
                      f"{s.tokens / base.tokens:.1f}x" if base.tokens else "-", coverage])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = [f"== {task} (peer: greedy-1, measured in the same run)"]
+    lines = [f"== {task} (peer: {base.name}, measured in the same run)"]
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(2, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -336,7 +336,8 @@ def test_per_backend_concurrency_limit_is_respected(stub):
 # A value other than the default for every SamplingParams field (a new field must be added here to be tested).
 CHANGED = {"n": 2, "temperature": 0.3, "top_p": 0.9, "top_k": 5, "min_p": 0.05, "repetition_penalty": 1.2,
            "seed": 9, "max_tokens": 7, "stop": ["###"], "stop_token_ids": [2, 7], "ignore_eos": True, "logprobs": 3,
-           "include_stop_str_in_output": True, "prompt_logprobs": 2, "structured_outputs": {"regex": "a+"}}
+           "include_stop_str_in_output": True, "prompt_logprobs": 2, "structured_outputs": {"regex": "a+"},
+           "num_speculative_tokens": 3, "prompt_lookup_max": 5, "prompt_lookup_min": 1}
 OPENAI_KEYS = {"model", "n", "temperature", "top_p", "max_tokens"}
 
 
