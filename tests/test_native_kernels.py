@@ -285,7 +285,7 @@ def _torch_decode(q, k_cache, v_cache, tables, lengths, scale):
     visible = torch.arange(tables.shape[1] * block_size).unsqueeze(0) < lengths.unsqueeze(1)
     mask = torch.zeros(visible.shape).masked_fill_(~visible, float("-inf"))[None, :, None, :]
     meta = AttentionMetadata([k_cache], [v_cache], torch.empty(0), decode_block_tables=tables, decode_mask=mask)
-    return _decode(q, k_cache, v_cache, meta, scale)
+    return _decode(q, k_cache, v_cache, meta, scale, None)
 
 
 @pytest.mark.parametrize("kv_heads, group, dim", [(3, 3, 64), (2, 1, 128), (1, 4, 8)])

@@ -20,7 +20,8 @@ OUT_OF_RANGE = {"n": 0, "temperature": -1, "top_p": 0, "top_k": 0, "min_p": 1.5,
                 "max_tokens": 0, "stop": [""], "logprobs": 21}
 SET = {"temperature": 0.3, "top_p": 0.9, "top_k": 5, "min_p": 0.05, "repetition_penalty": 1.2, "seed": 9,
        "max_tokens": 7, "stop": ["###"], "stop_token_ids": [2, 7], "ignore_eos": True,
-       "include_stop_str_in_output": True, "structured_outputs": {"choice": ["yes", "no"]}}
+       "include_stop_str_in_output": True, "structured_outputs": {"choice": ["yes", "no"]},
+       "num_speculative_tokens": 3, "prompt_lookup_max": 5, "prompt_lookup_min": 1}
 CLI_SET = {k: v for k, v in SET.items() if k != "structured_outputs"}  # a constraint is no CLI flag
 
 
@@ -77,7 +78,8 @@ def test_cli_has_a_flag_per_field_with_its_help_and_the_commands_defaults():
     args = parser.parse_args(["-n", "2", "--temperature", "0.3", "--top-p", "0.9", "--top-k", "5", "--min-p", "0.05",
                               "--repetition-penalty", "1.2", "--seed", "9", "--max-tokens", "7", "--stop", "###",
                               "--stop-token-ids", "2", "--stop-token-ids", "7", "--ignore-eos",
-                              "--include-stop-str-in-output"])
+                              "--include-stop-str-in-output", "--num-speculative-tokens", "3",
+                              "--prompt-lookup-max", "5", "--prompt-lookup-min", "1"])
     assert sampling_params(args) == SamplingParams(n=2, **CLI_SET)
     with pytest.raises(InvalidRequestError, match=re.escape(f"SamplingParams.top_k=0: {expected('top_k')}")):
         sampling_params(parser.parse_args(["--top-k", "0"]))
