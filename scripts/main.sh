@@ -12,7 +12,7 @@ lamina=.venv/bin/lamina
 out=${LAMINA_MAIN_OUT:-runs/main}
 trials=${LAMINA_MAIN_TRIALS:-10}
 limit=${LAMINA_MAIN_LIMIT:-24}
-test_limit=${LAMINA_MAIN_TEST_LIMIT:-100}
+test_limit=${LAMINA_MAIN_TEST_LIMIT:-80}
 mkdir -p "$out"
 $lamina run --no-cache --arch examples/architectures/sample_vote.yaml "What is 17 + 25?"
 $lamina search run --task arith-1 --space quick --strategy tpe --trials "$trials" --limit "$limit" \
