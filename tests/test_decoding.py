@@ -56,6 +56,9 @@ def test_weighted_best_of_n_sums_scores_per_extracted_answer():
     nodes = [Node(1, 0, 1, score=0.9), Node(2, 0, 1, score=0.5), Node(3, 0, 1, score=0.6)]
     texts = {1: "the answer is 7", 2: "the answer is 5", 3: "the answer is 5"}
     assert weighted_choice(nodes, texts).node_id == 3  # 5: 0.5 + 0.6 > 7: 0.9
+    # log-probability rewards (all <= 0) weigh as probabilities: agreement adds weight instead of taking it away
+    logs = [Node(1, 0, 1, score=-0.5), Node(2, 0, 1, score=-1.0), Node(3, 0, 1, score=-0.9)]
+    assert weighted_choice(logs, texts).node_id == 3  # 5: e^-1 + e^-0.9 = 0.77 > 7: e^-0.5 = 0.61
     result, _, _ = run("best_of_n", SearchConfig(width=4, depth=6, step_max_tokens=4, weighted=True))
     assert result.answer == OPTIMUM  # every sample extracts to "done": the group's best-scored one
 
