@@ -385,6 +385,8 @@ def test_samples_that_nothing_selects_among_are_redundant():
     assert "nothing selects" in estimate(spec, 32)[2]
     assert estimate({**spec, "resolve": "random"}, 32)[2] is None
     assert estimate({**spec, "layers": [[{"type": "generate", "model": "m", "samples": 1}]]}, 32)[2] is None
+    searched = {**spec, "layers": [[{"type": "search", "model": "m", "width": 4, "depth": 2}]]}
+    assert estimate(searched, 32) == (8, 8 * (32 + 64), None)  # a search puts its chosen answer first
 
 
 def test_the_study_opens_in_optuna_dashboard(tmp_path, stub):

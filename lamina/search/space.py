@@ -341,7 +341,8 @@ def estimate(spec: dict[str, Any], prompt_tokens: int) -> tuple[int, int, str | 
             calls += 1
             tokens += prompt_tokens + mt
     last = spec["layers"][-1][0]["type"]
-    if last in FIRST_LAYER_TYPES and candidates > 1 and spec.get("resolve", "first") == "first":
+    # (a search layer selects itself: its chosen answer comes first)
+    if last in ("generate", "program") and candidates > 1 and spec.get("resolve", "first") == "first":
         return calls, tokens, (f"layers[{len(spec['layers']) - 1}] ({last}) samples {candidates} candidates but "
                                "nothing selects among them and resolve 'first' keeps one: redundant")
     return calls, tokens, None
