@@ -28,8 +28,9 @@ from lamina.tasks.task import load_task  # noqa: E402
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "architectures"
 
 
-def configs() -> list[dict]:
-    """Greedy SmolLM2 first (the table's peer), then each model alone, then the ensembles as the examples ship."""
+def configs(verifier: str | None = None) -> list[dict]:
+    """Greedy SmolLM2 first (the table's peer), then each model alone, then the ensembles as the examples ship
+    (ensemble_verifier with `verifier`, a learned verifier file for the task, when one is given)."""
     vote = yaml.safe_load((EXAMPLES / "ensemble_vote.yaml").read_text())
     alone = []
     for alias in ("smol", "gemma"):
@@ -39,13 +40,17 @@ def configs() -> list[dict]:
         sampled = {"type": "generate", "model": alias, "samples": 8}
         alone.append({"name": f"{alias}-vote-8", "models": models, "layers": [[sampled], copy.deepcopy(vote["layers"][1])]})
     cross = yaml.safe_load((EXAMPLES / "ensemble_cross_rank.yaml").read_text())
-    return alone + [vote, cross]
+    if verifier is None:
+        return alone + [vote, cross]
+    verified = yaml.safe_load((EXAMPLES / "ensemble_verifier.yaml").read_text())
+    verified["layers"][1][0]["verifier"] = verifier
+    return alone + [vote, cross, verified]
 
 
 async def run_all(args: argparse.Namespace) -> list[RunSummary]:
     task = load_task(args.task)
     summaries = []
-    for spec in configs():
+    for spec in configs(args.verifier):
         arch = Architecture.from_spec(spec, f"ensemble:{spec['name']}", cache=False)
         path = Path(args.runs_dir) / f"{args.task}__{spec['name']}.sqlite"
         try:
@@ -66,6 +71,8 @@ def main() -> None:
     parser.add_argument("--split", default="dev")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--runs-dir", default="runs/ensemble")
+    parser.add_argument("--verifier", help="a learned verifier file for the task (lamina verifier train): also run "
+                                           "examples/architectures/ensemble_verifier.yaml with it")
     args = parser.parse_args()
     print(table(args.task, asyncio.run(run_all(args))))
 

@@ -143,3 +143,30 @@ def test_an_mlp_probe_is_deterministic_and_survives_save_load(tiny_verifier, tin
     assert scores[0] == scores[1] != scores[2]
     with pytest.raises(ValueError, match="probe must be one of logistic, mlp"):
         train_probe(features, samples.labels, kind="tree")
+
+
+def test_an_ensemble_verifier_reads_the_other_models_answers_with_its_own_model(tiny_verifier, tiny_llama_dir,
+                                                                               tiny_qwen2_dir, tmp_path):
+    verifier, _, _ = tiny_verifier  # trained on the tiny Llama; the tiny Qwen2 is another model
+    path = tmp_path / "v.json"
+    verifier.save(path)
+    engine = {"num_kv_blocks": 128, "block_size": 4}
+    params = {"max_tokens": 6, "temperature": 1.0}
+    models = {"llama": {"model": str(tiny_llama_dir), "engine": engine, "params": params},
+              "qwen": {"model": str(tiny_qwen2_dir), "engine": engine, "params": params}}
+    reward = [{"type": "reward", "mode": "verifier", "verifier": str(path), "top_k": 4}]
+    both = [[{"type": "generate", "model": "llama", "samples": 2}, {"type": "generate", "model": "qwen", "samples": 2}],
+            reward]
+    result = run_spec({"name": "v", "models": models, "layers": both}, QUESTION)
+    assert {c.model for c in result.final} == {"llama", "qwen"}
+    assert all(c.score is not None and 0.0 <= c.score <= 1.0 for c in result.final)
+    from lamina import LLM
+
+    llm = LLM(str(tiny_llama_dir), num_kv_blocks=64, block_size=4)
+    reader = verifier.bind(llm.engine, str(tiny_llama_dir))
+    qwen = [c for c in result.final if c.model == "qwen"]
+    direct = asyncio.run(reader.score(QUESTION, [Response(c.text) for c in qwen]))  # re-read as text by the Llama
+    assert direct == pytest.approx([c.score for c in qwen], abs=1e-9)
+    only_qwen = [[{"type": "generate", "model": "qwen", "samples": 2}], reward]
+    with pytest.raises(VerifierError, match="cannot score model"):
+        run_spec({"name": "v", "models": models, "layers": only_qwen}, QUESTION)

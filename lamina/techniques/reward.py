@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -54,24 +54,39 @@ def _load_verifier(path: str, mtime: float) -> "LearnedVerifier":
 
 async def verifier_scores(state: State, cands: list[Candidate], path: str) -> list[float | None]:
     """A learned verifier's P(correct) of each candidate, read from the states of the local model that wrote it
-    (the query's conversation, then the candidate's tokens). VerifierError for a missing file, a candidate of a
-    model without local hidden states, or a model the verifier was not trained on."""
+    (the query's conversation, then the candidate's tokens). In an ensemble, candidates of another local model are
+    re-read (their text re-tokenized) by the verifier's own model when some candidates come from it. VerifierError
+    for a missing file, a candidate of a model without local hidden states, or candidates none of which come from
+    the model the verifier was trained on."""
     from lamina.rewards.learned import VerifierError
 
     try:
         verifier = _load_verifier(path, Path(path).stat().st_mtime)
     except OSError as exc:
         raise VerifierError(f"verifier: cannot read {path}: {exc}") from None
-    scores: list[float | None] = [None] * len(cands)
+    bound: dict[str | None, Any] = {}  # alias -> the verifier bound to that alias's engine (its trained model)
+    foreign: dict[str | None, VerifierError] = {}  # aliases of other models: their answers are read by the verifier's
     for alias in dict.fromkeys(c.model for c in cands):
         backend = state.calls.handle(alias).backend
         if not hasattr(backend, "engine"):
             raise VerifierError(f"verifier {path}: candidates of model alias {alias!r} ({backend.identity}) have no "
                                 "hidden states here; a learned verifier reads the local engine's")
         engine = (await backend.engine()).engine
-        bound = verifier.bind(engine, backend.model)
+        try:
+            bound[alias] = verifier.bind(engine, backend.model)
+        except VerifierError as exc:
+            foreign[alias] = exc
+    if foreign and not bound:  # no candidate of the verifier's own model: nothing can read the others' answers
+        raise next(iter(foreign.values()))
+    reader = next(iter(bound.values()), None)
+    scores: list[float | None] = [None] * len(cands)
+    for alias in dict.fromkeys(c.model for c in cands):
         rows = [i for i, c in enumerate(cands) if c.model == alias]
-        got = await bound.score(state.messages, [Response(cands[i].text, None, cands[i].token_ids) for i in rows])
+        if alias in bound:
+            answers = [Response(cands[i].text, None, cands[i].token_ids) for i in rows]
+            got = await bound[alias].score(state.messages, answers)
+        else:  # another model's answer, re-read (re-tokenized) by the model the verifier was trained on
+            got = await reader.score(state.messages, [Response(cands[i].text) for i in rows])
         for i, score in zip(rows, got):
             scores[i] = score
     return scores
