@@ -102,3 +102,24 @@ def test_resample_weights_are_a_softmax_with_temperature():
 def test_an_unknown_algorithm_is_a_clear_error():
     with pytest.raises(ValueError, match="algorithm must be one of"):
         asyncio.run(search("greedy", ScriptedTree(), DigitSum(), MESSAGES))
+
+
+def test_a_failed_extension_releases_the_children_of_the_ones_that_succeeded():
+    class FailsAtDepth2(ScriptedTree):
+        depth1 = 0
+
+        async def extend(self, handle, params):
+            steps = await super().extend(handle, params)
+            if self.nodes[handle][1] == 1:
+                self.depth1 += 1
+                if self.depth1 == 2:  # the second of the depth-1 nodes' concurrent extensions fails
+                    for step in steps:
+                        del self.nodes[step.handle]
+                    raise RuntimeError("the engine failed a step")
+            return steps
+
+    backend = FailsAtDepth2()
+    with pytest.raises(RuntimeError, match="failed a step"):
+        asyncio.run(search("beam", backend, DigitSum(), MESSAGES, SearchConfig(width=4, beam_width=2, depth=6,
+                                                                               step_max_tokens=4)))
+    assert backend.nodes == {}, "the succeeded extensions' children must be released"

@@ -119,8 +119,8 @@ class OpenAIBackend(Backend, Branching):
     async def extend(self, handle: str, params: SamplingParams) -> Steps:
         if handle not in self._nodes:
             raise BackendError(f"backend {self.identity}: branch {handle!r} is unknown or was released")
-        messages, partial = self._nodes[handle]
-        extra = None
+        base, partial = self._nodes[handle]  # kept: the parent may be released while the request is in flight
+        messages, extra = base, None
         if partial:  # continue the partial reply; the root's reply starts after the generation prompt
             messages = [*messages, {"role": "assistant", "content": partial}]
             extra = {"continue_final_message": True, "add_generation_prompt": False}
@@ -129,7 +129,7 @@ class OpenAIBackend(Backend, Branching):
         steps = Steps([], out.prompt_tokens, out.cached_prompt_tokens, out.requests, out.seconds)
         for i, c in enumerate(out):
             child = f"{handle}.{i}"
-            self._nodes[child] = (self._nodes[handle][0], partial + c.text)
+            self._nodes[child] = (base, partial + c.text)
             steps.append(Step(child, c.text, c.token_ids, c.logprobs, c.finish_reason, c.num_tokens))
         return steps
 

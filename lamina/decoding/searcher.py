@@ -86,7 +86,14 @@ class Searcher:
         max_tokens = cfg.step_max_tokens * cfg.depth if whole else cfg.step_max_tokens
         chosen = self._affordable(wants, max_tokens)
         results = await asyncio.gather(*(self.backend.extend(self.handles[node.node_id], self.params(node, k, whole))
-                                         for node, k in chosen))
+                                         for node, k in chosen), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:  # release the children of the extensions that did succeed (no node holds them yet), then fail
+            for steps in results:
+                if not isinstance(steps, BaseException):
+                    for step in steps:
+                        await self.backend.release(step.handle)
+            raise failed[0]
         groups: list[list[Node]] = []
         for (node, _), steps in zip(chosen, results):
             u = self.usage

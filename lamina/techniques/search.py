@@ -143,12 +143,12 @@ class Search(Technique):
 
     def estimate(self, state: State) -> Estimate:
         """An upper bound: at most width x depth + 1 extension requests (A*'s cap; the others need fewer), each
-        with the prompt and up to depth steps of prompt, and the generated tokens (width x beam_width x depth steps,
-        or the search's own budget)."""
+        with the prompt and up to depth steps of prompt, and the generated tokens ((width x depth + 1) x beam_width
+        steps, or the search's own budget)."""
         s = self.spec
         text = "\n".join(m["content"] for m in self.messages(state))
         requests = s.width * s.depth + 1
-        generated = s.width * max(1, s.beam_width) * s.depth * s.step_max_tokens
+        generated = requests * max(1, s.beam_width) * s.step_max_tokens  # A*: every expansion has beam_width children
         if s.budget.max_tokens is not None:
             generated = min(generated, s.budget.max_tokens)
         per_request = state.calls.estimate(s.model, text, s.depth * s.step_max_tokens).tokens
