@@ -23,7 +23,7 @@ from types import ModuleType
 import torch
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / name for name in ("module.cpp", "qgemm.cpp", "attention.cpp", "sampler.cpp", "elementwise.cpp")]
+SOURCES = [HERE / name for name in ("module.cpp", "qgemm.cpp", "attention.cpp", "sampler.cpp", "elementwise.cpp", "decode.cpp")]
 HEADERS = sorted(HERE.glob("*.h"))
 CFLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
 ISA_FLAGS = {"avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
