@@ -11,6 +11,12 @@ With `--llamacpp PY` (a Python with llama-cpp-python built for this CPU: `bash s
 .venv-llamacpp) llama.cpp is measured as a peer on the same GGUF, prompt, threads and n, by the reference script
 ../shared/peers/llamacpp_decode.py (the prompt prefilled once and its KV copied to every sequence, decode only:
 it counts the tokens after the first, so its numbers exclude the prefill that Lamina's include).
+
+The single-stream line also gives the achieved memory bandwidth, as gpt-fast does: the bytes of weights one decode
+step reads (every linear's stored weights, quantized panels included, and the norms) times tokens/s. Decode steps run
+all layers in one native call where the model allows it (the engine line says which decode step runs);
+`LAMINA_NATIVE_DECODE=0` forces the Python forward for the whole run, and `--decode-ab` measures the single stream
+with the native step and with the Python forward alternately on the same engine (pairs of runs, their ratios).
 """
 from __future__ import annotations
 
@@ -58,6 +64,48 @@ def lamina_run(llm: LLM, prompt_ids: list[int], n: int, tokens: int) -> float:
     elapsed = time.perf_counter() - start
     assert sum(len(c.token_ids) for c in out.outputs) == n * tokens
     return n * tokens / elapsed
+
+
+def weight_bytes_per_token(llm: LLM) -> int:
+    """Bytes of weights a single-stream decode step reads: every linear's stored weights (a native linear's panels
+    of codes, scales and offsets; a oneDNN or torch linear's fp32 matrix), biases and norms; one embedding row."""
+    from lamina.engine.models.block_quant import BlockQuantLinear
+    from lamina.engine.models.cpu_linear import Int8Linear, PackedLinear
+    from lamina.engine.models.llama import RMSNorm
+
+    def size(t: torch.Tensor | None) -> int:
+        return 0 if t is None else t.numel() * t.element_size()
+
+    total = 0
+    model = llm.engine.model
+    for module in model.modules():
+        if isinstance(module, BlockQuantLinear):
+            total += size(module.codes) + size(module.scales) + size(module.offsets) + size(module.bias)
+        elif isinstance(module, PackedLinear):
+            total += module.out_features * module.in_features * 4 + size(module.bias)
+        elif isinstance(module, Int8Linear):
+            total += module.out_features * (module.in_features + 2) + size(module.bias)
+        elif isinstance(module, torch.nn.Linear):
+            total += size(module.weight) + size(module.bias)
+        elif isinstance(module, RMSNorm):
+            total += size(module.weight)
+    embed = model.embed_tokens.weight
+    return total + embed.shape[1] * embed.element_size()
+
+
+def decode_ab(llm: LLM, prompt_ids: list[int], tokens: int, pairs: int) -> tuple[list[float], list[float]]:
+    """Single-stream tokens/s with the native decode step and with the Python forward, alternately, `pairs` each."""
+    runner = llm.engine.runner
+    native_step = runner.native_step
+    native, python = [], []
+    try:
+        for i in range(pairs):
+            for which in (("native", "python") if i % 2 == 0 else ("python", "native")):
+                runner.native_step = native_step if which == "native" else None
+                (native if which == "native" else python).append(lamina_run(llm, prompt_ids, 1, tokens))
+    finally:
+        runner.native_step = native_step
+    return native, python
 
 
 def speculative_rows(llm: LLM, tokens: int, k: int) -> list[dict]:
@@ -197,6 +245,9 @@ def main() -> None:
     parser.add_argument("--speculative-tokens", type=int, default=4, help="draft tokens per step, speculative case")
     parser.add_argument("--speculative-max-tokens", type=int, default=128, help="tokens per speculative run")
     parser.add_argument("--speculative-only", action="store_true", help="measure only the speculative case")
+    parser.add_argument("--decode-ab", type=int, default=0, metavar="PAIRS",
+                        help="also measure the single stream with the native decode step and with the Python forward, "
+                             "alternately, PAIRS runs each (0: skip)")
     parser.add_argument("--out", type=Path, help="writes OUT.json, OUT.png (default benchmarks/results/engine, "
                         "engine-MODEL for another model)")
     args = parser.parse_args()
@@ -219,7 +270,8 @@ def main() -> None:
     cpu = cpu_description()
     print(f"  {cpu}")
     for name, engine in engines.items():
-        print(f"  {name}: {engine.engine.linear_backend}")
+        print(f"  {name}: {engine.engine.linear_backend}; {engine.engine.runner.decode_path}")
+    weight_bytes = {name: weight_bytes_per_token(engine) for name, engine in engines.items()}
     llm = engines["lamina"]
     prompt_ids = llm.tokenizer.encode_prompt(llm.tokenizer.apply_chat_template(PROMPT))
     hf = None
@@ -233,6 +285,10 @@ def main() -> None:
         hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         hf.eval()
 
+    def bandwidth(column: str, rate: float) -> str:
+        """' (X GB/s of weights)' for a Lamina column: weight bytes per decode step times tokens/s."""
+        return f" ({weight_bytes[column] * rate / 1e9:.1f} GB/s of weights)" if column in weight_bytes else ""
+
     workloads = [("single stream", 1, args.single_tokens)] + [(f"n={n}", n, args.tokens) for n in ns]
     for engine in engines.values():
         lamina_run(engine, prompt_ids, 2, 4)  # warm-up
@@ -245,10 +301,19 @@ def main() -> None:
         row |= {name: lamina_run(engine, prompt_ids, n, tokens) for name, engine in engines.items()}
         row["transformers"] = hf_run(hf, prompt_ids, n, tokens) if hf is not None else float("nan")
         results.append(row)
-        print("  " + label + ": " + ", ".join(f"{c} {row[c]:.1f} tok/s" for c in columns), flush=True)
+        print("  " + label + ": " + ", ".join(f"{c} {row[c]:.1f} tok/s" + bandwidth(c, row[c]) * (n == 1)
+                                              for c in columns), flush=True)
+    ab = None
+    if args.decode_ab:
+        native, python = decode_ab(llm, prompt_ids, args.single_tokens, args.decode_ab)
+        ab = {"native": native, "python": python}
+        print(f"  single stream, decode step A/B ({args.decode_ab} pairs): native {max(native):.1f} tok/s best, "
+              f"Python forward {max(python):.1f} tok/s best; per-pair ratios "
+              + " ".join(f"{a / b:.2f}" for a, b in zip(native, python)), flush=True)
     used, one_copy = prompt_blocks(llm, prompt_ids, 32)
     speculative = speculative_rows(llm, args.speculative_max_tokens, args.speculative_tokens)
     linears = {name: e.engine.linear_backend for name, e in engines.items()}
+    decode_paths = {name: e.engine.runner.decode_path for name, e in engines.items()}
     if args.llamacpp:
         del engines, llm, hf  # the peer runs alone on the cores
         peer = llamacpp_runs(args.llamacpp, args.model, prompt_ids, args.threads, args.tokens, [1, *ns])
@@ -261,11 +326,16 @@ def main() -> None:
     print(f"\nEngine throughput, {title} (fp32 compute), {args.threads} threads, "
           f"prompt {len(prompt_ids)} tokens, temperature 0.8, top_p 0.95\n{cpu}")
     print_table(results, columns, args.markdown)
+    single = results[0]
+    print("Single stream, weights read per decode step and achieved bandwidth: " + "; ".join(
+        f"{name} {weight_bytes[name] / 1e6:.1f} MB/token, {weight_bytes[name] * single[name] / 1e9:.1f} GB/s"
+        for name in weight_bytes))
     print(f"KV blocks held by the prompt with n=32 samples: {used} (one copy: {one_copy})")
     print(f"\nSpeculative decoding (prompt lookup), single stream, greedy, {args.threads} threads")
     print_speculative(speculative, args.speculative_tokens, args.markdown)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"model": args.model, "cpu": cpu, "threads": args.threads, "linears": linears,
+              "decode_paths": decode_paths, "weight_bytes_per_token": weight_bytes, "decode_ab": ab,
               "prompt_blocks_n32": used, "prompt_blocks_one_copy": one_copy, "rows": results,
               "speculative": speculative}
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, allow_nan=True))
