@@ -55,9 +55,10 @@ def test_native_step_equals_the_python_forward_bitwise(engine_kernel, tmp_path, 
     assert_pool_full(llm)
 
 
-def test_native_step_runs_dense_fp32_linears(kernel, tmp_path, monkeypatch):
-    monkeypatch.setenv("LAMINA_KERNEL_ISA", kernel.isa)
-    llm = LLM(_gguf(tmp_path), num_kv_blocks=64, block_size=4, pack_weights=False, quantization=None)
+def test_native_step_runs_dense_fp32_linears(engine_kernel, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAMINA_LINEAR_CHOICE", "onednn")
+    llm = LLM(_gguf(tmp_path), num_kv_blocks=64, block_size=4, pack_weights=False)
+    assert llm.engine.linear_backend == "linears: 9 fp32 torch"
     checked = CheckedStep(llm)
     llm.engine.runner.native_step = checked
     _run_everything(llm)
