@@ -7,10 +7,10 @@ until the pool needs them again (least recently freed first).
 from __future__ import annotations
 
 import math
+import mmap
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -37,10 +37,12 @@ class KVCache:
                  dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
         shape = (2 * num_layers, kv_heads, num_blocks, block_size, head_dim)
         if torch.device(device).type == "cpu":
-            # One zeroed allocation from calloc: the OS maps zero pages as they are first touched, so a large pool
-            # costs nothing at start-up (torch.zeros would write every byte of it).
+            # One anonymous mapping: the OS maps zero pages as they are first touched, so a large pool costs nothing
+            # at start-up (torch.zeros would write every byte of it). Not numpy's calloc: numpy asks for transparent
+            # huge pages (madvise), and the first write into each 2 MiB page then zeroed (and compacted) it: ~20 ms
+            # per page, over a second on a first request writing to every layer and head.
             size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-            pool = torch.from_numpy(np.zeros(size, dtype=np.uint8)).view(dtype).view(shape)
+            pool = torch.frombuffer(mmap.mmap(-1, size), dtype=dtype).view(shape)
         else:
             pool = torch.zeros(shape, dtype=dtype, device=device)
         self.k = list(pool[:num_layers].unbind(0))
