@@ -26,6 +26,7 @@ class BuiltModel:
     linear_backend: str  # which linears run, e.g. "linears: 9 native (avx512) from the file's quantized blocks"
     cache: KVCache
     num_blocks: int
+    panel_cache: str = ""  # how the native linears' panels were had, e.g. "panels: 121 mapped from the cache"
 
 
 def build_model(model: str, cfg: EngineConfig) -> BuiltModel:
@@ -45,9 +46,9 @@ def build_model(model: str, cfg: EngineConfig) -> BuiltModel:
         net = model_class(mc.architecture)(mc, max_positions=max_model_len)
     net.tie_embeddings(loaded.weights)
     kernels = native_kernels() if cfg.native_kernels and cfg.device == "cpu" and dtype == torch.float32 else None
-    native = 0
+    native, panels = 0, ""
     if kernels is not None and loaded.quantized and cfg.quantization is None:
-        native = use_block_quant_linears(net, loaded.quantized, kernels, loaded.weights)
+        native, panels = use_block_quant_linears(net, loaded.quantized, kernels, loaded.weights, loaded.source)
     net.load_hf_weights(loaded.weights)
     net.to(device=cfg.device, dtype=dtype)
     for rope in (m for m in net.modules() if isinstance(m, RotaryEmbedding)):
@@ -60,7 +61,7 @@ def build_model(model: str, cfg: EngineConfig) -> BuiltModel:
     num_blocks = cfg.num_kv_blocks or max(16, int(cfg.kv_cache_memory_gb * 2**30) // per_block)
     cache = KVCache(mc.num_hidden_layers, num_blocks, cfg.block_size, mc.num_key_value_heads, mc.head_dim, dtype,
                     cfg.device)
-    return BuiltModel(net, mc, tokenizer, max_model_len, kernels, linear_backend, cache, num_blocks)
+    return BuiltModel(net, mc, tokenizer, max_model_len, kernels, linear_backend, cache, num_blocks, panels)
 
 
 def _choose_linears(net: LlamaForCausalLM, cfg: EngineConfig, native: int, kernels: ModuleType | None) -> str:
