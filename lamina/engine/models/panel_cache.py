@@ -5,7 +5,7 @@ One file per GGUF file, named by its resolved path, holds the panels of every na
 valid for one key: the GGUF's identity (resolved path, size, modification time in ns, inode and device, as make and
 pip's caches identify a file), the kernel module (its name carries the ISA variant, the kernel sources and flags,
 the torch version), and the repacking code (a hash of block_quant.py and this file). A file whose key differs,
-or that is truncated, corrupt (CRC-32 of all its data), or describes other tensors (format, shape) than those
+or that is truncated, corrupt (a CRC-32 of its header and data), or describes other tensors (format, shape) than those
 loaded, is ignored with a one-line note on stderr, repacked and rewritten: a cache file can cost time, never
 change a weight. Files are written whole under a temporary name and renamed into place (atomic on POSIX), so
 concurrent processes never see a partial file; a reader keeps the file it mapped even when another process
@@ -14,7 +14,7 @@ replaces it. Writing a file removes the other files of the same GGUF path (older
 The arrays are mapped copy-on-write (`np.memmap` mode "c"): no copy, pages shared with other processes through
 the page cache, and the kernel never writes to its weights.
 
-Layout (little-endian): MAGIC (8 bytes), header length (u64), CRC-32 of the data (u32), 4 zero bytes, the header
+Layout (little-endian): MAGIC (8 bytes), header length (u64), CRC-32 of all that follows (u32), 4 zero bytes, the header
 (JSON: format, key, data_bytes, entries), zero padding to ALIGN, then the data: each array at an ALIGN-aligned
 offset from the data start. `LAMINA_PANEL_CACHE`: the directory (default ~/.cache/lamina/panels), or 0/off to
 neither read nor write a cache.
@@ -113,9 +113,9 @@ def read_panels(path: Path, key: str) -> dict[str, tuple[list, Panels]]:
         raise CacheError(f"corrupt header ({type(exc).__name__}: {exc})") from None
     if start + size != len(data):
         raise CacheError(f"size {len(data)} bytes, expected {start + size}")
+    if zlib.crc32(data[PREAMBLE.size :]) != crc:
+        raise CacheError("corrupt (CRC-32 mismatch)")
     body = data[start:]
-    if zlib.crc32(body) != crc:
-        raise CacheError("corrupt data (CRC-32 mismatch)")
     out = {}
     try:
         for name, entry in entries.items():
@@ -149,9 +149,9 @@ def write_panels(path: Path, key: str, entries: dict[str, tuple[list, Panels]]) 
     temp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
         with open(temp, "wb") as f:
-            f.write(PREAMBLE.pack(MAGIC, len(header), 0, 0) + header)
-            f.write(bytes(_aligned(f.tell()) - f.tell()))
-            crc, written = 0, 0
+            head = header + bytes(_aligned(PREAMBLE.size + len(header)) - PREAMBLE.size - len(header))
+            f.write(PREAMBLE.pack(MAGIC, len(header), 0, 0) + head)
+            crc, written = zlib.crc32(head), 0
             for _, panels in entries.values():
                 for array in ARRAYS:
                     value = np.ascontiguousarray(getattr(panels, array))
