@@ -47,3 +47,47 @@ def test_kv_cache_pool_starts_zeroed():
     cache.k[1][0, 0, 0, 0] = 1.0
     assert float(cache.v[1].abs().sum()) == 0 and float(cache.k[2].abs().sum()) == 0
     assert cache.k[0].dtype == torch.float32
+
+
+def test_kv_cache_pool_is_in_small_pages():
+    """A first write into a huge page zeroes all 2 MiB of it: ~20 ms each, over a second on a first request."""
+    from lamina.engine.kv_cache import KVCache
+
+    cache = KVCache(2, 4096, 16, 2, 64)
+    address = cache.k[0].data_ptr() + cache.k[0].nbytes // 2  # (numpy madvised from the second page on)
+    try:
+        smaps = open("/proc/self/smaps").read().split("\n")
+    except OSError:
+        pytest.skip("no /proc/self/smaps here")
+    for i, line in enumerate(smaps):
+        fields = line.split()
+        if fields and "-" in fields[0] and all(c in "0123456789abcdef-" for c in fields[0]):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < end:
+                region = smaps[i + 1 : i + 40]
+                break
+    else:
+        pytest.fail("the pool's mapping is not in /proc/self/smaps")
+    eligible = [line for line in region if line.startswith("THPeligible:")]
+    if not eligible:
+        pytest.skip("this kernel does not say whether a mapping may use huge pages")
+    assert eligible[0].split()[1] == "0"
+
+
+def test_building_a_model_imports_no_torch_dynamo():
+    """nn.Embedding's normal_() on the meta device imports torch._dynamo: ~1 s of every start-up, once."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from lamina.engine.config import ModelConfig\n"
+            "from lamina.engine.models.llama import LlamaForCausalLM\n"
+            "config = ModelConfig.from_hf_dict(dict(model_type='llama', vocab_size=300, hidden_size=64,"
+            " intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,"
+            " max_position_embeddings=64))\n"
+            "with torch.device('meta'):\n"
+            "    LlamaForCausalLM(config, 64)\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -38,11 +38,14 @@ class KVCache:
         shape = (2 * num_layers, kv_heads, num_blocks, block_size, head_dim)
         if torch.device(device).type == "cpu":
             # One anonymous mapping: the OS maps zero pages as they are first touched, so a large pool costs nothing
-            # at start-up (torch.zeros would write every byte of it). Not numpy's calloc: numpy asks for transparent
-            # huge pages (madvise), and the first write into each 2 MiB page then zeroed (and compacted) it: ~20 ms
-            # per page, over a second on a first request writing to every layer and head.
+            # at start-up (torch.zeros would write every byte of it). In small pages: with transparent huge pages
+            # (numpy's calloc asks for them) the first write into each 2 MiB page zeroed (and compacted) all of
+            # it, ~20 ms a page: over a second on a first request, which writes to every layer and head.
             size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-            pool = torch.frombuffer(mmap.mmap(-1, size), dtype=dtype).view(shape)
+            memory = mmap.mmap(-1, size)
+            if hasattr(mmap, "MADV_NOHUGEPAGE"):
+                memory.madvise(mmap.MADV_NOHUGEPAGE)
+            pool = torch.frombuffer(memory, dtype=dtype).view(shape)
         else:
             pool = torch.zeros(shape, dtype=dtype, device=device)
         self.k = list(pool[:num_layers].unbind(0))
