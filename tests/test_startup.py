@@ -91,3 +91,23 @@ def test_building_a_model_imports_no_torch_dynamo():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_built_kernels_load_without_torchs_extension_builder():
+    """Once built, the kernels are imported directly: cpp_extension (and its setuptools) cost ~0.05-0.15 s."""
+    import subprocess
+    import sys
+
+    from torch.utils import cpp_extension
+
+    from lamina.engine import kernels
+
+    if kernels.native_kernels() is None:
+        pytest.skip("native kernels unavailable here")
+    name = kernels.native_kernels().__name__
+    assert str(kernels._build_root() / name) == cpp_extension._get_build_directory(name, verbose=False)
+    code = ("import sys\nfrom lamina.engine.kernels import native_kernels\n"
+            "print(native_kernels().__name__, 'torch.utils.cpp_extension' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [name, "False"]
