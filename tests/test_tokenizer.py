@@ -209,3 +209,13 @@ def test_sentencepiece_gguf_equals_transformers(spm_gguf, text):
     assert b"".join(ours.token_bytes(i) for i in ids).decode() == prefixed
     if not text.startswith("<s>"):  # transformers would add a second BOS; we do not
         assert ours.encode(text, add_special_tokens=True) == hf.encode(text)
+
+
+def test_byte_level_vocab_respells_raw_tokens_and_keeps_spelled_ones():
+    """GGUF byte-level vocabularies are spelled in the byte alphabet (the fast path); a raw UTF-8 token is respelled."""
+    from lamina.engine.loader.gguf_tokenizer import _byte_level
+
+    spelled = ["a", "b", "ab", "Ġa", "Ã©"]  # "Ã©" is é's two bytes in the byte alphabet
+    assert _byte_level(spelled, ["a b"], None).get_vocab() == {t: i for i, t in enumerate(spelled)}
+    raw = ["a", "b", "ab", "Ġa", "é"]
+    assert _byte_level(raw, ["a b"], None).get_vocab() == {t: i for i, t in enumerate(spelled)}
