@@ -111,3 +111,14 @@ def test_built_kernels_load_without_torchs_extension_builder():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [name, "False"]
+
+
+def test_importing_the_engine_runs_no_full_garbage_collection_and_leaves_it_on():
+    import subprocess
+    import sys
+
+    code = ("import gc\nruns = []\ngc.callbacks.append(lambda phase, info: runs.append(info['generation']))\n"
+            "from lamina import LLM\nprint(runs.count(2), gc.isenabled())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "True"]  # no full collection (three, 0.3-0.6 s, before)
