@@ -11,7 +11,8 @@ from lamina import LLM, SamplingParams
 from lamina.engine.loader import gguf as gguf_loader
 from tests.test_loader import byte_vocab, random_hf_weights, write_gguf
 
-NATIVE = {"output.weight", "blk.0.attn_output.weight", "blk.1.attn_output.weight"}  # Q8_0 lm_head, Q4_0 o_proj
+# Q8_0 lm_head, Q4_0 o_proj; the Q8_0 embedding table (its rows are dequantized as they are looked up)
+NATIVE = {"output.weight", "blk.0.attn_output.weight", "blk.1.attn_output.weight", "token_embd.weight"}
 
 
 def test_start_up_loads_no_tensor_twice_and_never_a_native_linears(tmp_path, monkeypatch):

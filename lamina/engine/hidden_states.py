@@ -70,7 +70,7 @@ def _uncached_metadata(model: LlamaForCausalLM, sequences: list[list[int]]) -> A
     one scratch buffer shared by all layers and never read."""
     total = sum(len(seq) for seq in sequences)
     attn = model.layers[0].self_attn
-    scratch = torch.empty(attn.num_kv_heads, 1, total, attn.head_dim, dtype=model.embed_tokens.weight.dtype)
+    scratch = torch.empty(attn.num_kv_heads, 1, total, attn.head_dim, dtype=model.norm.weight.dtype)
     segments, start = [], 0
     for seq in sequences:
         segments.append(PrefillSegment(start, start + len(seq), len(seq), None))
