@@ -115,6 +115,22 @@ def test_a_bad_cache_file_is_ignored_and_rebuilt(cache, tiny, monkeypatch, capfd
     _same_panels(again, uncached)
 
 
+def test_an_entry_packed_from_other_tensors_is_repacked(cache, tiny, monkeypatch):
+    uncached = _start(tiny)
+    (path,) = _files(cache)
+    key = next(iter(panel_cache.PanelCache(tiny, uncached.engine.kernels.__name__).entries))
+    entries = read_panels(path, _key_of(tiny, uncached))
+    parts, panels = entries[key]
+    entries[key] = ([[parts[0][0], parts[0][1] + 1, parts[0][2]], *parts[1:]], panels)  # one more row than loaded
+    write_panels(path, _key_of(tiny, uncached), entries)
+    assert _start(tiny).engine.panel_cache == "panels: 1 packed, cached, 2 mapped from the cache"
+    assert _start(tiny).engine.panel_cache == "panels: 3 mapped from the cache"
+
+
+def _key_of(path, llm: LLM) -> str:
+    return panel_cache.PanelCache(path, llm.engine.kernels.__name__).key
+
+
 def test_a_changed_gguf_file_is_repacked_and_its_old_cache_file_removed(cache, tiny, monkeypatch):
     first = _start(tiny)
     (old,) = _files(cache)
