@@ -50,6 +50,7 @@ class Drawn:
     labels: list[list[int]] = field(default_factory=list)
     scores: dict[str, list[list[float | None]]] = field(default_factory=dict)
     sequences: list[list[list[int]]] = field(default_factory=list)  # prompt + sample token ids (for the ORM)
+    starts: list[int] = field(default_factory=list)  # per question, its prompt's tokens (where each answer starts)
     tokens: int = 0  # prompt + completion tokens of the phase (cost, not counting cache hits)
     seconds: float = 0.0  # wall time of the phase
 
@@ -120,6 +121,7 @@ async def draw(spec: dict, task, examples, scorer: Scorer, desc: str) -> tuple[D
         out.scores["self_certainty"].append([c.self_certainty for c in cands])
         out.scores["mean_logprob"].append([c.mean_logprob for c in cands])
         out.sequences.append([prompt + list(c.token_ids or []) for c in cands])
+        out.starts.append(len(prompt))
     return out, engine
 
 
@@ -134,18 +136,23 @@ def orm_name(probe: str) -> str:
     return "orm" if probe == "logistic" else f"orm_{probe}"
 
 
-async def train_orms(task, args, paths: dict[str, Path]) -> dict[str, LearnedVerifier]:
-    """Per probe kind, its ORM: loaded from its file, else trained (the missing ones from one sampling) and saved."""
+async def train_orms(task, args, paths: dict[str, Path], train_size: int) -> dict[str, LearnedVerifier]:
+    """Per probe kind, its ORM: loaded from its file, else trained (the missing ones from one sampling, kept in the
+    cache folder with its feature blocks) and saved. Features and regularisation are chosen by cross-validation on
+    the train split's questions (lamina.verifiers.train.fit_selected)."""
     from lamina.verifiers.train import train_verifier
 
     missing = tuple(probe for probe, path in paths.items() if not path.exists())
     out = {probe: LearnedVerifier.load(path) for probe, path in paths.items() if probe not in missing}
     if missing:
         start = time.perf_counter()
+        size = train_size if task.spec.source.type == "generated" else "all"
         trained = await train_verifier("default", task, "train", args.samples, seed=args.seed, probes=missing,
-                                       temperature=args.temperature, engine=engine_options(args.threads))
+                                       temperature=args.temperature, engine=engine_options(args.threads),
+                                       cache=args.cache / f"{task.name}-train{size}-n{args.samples}-seed{args.seed}"
+                                                          f"-t{args.temperature}")
         for probe, verifier in zip(missing, trained):
-            verifier.info.metrics["train_seconds"] = time.perf_counter() - start  # sampling shared by all
+            verifier.info.metrics["train_seconds"] = time.perf_counter() - start  # sampling (or reading) shared
             paths[probe].parent.mkdir(parents=True, exist_ok=True)
             verifier.save(paths[probe])
             out[probe] = verifier
@@ -206,26 +213,25 @@ def row(correct: list[int], tokens: float, seconds: float) -> dict:
 
 def score_orms(verifiers: dict[str, LearnedVerifier], engine, drawn: Drawn
                ) -> dict[str, tuple[list[list[float | None]], int, float]]:
-    """Per ORM, its scores of every sample, the tokens its forward pass read and its seconds. ORMs reading the same
-    layers share one forward pass (each is charged all of it, as it would need it alone)."""
-    from lamina.rewards.learned import features_of
+    """Per ORM, its scores of every sample, the tokens its forward pass read and its seconds. The ORMs share one
+    forward pass over every layer any of them reads (each is charged all of it, as it would need it alone)."""
+    from lamina.rewards.learned import assemble, feature_blocks
 
     flat_sequences = [s for seqs in drawn.sequences for s in seqs]
+    flat_starts = [start for start, seqs in zip(drawn.starts, drawn.sequences) for _ in seqs]
     tokens = sum(len(s) for s in flat_sequences)
     out = {}
-    by_layers: dict[tuple[int, ...], list[str]] = {}
-    for name, verifier in verifiers.items():
+    for verifier in verifiers.values():
         verifier.bind(engine, "default")  # refuses another model
-        by_layers.setdefault(tuple(verifier.info.layers), []).append(name)
-    for layers, names in by_layers.items():
+    layers = sorted({layer for v in verifiers.values() for layer in v.info.layers})
+    start = time.perf_counter()
+    blocks = feature_blocks(engine, flat_sequences, flat_starts, layers) if layers else {}
+    shared = time.perf_counter() - start
+    for name, verifier in verifiers.items():
         start = time.perf_counter()
-        features = features_of(engine, flat_sequences, list(layers))
-        shared = time.perf_counter() - start
-        for name in names:
-            start = time.perf_counter()
-            it = iter(verifiers[name].probe.predict(features))
-            scores = [[next(it) for _ in seqs] for seqs in drawn.sequences]
-            out[name] = (scores, tokens, shared + time.perf_counter() - start)
+        it = iter(verifier.probe.predict(assemble(blocks, layers, verifier.info.layers, verifier.info.pooling)))
+        scores = [[next(it) for _ in seqs] for seqs in drawn.sequences]
+        out[name] = (scores, tokens, shared + time.perf_counter() - start)
     return out
 
 
@@ -259,9 +265,9 @@ async def run_task(name: str, args) -> dict:
     scorer = Scorer.from_spec(task.scorer)
     scorer.prepare()
     size = train_size if task.spec.source.type == "generated" else "all"
-    paths = {probe: args.cache / f"{name}-{orm_name(probe)}-train{size}-n{args.samples}-seed{args.seed}.json"
+    paths = {probe: args.cache / f"{name}-{orm_name(probe)}-train{size}-n{args.samples}-seed{args.seed}-cv.json"
              for probe in args.probes}
-    orms = {orm_name(probe): verifier for probe, verifier in (await train_orms(task, args, paths)).items()}
+    orms = {orm_name(probe): verifier for probe, verifier in (await train_orms(task, args, paths, train_size)).items()}
     examples = task.examples("test", limit)
     max_tokens = task.spec.max_tokens
     sample_layer = [{"type": "generate", "samples": args.samples, "logprobs": 20}]
@@ -304,7 +310,8 @@ async def run_task(name: str, args) -> dict:
             "sample_accuracy": sum(flat_labels) / max(len(flat_labels), 1),
             "first_sample_accuracy": metrics.first_sample_accuracy(qids, flat_labels),
             "orms": {orm: {"probe": v.probe.kind, "train_questions": v.info.questions,
-                           "train_samples": v.info.samples, "layers": v.info.layers, "held_out": v.info.metrics}
+                           "train_samples": v.info.samples, "layers": v.info.layers, "pooling": v.info.pooling,
+                           "held_out": v.info.metrics}
                      for orm, v in orms.items()}}
 
 
@@ -430,7 +437,7 @@ def main() -> None:
     for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         limit, train_size = for_task(args.limit, name), for_task(args.train_size, name)
         key = (f"{name}-limit{limit or 'all'}-train{train_size}-n{args.samples}-t{args.temperature}"
-               f"-seed{args.seed}{'-noprog' if args.no_program else ''}{'-mlp' if args.mlp else ''}.json")
+               f"-seed{args.seed}{'-noprog' if args.no_program else ''}{'-mlp' if args.mlp else ''}-cv.json")
         done = args.cache / key
         if done.exists():
             results.append(json.loads(done.read_text()))
