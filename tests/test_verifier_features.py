@@ -21,15 +21,17 @@ QUESTION = "What is 2 + 2?"
 ANSWERS = ["4", "The answer is 4.", "5", "It is 7.", "four", "3", "2 + 2 = 4", "I think 6"]
 
 
-def toy_samples(tokenizer, n_questions=8, per=4):
-    """Samples (with answer starts) whose label is whether the answer says 4; question q's answers rotate."""
+def toy_samples(tokenizer, n_questions=8, per=4, flip_every=0):
+    """Samples (with answer starts) whose label is whether the answer says 4; question q's answers rotate; with
+    flip_every, every such sample's label is flipped (noise, so candidates differ in cross-validation)."""
     out = Samples()
     for q in range(n_questions):
         prompt = prompt_ids(tokenizer, f"Q{q}: {QUESTION}")
         for k in range(per):
             answer = ANSWERS[(q + 3 * k) % len(ANSWERS)]
             out.question_ids.append(f"q{q}")
-            out.labels.append(int("4" in answer or answer == "four"))
+            flip = bool(flip_every) and (q * per + k) % flip_every == 0
+            out.labels.append(int("4" in answer or answer == "four") ^ flip)
             out.sequences.append(prompt + tokenizer.encode(answer))
             out.starts.append(len(prompt))
             out.texts.append(answer)
@@ -92,7 +94,7 @@ def test_question_folds_keep_a_question_together():
 def selected(tiny_llm, tiny_llama_dir):
     from lamina.engine.hidden_states import model_identity
 
-    samples = toy_samples(tiny_llm.tokenizer)
+    samples = toy_samples(tiny_llm.tokenizer, 12, 4, flip_every=3)
     blocks = feature_blocks(tiny_llm.engine, samples.sequences, samples.starts, [1, 2])
     identity = model_identity(str(tiny_llama_dir))
     configs = [([2], ["last"]), ([1, 2], ["last", "mean", "logprob"])]
@@ -110,9 +112,11 @@ def test_selection_is_deterministic_and_reads_only_the_training_questions(select
     assert first.probe == again.probe and first.info == again.info
     cv = first.info.metrics["cv"]
     assert len(cv["tried"]) == 4 and cv["chosen"]["layers"] == first.info.layers
-    assert first.info.pooling == cv["chosen"]["pooling"] and first.info.questions == 6
-    best = max((t for t in cv["tried"] if t["auroc"] is not None), key=lambda t: (t["auroc"], t["selection_accuracy"]))
-    assert cv["chosen"]["reg"] == best["reg"]
+    assert first.info.pooling == cv["chosen"]["pooling"] and first.info.questions == 9
+    aurocs = [t["auroc"] for t in cv["tried"]]
+    assert None not in aurocs and len(set(aurocs)) > 1, aurocs  # the choice is a real one
+    best = max(cv["tried"], key=lambda t: (t["auroc"], t["selection_accuracy"]))
+    assert cv["chosen"] == {"layers": best["layers"], "pooling": best["pooling"], "reg": best["reg"]}
     # the held-out questions' labels never reach the choice or the probe
     held = held_out_questions(samples.question_ids, 0.25, 5)
     flipped = Samples(list(samples.question_ids), [1 - y if q in held else y for q, y in
