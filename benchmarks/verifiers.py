@@ -140,22 +140,47 @@ async def train_orms(task, args, paths: dict[str, Path], train_size: int) -> dic
     """Per probe kind, its ORM: loaded from its file, else trained (the missing ones from one sampling, kept in the
     cache folder with its feature blocks) and saved. Features and regularisation are chosen by cross-validation on
     the train split's questions (lamina.verifiers.train.fit_selected)."""
-    from lamina.verifiers.train import train_verifier
+    from lamina.tasks.task import load_task
+    from lamina.verifiers.train import grow_train, train_verifier
 
     missing = tuple(probe for probe, path in paths.items() if not path.exists())
     out = {probe: LearnedVerifier.load(path) for probe, path in paths.items() if probe not in missing}
     if missing:
         start = time.perf_counter()
         size = train_size if task.spec.source.type == "generated" else "all"
+        extra = []
+        for other_name in args.train_with.get(task.name, []):
+            other = load_task(other_name)
+            other_size = for_task(args.train_size, other_name)
+            if other.spec.source.type == "generated":
+                grow_train(other, other_size)
+            extra.append((other, data_stem(args, other_name, other_size if other.spec.source.type == "generated"
+                                           else "all")))
         trained = await train_verifier("default", task, "train", args.samples, seed=args.seed, probes=missing,
                                        temperature=args.temperature, engine=engine_options(args.threads),
-                                       cache=args.cache / f"{task.name}-train{size}-n{args.samples}-seed{args.seed}"
-                                                          f"-t{args.temperature}")
+                                       cache=data_stem(args, task.name, size), extra=extra)
         for probe, verifier in zip(missing, trained):
             verifier.info.metrics["train_seconds"] = time.perf_counter() - start  # sampling (or reading) shared
             paths[probe].parent.mkdir(parents=True, exist_ok=True)
             verifier.save(paths[probe])
             out[probe] = verifier
+    return out
+
+
+def data_stem(args, task: str, size) -> Path:
+    """Where a task's train samples and their feature blocks are kept (STEM.samples.json, STEM.features.npz)."""
+    return args.cache / f"{task}-train{size}-n{args.samples}-seed{args.seed}-t{args.temperature}"
+
+
+def train_with(text: str | None) -> dict[str, list[str]]:
+    """`--train-with units-1=units-2+units-3,units-2=units-1`: per task, the tasks whose train splits its ORM also
+    fits. argparse error text on a bad value."""
+    out: dict[str, list[str]] = {}
+    for part in filter(None, (text or "").split(",")):
+        task, sep, others = part.partition("=")
+        if not sep or not task.strip() or not others.strip():
+            raise argparse.ArgumentTypeError(f"--train-with: {part!r} is not TASK=OTHER[+OTHER...]")
+        out[task.strip()] = [o.strip() for o in others.split("+") if o.strip()]
     return out
 
 
@@ -265,7 +290,8 @@ async def run_task(name: str, args) -> dict:
     scorer = Scorer.from_spec(task.scorer)
     scorer.prepare()
     size = train_size if task.spec.source.type == "generated" else "all"
-    paths = {probe: args.cache / f"{name}-{orm_name(probe)}-train{size}-n{args.samples}-seed{args.seed}-cv.json"
+    with_ = "".join("+" + o for o in args.train_with.get(name, []))
+    paths = {probe: args.cache / f"{name}-{orm_name(probe)}-train{size}-n{args.samples}-seed{args.seed}-cv{with_}.json"
              for probe in args.probes}
     orms = {orm_name(probe): verifier for probe, verifier in (await train_orms(task, args, paths, train_size)).items()}
     examples = task.examples("test", limit)
@@ -309,6 +335,7 @@ async def run_task(name: str, args) -> dict:
             "ece": {orm: metrics.ece(drawn.flat(orm), flat_labels) for orm in orms},
             "sample_accuracy": sum(flat_labels) / max(len(flat_labels), 1),
             "first_sample_accuracy": metrics.first_sample_accuracy(qids, flat_labels),
+            "train_with": args.train_with.get(name, []),
             "orms": {orm: {"probe": v.probe.kind, "train_questions": v.info.questions,
                            "train_samples": v.info.samples, "layers": v.info.layers, "pooling": v.info.pooling,
                            "held_out": v.info.metrics}
@@ -415,6 +442,9 @@ def main() -> None:
     parser.add_argument("--train-size", type=lambda t: per_task(t, "--train-size"),
                         default=per_task("1000", "--train-size"),
                         help="ORM train questions of a generated task (default 1000); N,TASK=M sets a task apart")
+    parser.add_argument("--train-with", type=train_with, default={},
+                        help="TASK=OTHER[+OTHER],...: the ORM of TASK also fits OTHER's train split (sizes from "
+                             "--train-size; never its dev or test)")
     parser.add_argument("--samples", type=int, default=8, help="samples per question (default 8)")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
@@ -437,7 +467,8 @@ def main() -> None:
     for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         limit, train_size = for_task(args.limit, name), for_task(args.train_size, name)
         key = (f"{name}-limit{limit or 'all'}-train{train_size}-n{args.samples}-t{args.temperature}"
-               f"-seed{args.seed}{'-noprog' if args.no_program else ''}{'-mlp' if args.mlp else ''}-cv.json")
+               f"-seed{args.seed}{'-noprog' if args.no_program else ''}{'-mlp' if args.mlp else ''}-cv"
+               f"{''.join('+' + o for o in args.train_with.get(name, []))}.json")
         done = args.cache / key
         if done.exists():
             results.append(json.loads(done.read_text()))

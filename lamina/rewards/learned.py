@@ -144,8 +144,8 @@ def assemble(blocks: dict[str, Any], block_layers: list[int], layers: list[int],
     missing = [layer for layer in layers if layer not in block_layers]
     unknown = [p for p in pooling if p not in POOLINGS]
     if missing or unknown or not pooling:
-        raise ValueError(f"features: layers {missing} not collected (have {block_layers}) or pooling {unknown or pooling}"
-                         f" not among {', '.join(POOLINGS)}")
+        raise ValueError(f"features: layers {missing} not collected (have {block_layers}) or pooling "
+                         f"{unknown or pooling} not among {', '.join(POOLINGS)}")
     index = [block_layers.index(layer) for layer in layers]
     cols = [blocks["logprob"] if p == "logprob" else blocks[p][:, index].reshape(len(blocks[p]), -1) for p in pooling]
     return np.concatenate(cols, axis=1)

@@ -305,12 +305,14 @@ async def train_verifier(model: str, task, split: str, samples: int, limit: int 
                          temperature: float = 0.8, layers: list[int] | None = None, holdout: float = 0.25,
                          max_tokens: int | None = None, engine: dict[str, Any] | None = None,
                          probes: tuple[str, ...] = ("logistic",), select: bool = True,
-                         cache: str | Path | None = None) -> list[LearnedVerifier]:
+                         cache: str | Path | None = None,
+                         extra: list[tuple[Any, str | Path | None]] | None = None) -> list[LearnedVerifier]:
     """Sample, label and collect the states of `task`'s split once (engine: the local engine's options, e.g.
     num_threads; cache: see `collect`), then train one verifier per probe kind in `probes` on them, in that order.
     select: features and regularisation chosen by cross-validation on the training questions (`fit_selected`; with
     `layers`, only the regularisation, on those layers' last-token states); else the plain probe (the last-token
-    states of `layers`, default the middle and the last, and train_probe's default strength)."""
+    states of `layers`, default the middle and the last, and train_probe's default strength). extra: (task, cache)
+    pairs whose `split` is sampled the same way and added to every fit (`fit_selected`), never held out or scored."""
     from lamina.rewards.learned import cached_identity
 
     if not select:
@@ -332,10 +334,33 @@ async def train_verifier(model: str, task, split: str, samples: int, limit: int 
                                                   **(engine or {"kv_cache_memory_gb": 0.25}))).engine
             block_layers = sorted(set(block_layers) | set(layers))
             blocks = await asyncio.to_thread(feature_blocks, llm_engine, drawn.sequences, drawn.starts, block_layers)
+    more: Extra | None = None
+    for other, other_cache in extra or []:
+        other_drawn, other_blocks, other_layers = await collect(model, other, split, samples, None, seed=seed,
+                                                                temperature=temperature, max_tokens=max_tokens,
+                                                                engine=engine, cache=other_cache)
+        if other_layers != block_layers:
+            raise ValueError(f"extra task {other.name}: states of layers {other_layers}, not {block_layers}")
+        more = merge_samples(more, (other_drawn, other_blocks))
     configs = [(list(layers), ["last"])] if layers else None
-    return [await asyncio.to_thread(fit_selected, drawn, blocks, block_layers,
-                                    VerifierInfo(model, cached_identity(model), [], task.name, split, seed=seed),
-                                    holdout, kind, configs) for kind in probes]
+    out = [await asyncio.to_thread(fit_selected, drawn, blocks, block_layers,
+                                   VerifierInfo(model, cached_identity(model), [], task.name, split, seed=seed),
+                                   holdout, kind, configs, None, more) for kind in probes]
+    for verifier in out:
+        if extra:
+            verifier.info.metrics["extra_tasks"] = [other.name for other, _ in extra]
+    return out
+
+
+def merge_samples(a: Extra | None, b: Extra) -> Extra:
+    """Two (samples, feature blocks) pairs as one, rows of `a` first."""
+    import numpy as np
+
+    if a is None:
+        return b
+    merged = Samples(*(getattr(a[0], f) + getattr(b[0], f) for f in ("question_ids", "labels", "sequences", "texts",
+                                                                     "starts")))
+    return merged, {k: np.concatenate([a[1][k], b[1][k]]) for k in a[1]}
 
 
 async def evaluate_verifier(verifier: LearnedVerifier | ProcessVerifier, model: str, task, split: str, samples: int,
