@@ -184,6 +184,22 @@ def train_with(text: str | None) -> dict[str, list[str]]:
     return out
 
 
+def reused_program_rows(path: Path | None, name: str, questions: int, args) -> dict[str, dict]:
+    """The program_vote and program_coverage rows of `name` in a previous results JSON (`--program-from`), when it
+    drew the same test questions with the same samples, temperature and seed (the program run reads no verifier, so
+    it need not be drawn again); {} otherwise."""
+    if path is None:
+        return {}
+    record = json.loads(path.read_text())
+    same = (record.get("samples"), record.get("temperature"), record.get("seed")) == (args.samples, args.temperature,
+                                                                                       args.seed)
+    for task in record.get("tasks", []) if same else []:
+        if task["task"] == name and task["questions"] == questions and "program_vote" in task["methods"]:
+            return {m: {**task["methods"][m], "reused_from": str(path)} for m in ("program_vote", "program_coverage")
+                    if m in task["methods"]}
+    return {}
+
+
 def public_pass_rates(drawn: Drawn, examples) -> tuple[list[list[float | None]], float]:
     """Per sample, the fraction of its question's PUBLIC tests (the examples shown in the prompt; the scorer's hidden
     tests are never read) its program passes in the sandbox; and the seconds that took."""
@@ -314,7 +330,10 @@ async def run_task(name: str, args) -> dict:
     for method, correct in picks(drawn, list(orms)).items():
         tokens, seconds = orm_cost.get(method.removesuffix("_vote"), (0, 0.0))
         methods[method] = row(correct, drawn.tokens + tokens, drawn.seconds + seconds)
-    if name.startswith(PROGRAM_TASKS) and not args.no_program:
+    reused = reused_program_rows(args.program_from, name, len(examples), args)
+    if reused:
+        methods.update(reused)
+    elif name.startswith(PROGRAM_TASKS) and not args.no_program:
         program_layer = [{"type": "program", "samples": args.samples}]
         program, _ = await draw(model_spec("program", args.temperature, max(max_tokens, 128), args.threads,
                                            args.seed, program_layer), task, examples, scorer, f"{name} program")
@@ -450,6 +469,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="engine threads (default 1)")
     parser.add_argument("--no-program", action="store_true", help="skip the program-aided run")
+    parser.add_argument("--program-from", type=Path, help="a previous results JSON: take a task's program-aided "
+                        "rows from it when it drew the same test questions (same samples, temperature, seed)")
     parser.add_argument("--mlp", action="store_true", help="also an MLP-probe ORM (orm_mlp), on the same states")
     parser.add_argument("--cache", type=Path, default=Path("runs/bench-verifiers"), help="ORMs and finished tasks")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/verifiers"), help="OUT.json, OUT.png")
