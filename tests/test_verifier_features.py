@@ -173,3 +173,31 @@ def test_samples_are_saved_and_read_back(tmp_path):
         Samples.load(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="missing.json: not a saved set of verifier samples"):
         Samples.load(tmp_path / "missing.json")
+
+
+def test_extra_training_samples_are_fitted_but_never_scored(selected, tiny_llm):
+    make, samples, blocks, configs = selected
+    alone = make()
+    other = toy_samples(tiny_llm.tokenizer, 6, 4)
+    other.question_ids = [f"other-{q}" for q in other.question_ids]
+    other_blocks = feature_blocks(tiny_llm.engine, other.sequences, other.starts, [1, 2])
+    info = VerifierInfo(alone.info.model, alone.info.model_identity, [], "toy", "train", seed=5)
+    both = fit_selected(samples, blocks, [1, 2], info, 0.25, configs=configs, grid=(0.01, 1.0),
+                        extra=(other, other_blocks))
+    assert both.info.questions == alone.info.questions + 6 and both.info.samples == alone.info.samples + 24
+    assert both.info.metrics["extra_questions"] == 6
+    assert both.info.metrics["samples"] == alone.info.metrics["samples"]  # the same held-out rows, only the target's
+    import numpy as np
+
+    from lamina.rewards.learned import train_probe
+    from lamina.verifiers.train import merge_samples
+
+    chosen = both.info.metrics["cv"]["chosen"]
+    rows = samples.rows(set(samples.question_ids) - held_out_questions(samples.question_ids, 0.25, 5))
+    x = np.concatenate([assemble(blocks, [1, 2], chosen["layers"], chosen["pooling"])[rows],
+                        assemble(other_blocks, [1, 2], chosen["layers"], chosen["pooling"])])
+    assert both.probe == train_probe(x, [samples.labels[i] for i in rows] + other.labels, 5, c=chosen["reg"])
+
+    merged, merged_blocks = merge_samples((samples, blocks), (other, other_blocks))
+    assert merged.question_ids == samples.question_ids + other.question_ids
+    assert merged_blocks["mean"].shape[0] == len(merged.labels) == len(samples.labels) + len(other.labels)
