@@ -7,10 +7,14 @@ sample right: the ceiling of any selector); on code tasks, the samples EXECUTED 
 examples (the task's public tests, never the hidden tests its scorer runs) and voted among those passing the most of
 them (public_tests); program-aided vote (8 executed programs, arith/units tasks) is drawn separately. AUROC of each scorer over the pooled samples; tokens and seconds per example, the ORM's forward pass
 over prompt + answer counted in its rows. Each task's ORM is trained on its train split (`--train-size` questions
-of a generated task) and kept in the cache folder; finished tasks are kept there too, so a rerun resumes.
+of a generated task; `--train-with` adds sibling tasks' train splits), its features and L2 strength chosen by
+cross-validation on those questions, and kept in the cache folder with the train samples and their feature blocks;
+finished tasks are kept there too, so a rerun resumes. `--program-from` takes the program-aided rows from a previous
+results JSON that drew the same test questions.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/verifiers.py [--tasks arith-1,code-2] [--limit 20]
-        [--train-size 100] [--samples 8] [--threads 1] [--markdown]
+        [--train-size 100] [--train-with units-1=units-2] [--program-from OLD.json] [--samples 8] [--threads 1]
+        [--markdown]
 """
 from __future__ import annotations
 
