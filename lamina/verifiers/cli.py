@@ -58,6 +58,8 @@ def _print(metrics: dict, as_json: bool) -> None:
         print(json.dumps(metrics, indent=1))
         return
     for key, value in metrics.items():
+        if key == "cv" and isinstance(value, dict):  # every candidate is in the file; the choice is what matters here
+            value = f"chosen {value.get('chosen')} among {len(value.get('tried', []))} by {value.get('folds')}-fold CV"
         print(f"{key:>22}: {value:.3f}" if isinstance(value, float) else f"{key:>22}: {value}")
 
 
