@@ -6,6 +6,11 @@ a single stream and for n = 1, 8, 32, 64 samples of one prompt, the ratio to tra
 the prompt occupies when n = 32 samples share it.
 
     python benchmarks/engine.py [--model NAME] [--threads 2] [--tokens 64] [--ns 1,8,32,64] [--markdown] [--llamacpp PY]
+    python benchmarks/engine.py --startup-only [--startup-runs 5]
+
+Start-up (first, in fresh processes; `--startup-runs 0` skips it): `import lamina` and `LLM(model)` timed apart,
+cold (an empty panel cache: the native linears' panels are packed and written) and warm (mapped from the cache),
+min and median over the runs, and the median time of each phase.
 
 With `--llamacpp PY` (a Python with llama-cpp-python built for this CPU: `bash scripts/llamacpp_peer.sh` makes
 .venv-llamacpp) llama.cpp is measured as a peer on the same GGUF, prompt, threads and n, by the reference script
@@ -24,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -125,6 +131,86 @@ def speculative_rows(llm: LLM, tokens: int, k: int) -> list[dict]:
         rows.append({"prompt": label, "copies": copies, "tokens": len(ref.outputs[0].token_ids), "plain": base,
                      "speculative": fast, "drafted": spec.num_draft_tokens, "accepted": spec.num_accepted_tokens})
     return rows
+
+
+# Run in a fresh process per start-up: `import lamina` (the engine's import) and `LLM(model)` timed apart, and the
+# start-up's phases timed by wrapping the functions that do them (nested: load_model includes the GGUF's parse and
+# the tokenizer; the panels include the panel cache's read and check).
+STARTUP_CHILD = """
+import json, sys, time
+start = time.perf_counter()
+from lamina import LLM
+imported = time.perf_counter()
+import lamina.engine.builder as builder, lamina.engine.loader as loader, lamina.engine.loader.gguf as gguf
+import lamina.engine.models.panel_cache as panel_cache
+phases = {}
+def timed(owner, name, label):
+    inner = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            phases[label] = phases.get(label, 0.0) + time.perf_counter() - began
+    setattr(owner, name, wrapper)
+timed(loader, "load_model", "load the GGUF (parse, tokenizer)")
+timed(gguf, "tokenizer_from_gguf", "of which the tokenizer")
+timed(builder, "native_kernels", "load the kernels")
+timed(builder, "use_block_quant_linears", "native linears (panels)")
+timed(panel_cache.PanelCache, "__init__", "of which the panel cache read + CRC")
+timed(gguf, "dequantize", "dequantize (embedding, norms)")
+llm = LLM(sys.argv[1], num_threads=int(sys.argv[2]))
+built = time.perf_counter()
+print(json.dumps({"import": imported - start, "llm": built - imported, "panels": llm.engine.panel_cache,
+                  "phases": phases}))
+"""
+
+
+PHASES = ["load the GGUF (parse, tokenizer)", "of which the tokenizer", "load the kernels", "native linears (panels)",
+          "of which the panel cache read + CRC", "dequantize (embedding, norms)"]
+
+
+def startup_runs(model: str, threads: int, runs: int) -> dict:
+    """Start-up in fresh processes, `runs` times each: cold (an empty panel cache: the panels are packed and
+    written) and warm (mapped from the cache), alternating; the kernels are built and the linear choices timed by a
+    first start-up that is not counted. Seconds per run."""
+    import shutil
+    import sys
+
+    results: dict[str, list[dict]] = {"cold": [], "warm": []}
+    with tempfile.TemporaryDirectory(prefix="lamina-startup-") as folder:
+        env = os.environ | {"LAMINA_PANEL_CACHE": folder, "OMP_NUM_THREADS": str(threads)}
+
+        def child() -> dict:
+            out = subprocess.run([sys.executable, "-c", STARTUP_CHILD, model, str(threads)], env=env,
+                                 capture_output=True, text=True, check=True, timeout=900)
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        child()
+        for _ in range(runs):
+            for entry in Path(folder).iterdir():
+                entry.unlink() if entry.is_file() else shutil.rmtree(entry)
+            results["cold"].append(child())
+            results["warm"].append(child())
+    return results
+
+
+def print_startup(results: dict, model: str, threads: int, markdown: bool) -> None:
+    runs = len(results["cold"])
+    print(f"\nStart-up of LLM({model!r}), {threads} threads, {runs} fresh processes each (seconds, min / median)")
+    lines = [["start-up", "import lamina (LLM)", "LLM(...)", "panels"]]
+    for kind, label in (("cold", "cold (no panel cache)"), ("warm", "warm (panels cached)")):
+        rows = results[kind]
+        cells = [f"{min(r[key] for r in rows):.3f} / {statistics.median(r[key] for r in rows):.3f}"
+                 for key in ("import", "llm")]
+        lines.append([label, *cells, rows[-1]["panels"]])
+    print_lines(lines, markdown)
+    phases = list(dict.fromkeys(PHASES + [p for kind in results.values() for r in kind for p in r["phases"]]))
+    lines = [["phase of LLM(...) (median s)", "cold", "warm"]]
+    for phase in phases:
+        lines.append([phase] + [f"{statistics.median(r['phases'].get(phase, 0.0) for r in results[k]):.3f}"
+                                for k in ("cold", "warm")])
+    print_lines(lines, markdown)
 
 
 def print_speculative(rows: list[dict], k: int, markdown: bool) -> None:
@@ -248,6 +334,8 @@ def main() -> None:
     parser.add_argument("--decode-ab", type=int, default=0, metavar="PAIRS",
                         help="also measure the single stream with the native decode step and with the Python forward, "
                              "alternately, PAIRS runs each (0: skip)")
+    parser.add_argument("--startup-runs", type=int, default=5, help="fresh processes per start-up case (0: skip)")
+    parser.add_argument("--startup-only", action="store_true", help="measure only the start-up")
     parser.add_argument("--out", type=Path, help="writes OUT.json, OUT.png (default benchmarks/results/engine, "
                         "engine-MODEL for another model)")
     args = parser.parse_args()
@@ -256,6 +344,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ns = [int(x) for x in args.ns.split(",")]
 
+    measure_startup = args.startup_runs > 0 and not args.speculative_only
+    startup = startup_runs(args.model, args.threads, args.startup_runs) if measure_startup else None
+    if startup is not None and args.startup_only:
+        print(f"  {cpu_description()}")
+        print_startup(startup, args.model, args.threads, args.markdown)
+        return
     engines = {"lamina": LLM(args.model, num_threads=args.threads)}
     if args.speculative_only:
         lamina_run(engines["lamina"], [1, 2, 3], 1, 4)  # warm-up
@@ -333,11 +427,13 @@ def main() -> None:
     print(f"KV blocks held by the prompt with n=32 samples: {used} (one copy: {one_copy})")
     print(f"\nSpeculative decoding (prompt lookup), single stream, greedy, {args.threads} threads")
     print_speculative(speculative, args.speculative_tokens, args.markdown)
+    if startup is not None:
+        print_startup(startup, args.model, args.threads, args.markdown)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"model": args.model, "cpu": cpu, "threads": args.threads, "linears": linears,
               "decode_paths": decode_paths, "weight_bytes_per_token": weight_bytes, "decode_ab": ab,
               "prompt_blocks_n32": used, "prompt_blocks_one_copy": one_copy, "rows": results,
-              "speculative": speculative}
+              "speculative": speculative, "startup": startup}
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, allow_nan=True))
     plot(results, columns, args.out.with_suffix(".png"), title)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
