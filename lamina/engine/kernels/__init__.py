@@ -7,6 +7,13 @@ results). `native_kernels()` returns the best variant this CPU runs (PyTorch's `
 or `avx512` asks for one. The module's `isa` attribute says which it is. It is None where no variant can be had
 (not an x86 CPU with AVX2 and FMA, no C++ compiler, `LAMINA_NATIVE_KERNELS=0`); `unavailable_reason()` then says
 why and callers fall back to PyTorch. Build ahead of time with `python -m lamina.engine.kernels`.
+
+The block-quantized GEMM has two arithmetics (`module.set_qgemm_mode`, `module.qgemm_mode()`): "exact" multiplies
+the dequantized reference weights (scale * code + offset, then FMA), bit-identical in every variant; "fast"
+(AVX-512 only, qgemm_fast512.h) sums x * code per group of 32 and applies the scale and offset once per group,
+within fp32 tolerance of exact and still batch-invariant. "exact" is the default; `LAMINA_QGEMM=fast` opts in
+(experimental: on an AMD EPYC it is 1.1x faster for one row of Q4_1 weights and 1.6x for Q8_0, but slower from
+4 rows on; benchmarks/qgemm_ab.py). The avx2 variant always runs "exact".
 """
 from __future__ import annotations
 
@@ -118,11 +125,27 @@ def isa() -> str | None:
     return None if module is None else module.isa
 
 
+QGEMM_MODES = ("exact", "fast")
+
+
+def qgemm_mode_for(isa: str) -> str:
+    """The GEMM arithmetic for the `isa` variant: LAMINA_QGEMM ("exact" or "fast") where that variant has it (only
+    avx512 has "fast"), else "exact". ValueError for another value of LAMINA_QGEMM."""
+    wanted = os.environ.get("LAMINA_QGEMM", "").strip().lower()
+    if wanted and wanted not in QGEMM_MODES:
+        raise ValueError(f"LAMINA_QGEMM={wanted!r}: expected one of {', '.join(QGEMM_MODES)}")
+    return wanted if wanted and isa == "avx512" else "exact"
+
+
 def kernels_for(isa: str) -> ModuleType | None:
-    """The `isa` variant, built on first use (None, with the reason in `_failures`, when it does not build).
-    Only call it for a variant in `cpu_variants()`: another would stop the process on its first instruction."""
+    """The `isa` variant, built on first use (None, with the reason in `_failures`, when it does not build), its
+    GEMM arithmetic set by `qgemm_mode_for`. Only call it for a variant in `cpu_variants()`: another would stop
+    the process on its first instruction."""
     if isa not in _variants:
-        _variants[isa] = _build(isa)
+        module = _build(isa)
+        if module is not None:
+            module.set_qgemm_mode(qgemm_mode_for(isa))
+        _variants[isa] = module
     return _variants[isa]
 
 

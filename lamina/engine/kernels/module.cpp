@@ -6,6 +6,8 @@
 torch::Tensor block_quant_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scales,
                                  const torch::Tensor& offsets, const c10::optional<torch::Tensor>& bias,
                                  int64_t out_features);
+void set_qgemm_mode(const std::string& mode);
+std::string qgemm_mode();
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                   const at::Tensor& tables, const at::Tensor& lengths, double scale);
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
@@ -22,6 +24,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("isa") = "avx2";
 #endif
   m.def("block_quant_linear", &block_quant_linear, "y = x W^T + b with W in GGUF block-quantized panels");
+  m.def("set_qgemm_mode", &set_qgemm_mode, py::arg("mode"),
+        "block_quant_linear's arithmetic: 'exact' (dequantized weights) or 'fast' (avx512: scale applied per group)");
+  m.def("qgemm_mode", &qgemm_mode, "block_quant_linear's arithmetic now: 'exact' or 'fast'");
   m.def("rms_norm", &rms_norm, "x * rsqrt(mean(x^2) + eps) * weight, per row");
   m.def("rope_", &rope_, "rotary embedding of q and k in place (NeoX halves)");
   m.def("silu_mul", &silu_mul, "silu(gate) * up for gate_up = [gate | up]");

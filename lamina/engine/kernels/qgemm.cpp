@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace {
@@ -47,11 +48,30 @@ ALWAYS_INLINE void prefetch_group(const PanelRef& pr, int g, int G) {
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include "qgemm_avx512.h"
+#include "qgemm_fast512.h"
+constexpr bool HAS_FAST = true;
 #else
 #include "qgemm_avx2.h"
+constexpr bool HAS_FAST = false;
+template <bool Q4, bool OFFS>
+void fast_unit_times_rows(const float*, int64_t, int, int, const float*, const PanelRef*, int, float*, float*, int64_t) {}
 #endif
 
+// Which arithmetic block_quant_linear uses: the exact dequantized weights (false) or qgemm_fast512.h (true).
+bool fast_mode = false;
+
 }  // namespace
+
+// "exact" (the default, every variant: the dequantized reference weights, bit-identical across variants) or "fast"
+// (AVX-512 only, opt-in: qgemm_fast512.h, within fp32 tolerance of exact). Process-wide; kernels/__init__.py sets
+// it from LAMINA_QGEMM.
+void set_qgemm_mode(const std::string& mode) {
+  TORCH_CHECK(mode == "exact" || mode == "fast", "qgemm mode: 'exact' or 'fast', not '", mode, "'");
+  TORCH_CHECK(mode == "exact" || HAS_FAST, "qgemm mode 'fast' needs the avx512 kernels");
+  fast_mode = mode == "fast";
+}
+
+std::string qgemm_mode() { return fast_mode ? "fast" : "exact"; }
 
 at::Tensor block_quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
                               const at::Tensor& offsets, const c10::optional<at::Tensor>& bias, int64_t out_features) {
@@ -76,6 +96,19 @@ at::Tensor block_quant_linear(const at::Tensor& x, const at::Tensor& codes, cons
   float* yp = out.data_ptr<float>();
   const int64_t panel_codes = codes.size(1) * codes.size(2), panel_scales = scales.size(1) * P;
   const int64_t units = (panels + UNIT - 1) / UNIT;
+  const bool fast = fast_mode;
+  std::vector<float> sums;  // fast: [M][K / G] sums of x over each group, in order, once per row for every output
+  if (fast && offs) {
+    const int groups = K / G;
+    sums.resize(static_cast<size_t>(M) * groups);
+    for (int64_t m = 0; m < M; ++m)
+      for (int g = 0; g < groups; ++g) {
+        float s = 0.0f;
+        for (int k = g * G; k < (g + 1) * G; ++k) s += xp[m * K + k];
+        sums[m * groups + g] = s;
+      }
+  }
+  const float* sums_p = sums.data();
   at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> storage(static_cast<size_t>(K) * UNIT * P + 16 + static_cast<size_t>(M) * UNIT * P);
     float* buf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
@@ -90,7 +123,11 @@ at::Tensor block_quant_linear(const at::Tensor& x, const at::Tensor& codes, cons
       const bool direct = width == npanels * P;  // whole panels land in the output directly
       float* dst = direct ? yp + n0 : tile;
       const int64_t ldt = direct ? out_features : npanels * P;
-      if (q4) unit_times_rows<true, true>(xp, M, K, G, pr, npanels, buf, dst, ldt);
+      if (fast) {
+        if (q4) fast_unit_times_rows<true, true>(xp, M, K, G, sums_p, pr, npanels, buf, dst, ldt);
+        else if (offs) fast_unit_times_rows<false, true>(xp, M, K, G, sums_p, pr, npanels, buf, dst, ldt);
+        else fast_unit_times_rows<false, false>(xp, M, K, G, sums_p, pr, npanels, buf, dst, ldt);
+      } else if (q4) unit_times_rows<true, true>(xp, M, K, G, pr, npanels, buf, dst, ldt);
       else if (offs) unit_times_rows<false, true>(xp, M, K, G, pr, npanels, buf, dst, ldt);
       else unit_times_rows<false, false>(xp, M, K, G, pr, npanels, buf, dst, ldt);
       for (int64_t m = 0; m < M; ++m) {
