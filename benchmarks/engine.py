@@ -22,6 +22,9 @@ step reads (every linear's stored weights, quantized panels included, and the no
 all layers in one native call where the model allows it (the engine line says which decode step runs);
 `LAMINA_NATIVE_DECODE=0` forces the Python forward for the whole run, and `--decode-ab` measures the single stream
 with the native step and with the Python forward alternately on the same engine (pairs of runs, their ratios).
+`--qgemm-ab PAIRS` likewise alternates the block-quantized GEMM's "exact" and opt-in "fast" arithmetic
+(kernels/__init__.py, LAMINA_QGEMM; avx512 only) on the single stream, and says whether 64 greedy tokens agree;
+`--qgemm-ab-only` measures just that.
 """
 from __future__ import annotations
 
@@ -112,6 +115,36 @@ def decode_ab(llm: LLM, prompt_ids: list[int], tokens: int, pairs: int) -> tuple
     finally:
         runner.native_step = native_step
     return native, python
+
+
+def qgemm_ab(llm: LLM, prompt_ids: list[int], tokens: int, pairs: int) -> tuple[list[float], list[float], bool]:
+    """Single-stream tokens/s with the GEMM's "exact" and "fast" arithmetic, alternately, `pairs` each; and
+    whether 64 greedy tokens are the same in both."""
+    kernel = llm.engine.kernels
+    assert kernel is not None and kernel.isa == "avx512", "the 'fast' GEMM needs the avx512 kernels"
+    before = kernel.qgemm_mode()
+    exact, fast, greedy = [], [], {}
+    try:
+        for mode in ("exact", "fast"):
+            kernel.set_qgemm_mode(mode)
+            out = llm.generate(prompt_ids, SamplingParams(temperature=0, max_tokens=64, ignore_eos=True))[0]
+            greedy[mode] = out.outputs[0].token_ids
+        for i in range(pairs):
+            for mode in (("exact", "fast") if i % 2 == 0 else ("fast", "exact")):
+                kernel.set_qgemm_mode(mode)
+                (exact if mode == "exact" else fast).append(lamina_run(llm, prompt_ids, 1, tokens))
+    finally:
+        kernel.set_qgemm_mode(before)
+    return exact, fast, greedy["exact"] == greedy["fast"]
+
+
+def print_qgemm_ab(llm: LLM, prompt_ids: list[int], tokens: int, pairs: int) -> dict:
+    exact, fast, same = qgemm_ab(llm, prompt_ids, tokens, pairs)
+    print(f"  single stream, GEMM arithmetic A/B ({pairs} pairs): exact {max(exact):.1f} tok/s best, "
+          f"fast {max(fast):.1f} tok/s best; per-pair ratios fast/exact "
+          + " ".join(f"{b / a:.2f}" for a, b in zip(exact, fast))
+          + f"; 64 greedy tokens {'identical' if same else 'DIFFER'}", flush=True)
+    return {"exact": exact, "fast": fast, "greedy_identical": same}
 
 
 def speculative_rows(llm: LLM, tokens: int, k: int) -> list[dict]:
@@ -334,6 +367,10 @@ def main() -> None:
     parser.add_argument("--decode-ab", type=int, default=0, metavar="PAIRS",
                         help="also measure the single stream with the native decode step and with the Python forward, "
                              "alternately, PAIRS runs each (0: skip)")
+    parser.add_argument("--qgemm-ab", type=int, default=0, metavar="PAIRS",
+                        help="also measure the single stream with the GEMM's exact and fast arithmetic, alternately "
+                             "(avx512 only; 0: skip)")
+    parser.add_argument("--qgemm-ab-only", action="store_true", help="measure only the --qgemm-ab case")
     parser.add_argument("--startup-runs", type=int, default=5, help="fresh processes per start-up case (0: skip)")
     parser.add_argument("--startup-only", action="store_true", help="measure only the start-up")
     parser.add_argument("--out", type=Path, help="writes OUT.json, OUT.png (default benchmarks/results/engine, "
@@ -344,7 +381,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ns = [int(x) for x in args.ns.split(",")]
 
-    measure_startup = args.startup_runs > 0 and not args.speculative_only
+    measure_startup = args.startup_runs > 0 and not args.speculative_only and not args.qgemm_ab_only
     startup = startup_runs(args.model, args.threads, args.startup_runs) if measure_startup else None
     if startup is not None and args.startup_only:
         print(f"  {cpu_description()}")
@@ -356,6 +393,13 @@ def main() -> None:
         rows = speculative_rows(engines["lamina"], args.speculative_max_tokens, args.speculative_tokens)
         print(f"\nSpeculative decoding (prompt lookup), single stream, greedy, {args.threads} threads\n{cpu_description()}")
         print_speculative(rows, args.speculative_tokens, args.markdown)
+        return
+    if args.qgemm_ab_only:
+        llm = engines["lamina"]
+        prompt_ids = llm.tokenizer.encode_prompt(llm.tokenizer.apply_chat_template(PROMPT))
+        lamina_run(llm, prompt_ids, 1, 4)  # warm-up
+        print(f"  {cpu_description()}\n  lamina: {llm.engine.linear_backend}; {llm.engine.runner.decode_path}")
+        print_qgemm_ab(llm, prompt_ids, args.single_tokens, args.qgemm_ab or 5)
         return
     if not args.skip_torch_only:
         engines["lamina torch-only"] = LLM(args.model, num_threads=args.threads, native_kernels=False)
@@ -404,6 +448,7 @@ def main() -> None:
         print(f"  single stream, decode step A/B ({args.decode_ab} pairs): native {max(native):.1f} tok/s best, "
               f"Python forward {max(python):.1f} tok/s best; per-pair ratios "
               + " ".join(f"{a / b:.2f}" for a, b in zip(native, python)), flush=True)
+    qgemm = print_qgemm_ab(llm, prompt_ids, args.single_tokens, args.qgemm_ab) if args.qgemm_ab else None
     used, one_copy = prompt_blocks(llm, prompt_ids, 32)
     speculative = speculative_rows(llm, args.speculative_max_tokens, args.speculative_tokens)
     linears = {name: e.engine.linear_backend for name, e in engines.items()}
@@ -431,7 +476,7 @@ def main() -> None:
         print_startup(startup, args.model, args.threads, args.markdown)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"model": args.model, "cpu": cpu, "threads": args.threads, "linears": linears,
-              "decode_paths": decode_paths, "weight_bytes_per_token": weight_bytes, "decode_ab": ab,
+              "decode_paths": decode_paths, "weight_bytes_per_token": weight_bytes, "decode_ab": ab, "qgemm_ab": qgemm,
               "prompt_blocks_n32": used, "prompt_blocks_one_copy": one_copy, "rows": results,
               "speculative": speculative, "startup": startup}
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, allow_nan=True))
