@@ -12,8 +12,8 @@ The block-quantized GEMM has two arithmetics (`module.set_qgemm_mode`, `module.q
 the dequantized reference weights (scale * code + offset, then FMA), bit-identical in every variant; "fast"
 (AVX-512 only, qgemm_fast512.h) sums x * code per group of 32 and applies the scale and offset once per group,
 within fp32 tolerance of exact and still batch-invariant. "exact" is the default; `LAMINA_QGEMM=fast` opts in
-(experimental: on an AMD EPYC it is 1.1x faster for one row of Q4_1 weights and 1.6x for Q8_0, but slower from
-4 rows on; benchmarks/qgemm_ab.py). The avx2 variant always runs "exact".
+(experimental: on an AMD EPYC the single stream is 1.14-1.20x faster, but batches of 4 rows or more are slower;
+qgemm_fast512.h has the numbers, benchmarks/qgemm_ab.py and `benchmarks/engine.py --qgemm-ab-only` measure them). The avx2 variant always runs "exact".
 """
 from __future__ import annotations
 

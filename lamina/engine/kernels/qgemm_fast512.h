@@ -12,23 +12,24 @@
 // Each group's sum runs as CHAINS interleaved FMA chains (k mod CHAINS), added pairwise at the group's end: a single
 // row has only one accumulator per 16 outputs, and one chain per accumulator would wait on the FMA latency
 // (SmolLM2-135M's linears for one row: about as slow as the exact path, which has that limit too).
-// Measured (benchmarks/qgemm_ab.py, an AMD EPYC, loaded): one row 1.1x faster than exact for Q4_1 (the nibble
-// expansion, two shuffles per 16 codes, now limits it), 1.6x for Q8_0; from 4 rows on slower than exact (0.5-0.75x:
-// 3-row tiles and the per-group tile update), hence opt-in.
+// Measured on an AMD EPYC (Zen 4, 1 thread, a loaded shared machine): one row against one linear in cache 1.2-1.3x
+// faster than exact for Q4_1, 1.6x for Q8_0; all 121 linears of SmolLM2-135M for one row 1.11x
+// (benchmarks/qgemm_ab.py: 9.72 vs 8.79 ms CPU, min of 200); the engine's single stream 1.14-1.20x per pair
+// (benchmarks/engine.py --qgemm-ab-only), the same greedy tokens. From 4 rows on it is slower than exact (0.54-0.76x:
+// 3-row tiles and the per-group tile update), and a row's arithmetic may not depend on its batch, hence opt-in.
 #pragma once
 
 constexpr int CHAINS = 4;
 constexpr int FAST_TILE_ROWS = 3;  // 3 rows x 2 panels x 4 chains = 24 accumulators, 2 code vectors, 1 broadcast
 
-// The codes of W[n0:n0+16, k] as floats: 4-bit codes through a 16-entry table (permutexvar reads only each
-// lane's low 4 bits, so the nibble needs no mask), 8-bit codes sign-extended and converted, as the exact path.
+// The codes of W[n0:n0+16, k] as floats, as the exact path expands them (a 16-entry permutexvar table in place of
+// the mask and convert was slower: 1.10x instead of 1.29x over exact for one Q4_1 row).
 template <bool Q4>
 ALWAYS_INLINE __m512 codes_at(const uint8_t* codes, int k) {
   if (Q4) {
     const __m128i twice = _mm_castpd_si128(_mm_loaddup_pd(reinterpret_cast<const double*>(codes + static_cast<size_t>(k) * (P / 2))));
     const __m512i shifts = _mm512_set_epi32(4, 4, 4, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512 table = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    return _mm512_permutexvar_ps(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(twice), shifts), table);
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(twice), shifts), _mm512_set1_epi32(0x0F)));
   }
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + static_cast<size_t>(k) * P))));
 }
