@@ -6,11 +6,22 @@ a single stream and for n = 1, 8, 32, 64 samples of one prompt, the ratio to tra
 the prompt occupies when n = 32 samples share it.
 
     python benchmarks/engine.py [--model NAME] [--threads 2] [--tokens 64] [--ns 1,8,32,64] [--markdown] [--llamacpp PY]
+    python benchmarks/engine.py --startup-only [--startup-runs 5]
+
+Start-up (first, in fresh processes; `--startup-runs 0` skips it): `import lamina` and `LLM(model)` timed apart,
+cold (an empty panel cache: the native linears' panels are packed and written) and warm (mapped from the cache),
+min and median over the runs, and the median time of each phase.
 
 With `--llamacpp PY` (a Python with llama-cpp-python built for this CPU: `bash scripts/llamacpp_peer.sh` makes
 .venv-llamacpp) llama.cpp is measured as a peer on the same GGUF, prompt, threads and n, by the reference script
 ../shared/peers/llamacpp_decode.py (the prompt prefilled once and its KV copied to every sequence, decode only:
 it counts the tokens after the first, so its numbers exclude the prefill that Lamina's include).
+
+The single-stream line also gives the achieved memory bandwidth, as gpt-fast does: the bytes of weights one decode
+step reads (every linear's stored weights, quantized panels included, and the norms) times tokens/s. Decode steps run
+all layers in one native call where the model allows it (the engine line says which decode step runs);
+`LAMINA_NATIVE_DECODE=0` forces the Python forward for the whole run, and `--decode-ab` measures the single stream
+with the native step and with the Python forward alternately on the same engine (pairs of runs, their ratios).
 """
 from __future__ import annotations
 
@@ -18,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -60,6 +72,48 @@ def lamina_run(llm: LLM, prompt_ids: list[int], n: int, tokens: int) -> float:
     return n * tokens / elapsed
 
 
+def weight_bytes_per_token(llm: LLM) -> int:
+    """Bytes of weights a single-stream decode step reads: every linear's stored weights (a native linear's panels
+    of codes, scales and offsets; a oneDNN or torch linear's fp32 matrix), biases and norms; one embedding row."""
+    from lamina.engine.models.block_quant import BlockQuantLinear
+    from lamina.engine.models.cpu_linear import Int8Linear, PackedLinear
+    from lamina.engine.models.llama import RMSNorm
+
+    def size(t: torch.Tensor | None) -> int:
+        return 0 if t is None else t.numel() * t.element_size()
+
+    total = 0
+    model = llm.engine.model
+    for module in model.modules():
+        if isinstance(module, BlockQuantLinear):
+            total += size(module.codes) + size(module.scales) + size(module.offsets) + size(module.bias)
+        elif isinstance(module, PackedLinear):
+            total += module.out_features * module.in_features * 4 + size(module.bias)
+        elif isinstance(module, Int8Linear):
+            total += module.out_features * (module.in_features + 2) + size(module.bias)
+        elif isinstance(module, torch.nn.Linear):
+            total += size(module.weight) + size(module.bias)
+        elif isinstance(module, RMSNorm):
+            total += size(module.weight)
+    embed = model.embed_tokens.weight
+    return total + embed.shape[1] * embed.element_size()
+
+
+def decode_ab(llm: LLM, prompt_ids: list[int], tokens: int, pairs: int) -> tuple[list[float], list[float]]:
+    """Single-stream tokens/s with the native decode step and with the Python forward, alternately, `pairs` each."""
+    runner = llm.engine.runner
+    native_step = runner.native_step
+    native, python = [], []
+    try:
+        for i in range(pairs):
+            for which in (("native", "python") if i % 2 == 0 else ("python", "native")):
+                runner.native_step = native_step if which == "native" else None
+                (native if which == "native" else python).append(lamina_run(llm, prompt_ids, 1, tokens))
+    finally:
+        runner.native_step = native_step
+    return native, python
+
+
 def speculative_rows(llm: LLM, tokens: int, k: int) -> list[dict]:
     """Per prompt: greedy single-stream tokens/s without and with prompt-lookup speculation (k drafts), and the
     drafts accepted. The two outputs must be identical (checked)."""
@@ -77,6 +131,86 @@ def speculative_rows(llm: LLM, tokens: int, k: int) -> list[dict]:
         rows.append({"prompt": label, "copies": copies, "tokens": len(ref.outputs[0].token_ids), "plain": base,
                      "speculative": fast, "drafted": spec.num_draft_tokens, "accepted": spec.num_accepted_tokens})
     return rows
+
+
+# Run in a fresh process per start-up: `import lamina` (the engine's import) and `LLM(model)` timed apart, and the
+# start-up's phases timed by wrapping the functions that do them (nested: load_model includes the GGUF's parse and
+# the tokenizer; the panels include the panel cache's read and check).
+STARTUP_CHILD = """
+import json, sys, time
+start = time.perf_counter()
+from lamina import LLM
+imported = time.perf_counter()
+import lamina.engine.builder as builder, lamina.engine.loader as loader, lamina.engine.loader.gguf as gguf
+import lamina.engine.models.panel_cache as panel_cache
+phases = {}
+def timed(owner, name, label):
+    inner = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            phases[label] = phases.get(label, 0.0) + time.perf_counter() - began
+    setattr(owner, name, wrapper)
+timed(loader, "load_model", "load the GGUF (parse, tokenizer)")
+timed(gguf, "tokenizer_from_gguf", "of which the tokenizer")
+timed(builder, "native_kernels", "load the kernels")
+timed(builder, "use_block_quant_linears", "native linears (panels)")
+timed(panel_cache.PanelCache, "__init__", "of which the panel cache read + CRC")
+timed(gguf, "dequantize", "dequantize (embedding, norms)")
+llm = LLM(sys.argv[1], num_threads=int(sys.argv[2]))
+built = time.perf_counter()
+print(json.dumps({"import": imported - start, "llm": built - imported, "panels": llm.engine.panel_cache,
+                  "phases": phases}))
+"""
+
+
+PHASES = ["load the GGUF (parse, tokenizer)", "of which the tokenizer", "load the kernels", "native linears (panels)",
+          "of which the panel cache read + CRC", "dequantize (embedding, norms)"]
+
+
+def startup_runs(model: str, threads: int, runs: int) -> dict:
+    """Start-up in fresh processes, `runs` times each: cold (an empty panel cache: the panels are packed and
+    written) and warm (mapped from the cache), alternating; the kernels are built and the linear choices timed by a
+    first start-up that is not counted. Seconds per run."""
+    import shutil
+    import sys
+
+    results: dict[str, list[dict]] = {"cold": [], "warm": []}
+    with tempfile.TemporaryDirectory(prefix="lamina-startup-") as folder:
+        env = os.environ | {"LAMINA_PANEL_CACHE": folder, "OMP_NUM_THREADS": str(threads)}
+
+        def child() -> dict:
+            out = subprocess.run([sys.executable, "-c", STARTUP_CHILD, model, str(threads)], env=env,
+                                 capture_output=True, text=True, check=True, timeout=900)
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        child()
+        for _ in range(runs):
+            for entry in Path(folder).iterdir():
+                entry.unlink() if entry.is_file() else shutil.rmtree(entry)
+            results["cold"].append(child())
+            results["warm"].append(child())
+    return results
+
+
+def print_startup(results: dict, model: str, threads: int, markdown: bool) -> None:
+    runs = len(results["cold"])
+    print(f"\nStart-up of LLM({model!r}), {threads} threads, {runs} fresh processes each (seconds, min / median)")
+    lines = [["start-up", "import lamina (LLM)", "LLM(...)", "panels"]]
+    for kind, label in (("cold", "cold (no panel cache)"), ("warm", "warm (panels cached)")):
+        rows = results[kind]
+        cells = [f"{min(r[key] for r in rows):.3f} / {statistics.median(r[key] for r in rows):.3f}"
+                 for key in ("import", "llm")]
+        lines.append([label, *cells, rows[-1]["panels"]])
+    print_lines(lines, markdown)
+    phases = list(dict.fromkeys(PHASES + [p for kind in results.values() for r in kind for p in r["phases"]]))
+    lines = [["phase of LLM(...) (median s)", "cold", "warm"]]
+    for phase in phases:
+        lines.append([phase] + [f"{statistics.median(r['phases'].get(phase, 0.0) for r in results[k]):.3f}"
+                                for k in ("cold", "warm")])
+    print_lines(lines, markdown)
 
 
 def print_speculative(rows: list[dict], k: int, markdown: bool) -> None:
@@ -197,6 +331,11 @@ def main() -> None:
     parser.add_argument("--speculative-tokens", type=int, default=4, help="draft tokens per step, speculative case")
     parser.add_argument("--speculative-max-tokens", type=int, default=128, help="tokens per speculative run")
     parser.add_argument("--speculative-only", action="store_true", help="measure only the speculative case")
+    parser.add_argument("--decode-ab", type=int, default=0, metavar="PAIRS",
+                        help="also measure the single stream with the native decode step and with the Python forward, "
+                             "alternately, PAIRS runs each (0: skip)")
+    parser.add_argument("--startup-runs", type=int, default=5, help="fresh processes per start-up case (0: skip)")
+    parser.add_argument("--startup-only", action="store_true", help="measure only the start-up")
     parser.add_argument("--out", type=Path, help="writes OUT.json, OUT.png (default benchmarks/results/engine, "
                         "engine-MODEL for another model)")
     args = parser.parse_args()
@@ -205,6 +344,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ns = [int(x) for x in args.ns.split(",")]
 
+    measure_startup = args.startup_runs > 0 and not args.speculative_only
+    startup = startup_runs(args.model, args.threads, args.startup_runs) if measure_startup else None
+    if startup is not None and args.startup_only:
+        print(f"  {cpu_description()}")
+        print_startup(startup, args.model, args.threads, args.markdown)
+        return
     engines = {"lamina": LLM(args.model, num_threads=args.threads)}
     if args.speculative_only:
         lamina_run(engines["lamina"], [1, 2, 3], 1, 4)  # warm-up
@@ -219,7 +364,8 @@ def main() -> None:
     cpu = cpu_description()
     print(f"  {cpu}")
     for name, engine in engines.items():
-        print(f"  {name}: {engine.engine.linear_backend}")
+        print(f"  {name}: {engine.engine.linear_backend}; {engine.engine.runner.decode_path}")
+    weight_bytes = {name: weight_bytes_per_token(engine) for name, engine in engines.items()}
     llm = engines["lamina"]
     prompt_ids = llm.tokenizer.encode_prompt(llm.tokenizer.apply_chat_template(PROMPT))
     hf = None
@@ -233,6 +379,10 @@ def main() -> None:
         hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         hf.eval()
 
+    def bandwidth(column: str, rate: float) -> str:
+        """' (X GB/s of weights)' for a Lamina column: weight bytes per decode step times tokens/s."""
+        return f" ({weight_bytes[column] * rate / 1e9:.1f} GB/s of weights)" if column in weight_bytes else ""
+
     workloads = [("single stream", 1, args.single_tokens)] + [(f"n={n}", n, args.tokens) for n in ns]
     for engine in engines.values():
         lamina_run(engine, prompt_ids, 2, 4)  # warm-up
@@ -245,10 +395,19 @@ def main() -> None:
         row |= {name: lamina_run(engine, prompt_ids, n, tokens) for name, engine in engines.items()}
         row["transformers"] = hf_run(hf, prompt_ids, n, tokens) if hf is not None else float("nan")
         results.append(row)
-        print("  " + label + ": " + ", ".join(f"{c} {row[c]:.1f} tok/s" for c in columns), flush=True)
+        print("  " + label + ": " + ", ".join(f"{c} {row[c]:.1f} tok/s" + bandwidth(c, row[c]) * (n == 1)
+                                              for c in columns), flush=True)
+    ab = None
+    if args.decode_ab:
+        native, python = decode_ab(llm, prompt_ids, args.single_tokens, args.decode_ab)
+        ab = {"native": native, "python": python}
+        print(f"  single stream, decode step A/B ({args.decode_ab} pairs): native {max(native):.1f} tok/s best, "
+              f"Python forward {max(python):.1f} tok/s best; per-pair ratios "
+              + " ".join(f"{a / b:.2f}" for a, b in zip(native, python)), flush=True)
     used, one_copy = prompt_blocks(llm, prompt_ids, 32)
     speculative = speculative_rows(llm, args.speculative_max_tokens, args.speculative_tokens)
     linears = {name: e.engine.linear_backend for name, e in engines.items()}
+    decode_paths = {name: e.engine.runner.decode_path for name, e in engines.items()}
     if args.llamacpp:
         del engines, llm, hf  # the peer runs alone on the cores
         peer = llamacpp_runs(args.llamacpp, args.model, prompt_ids, args.threads, args.tokens, [1, *ns])
@@ -261,13 +420,20 @@ def main() -> None:
     print(f"\nEngine throughput, {title} (fp32 compute), {args.threads} threads, "
           f"prompt {len(prompt_ids)} tokens, temperature 0.8, top_p 0.95\n{cpu}")
     print_table(results, columns, args.markdown)
+    single = results[0]
+    print("Single stream, weights read per decode step and achieved bandwidth: " + "; ".join(
+        f"{name} {weight_bytes[name] / 1e6:.1f} MB/token, {weight_bytes[name] * single[name] / 1e9:.1f} GB/s"
+        for name in weight_bytes))
     print(f"KV blocks held by the prompt with n=32 samples: {used} (one copy: {one_copy})")
     print(f"\nSpeculative decoding (prompt lookup), single stream, greedy, {args.threads} threads")
     print_speculative(speculative, args.speculative_tokens, args.markdown)
+    if startup is not None:
+        print_startup(startup, args.model, args.threads, args.markdown)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"model": args.model, "cpu": cpu, "threads": args.threads, "linears": linears,
+              "decode_paths": decode_paths, "weight_bytes_per_token": weight_bytes, "decode_ab": ab,
               "prompt_blocks_n32": used, "prompt_blocks_one_copy": one_copy, "rows": results,
-              "speculative": speculative}
+              "speculative": speculative, "startup": startup}
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, allow_nan=True))
     plot(results, columns, args.out.with_suffix(".png"), title)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")

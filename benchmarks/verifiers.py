@@ -7,10 +7,14 @@ sample right: the ceiling of any selector); on code tasks, the samples EXECUTED 
 examples (the task's public tests, never the hidden tests its scorer runs) and voted among those passing the most of
 them (public_tests); program-aided vote (8 executed programs, arith/units tasks) is drawn separately. AUROC of each scorer over the pooled samples; tokens and seconds per example, the ORM's forward pass
 over prompt + answer counted in its rows. Each task's ORM is trained on its train split (`--train-size` questions
-of a generated task) and kept in the cache folder; finished tasks are kept there too, so a rerun resumes.
+of a generated task; `--train-with` adds sibling tasks' train splits), its features and L2 strength chosen by
+cross-validation on those questions, and kept in the cache folder with the train samples and their feature blocks;
+finished tasks are kept there too, so a rerun resumes. `--program-from` takes the program-aided rows from a previous
+results JSON that drew the same test questions.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/verifiers.py [--tasks arith-1,code-2] [--limit 20]
-        [--train-size 100] [--samples 8] [--threads 1] [--markdown]
+        [--train-size 100] [--train-with units-1=units-2] [--program-from OLD.json] [--samples 8] [--threads 1]
+        [--markdown]
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ class Drawn:
     labels: list[list[int]] = field(default_factory=list)
     scores: dict[str, list[list[float | None]]] = field(default_factory=dict)
     sequences: list[list[list[int]]] = field(default_factory=list)  # prompt + sample token ids (for the ORM)
+    starts: list[int] = field(default_factory=list)  # per question, its prompt's tokens (where each answer starts)
     tokens: int = 0  # prompt + completion tokens of the phase (cost, not counting cache hits)
     seconds: float = 0.0  # wall time of the phase
 
@@ -120,6 +125,7 @@ async def draw(spec: dict, task, examples, scorer: Scorer, desc: str) -> tuple[D
         out.scores["self_certainty"].append([c.self_certainty for c in cands])
         out.scores["mean_logprob"].append([c.mean_logprob for c in cands])
         out.sequences.append([prompt + list(c.token_ids or []) for c in cands])
+        out.starts.append(len(prompt))
     return out, engine
 
 
@@ -134,22 +140,68 @@ def orm_name(probe: str) -> str:
     return "orm" if probe == "logistic" else f"orm_{probe}"
 
 
-async def train_orms(task, args, paths: dict[str, Path]) -> dict[str, LearnedVerifier]:
-    """Per probe kind, its ORM: loaded from its file, else trained (the missing ones from one sampling) and saved."""
-    from lamina.verifiers.train import train_verifier
+async def train_orms(task, args, paths: dict[str, Path], train_size: int) -> dict[str, LearnedVerifier]:
+    """Per probe kind, its ORM: loaded from its file, else trained (the missing ones from one sampling, kept in the
+    cache folder with its feature blocks) and saved. Features and regularisation are chosen by cross-validation on
+    the train split's questions (lamina.verifiers.train.fit_selected)."""
+    from lamina.tasks.task import load_task
+    from lamina.verifiers.train import grow_train, train_verifier
 
     missing = tuple(probe for probe, path in paths.items() if not path.exists())
     out = {probe: LearnedVerifier.load(path) for probe, path in paths.items() if probe not in missing}
     if missing:
         start = time.perf_counter()
+        size = train_size if task.spec.source.type == "generated" else "all"
+        extra = []
+        for other_name in args.train_with.get(task.name, []):
+            other = load_task(other_name)
+            other_size = for_task(args.train_size, other_name)
+            if other.spec.source.type == "generated":
+                grow_train(other, other_size)
+            extra.append((other, data_stem(args, other_name, other_size if other.spec.source.type == "generated"
+                                           else "all")))
         trained = await train_verifier("default", task, "train", args.samples, seed=args.seed, probes=missing,
-                                       temperature=args.temperature, engine=engine_options(args.threads))
+                                       temperature=args.temperature, engine=engine_options(args.threads),
+                                       cache=data_stem(args, task.name, size), extra=extra)
         for probe, verifier in zip(missing, trained):
-            verifier.info.metrics["train_seconds"] = time.perf_counter() - start  # sampling shared by all
+            verifier.info.metrics["train_seconds"] = time.perf_counter() - start  # sampling (or reading) shared
             paths[probe].parent.mkdir(parents=True, exist_ok=True)
             verifier.save(paths[probe])
             out[probe] = verifier
     return out
+
+
+def data_stem(args, task: str, size) -> Path:
+    """Where a task's train samples and their feature blocks are kept (STEM.samples.json, STEM.features.npz)."""
+    return args.cache / f"{task}-train{size}-n{args.samples}-seed{args.seed}-t{args.temperature}"
+
+
+def train_with(text: str | None) -> dict[str, list[str]]:
+    """`--train-with units-1=units-2+units-3,units-2=units-1`: per task, the tasks whose train splits its ORM also
+    fits. argparse error text on a bad value."""
+    out: dict[str, list[str]] = {}
+    for part in filter(None, (text or "").split(",")):
+        task, sep, others = part.partition("=")
+        if not sep or not task.strip() or not others.strip():
+            raise argparse.ArgumentTypeError(f"--train-with: {part!r} is not TASK=OTHER[+OTHER...]")
+        out[task.strip()] = [o.strip() for o in others.split("+") if o.strip()]
+    return out
+
+
+def reused_program_rows(path: Path | None, name: str, questions: int, args) -> dict[str, dict]:
+    """The program_vote and program_coverage rows of `name` in a previous results JSON (`--program-from`), when it
+    drew the same test questions with the same samples, temperature and seed (the program run reads no verifier, so
+    it need not be drawn again); {} otherwise."""
+    if path is None:
+        return {}
+    record = json.loads(path.read_text())
+    same = (record.get("samples"), record.get("temperature"), record.get("seed")) == (args.samples, args.temperature,
+                                                                                       args.seed)
+    for task in record.get("tasks", []) if same else []:
+        if task["task"] == name and task["questions"] == questions and "program_vote" in task["methods"]:
+            return {m: {**task["methods"][m], "reused_from": str(path)} for m in ("program_vote", "program_coverage")
+                    if m in task["methods"]}
+    return {}
 
 
 def public_pass_rates(drawn: Drawn, examples) -> tuple[list[list[float | None]], float]:
@@ -206,26 +258,25 @@ def row(correct: list[int], tokens: float, seconds: float) -> dict:
 
 def score_orms(verifiers: dict[str, LearnedVerifier], engine, drawn: Drawn
                ) -> dict[str, tuple[list[list[float | None]], int, float]]:
-    """Per ORM, its scores of every sample, the tokens its forward pass read and its seconds. ORMs reading the same
-    layers share one forward pass (each is charged all of it, as it would need it alone)."""
-    from lamina.rewards.learned import features_of
+    """Per ORM, its scores of every sample, the tokens its forward pass read and its seconds. The ORMs share one
+    forward pass over every layer any of them reads (each is charged all of it, as it would need it alone)."""
+    from lamina.rewards.learned import assemble, feature_blocks
 
     flat_sequences = [s for seqs in drawn.sequences for s in seqs]
+    flat_starts = [start for start, seqs in zip(drawn.starts, drawn.sequences) for _ in seqs]
     tokens = sum(len(s) for s in flat_sequences)
     out = {}
-    by_layers: dict[tuple[int, ...], list[str]] = {}
-    for name, verifier in verifiers.items():
+    for verifier in verifiers.values():
         verifier.bind(engine, "default")  # refuses another model
-        by_layers.setdefault(tuple(verifier.info.layers), []).append(name)
-    for layers, names in by_layers.items():
+    layers = sorted({layer for v in verifiers.values() for layer in v.info.layers})
+    start = time.perf_counter()
+    blocks = feature_blocks(engine, flat_sequences, flat_starts, layers) if layers else {}
+    shared = time.perf_counter() - start
+    for name, verifier in verifiers.items():
         start = time.perf_counter()
-        features = features_of(engine, flat_sequences, list(layers))
-        shared = time.perf_counter() - start
-        for name in names:
-            start = time.perf_counter()
-            it = iter(verifiers[name].probe.predict(features))
-            scores = [[next(it) for _ in seqs] for seqs in drawn.sequences]
-            out[name] = (scores, tokens, shared + time.perf_counter() - start)
+        it = iter(verifier.probe.predict(assemble(blocks, layers, verifier.info.layers, verifier.info.pooling)))
+        scores = [[next(it) for _ in seqs] for seqs in drawn.sequences]
+        out[name] = (scores, tokens, shared + time.perf_counter() - start)
     return out
 
 
@@ -259,9 +310,10 @@ async def run_task(name: str, args) -> dict:
     scorer = Scorer.from_spec(task.scorer)
     scorer.prepare()
     size = train_size if task.spec.source.type == "generated" else "all"
-    paths = {probe: args.cache / f"{name}-{orm_name(probe)}-train{size}-n{args.samples}-seed{args.seed}.json"
+    with_ = "".join("+" + o for o in args.train_with.get(name, []))
+    paths = {probe: args.cache / f"{name}-{orm_name(probe)}-train{size}-n{args.samples}-seed{args.seed}-cv{with_}.json"
              for probe in args.probes}
-    orms = {orm_name(probe): verifier for probe, verifier in (await train_orms(task, args, paths)).items()}
+    orms = {orm_name(probe): verifier for probe, verifier in (await train_orms(task, args, paths, train_size)).items()}
     examples = task.examples("test", limit)
     max_tokens = task.spec.max_tokens
     sample_layer = [{"type": "generate", "samples": args.samples, "logprobs": 20}]
@@ -282,7 +334,10 @@ async def run_task(name: str, args) -> dict:
     for method, correct in picks(drawn, list(orms)).items():
         tokens, seconds = orm_cost.get(method.removesuffix("_vote"), (0, 0.0))
         methods[method] = row(correct, drawn.tokens + tokens, drawn.seconds + seconds)
-    if name.startswith(PROGRAM_TASKS) and not args.no_program:
+    reused = reused_program_rows(args.program_from, name, len(examples), args)
+    if reused:
+        methods.update(reused)
+    elif name.startswith(PROGRAM_TASKS) and not args.no_program:
         program_layer = [{"type": "program", "samples": args.samples}]
         program, _ = await draw(model_spec("program", args.temperature, max(max_tokens, 128), args.threads,
                                            args.seed, program_layer), task, examples, scorer, f"{name} program")
@@ -303,8 +358,10 @@ async def run_task(name: str, args) -> dict:
             "ece": {orm: metrics.ece(drawn.flat(orm), flat_labels) for orm in orms},
             "sample_accuracy": sum(flat_labels) / max(len(flat_labels), 1),
             "first_sample_accuracy": metrics.first_sample_accuracy(qids, flat_labels),
+            "train_with": args.train_with.get(name, []),
             "orms": {orm: {"probe": v.probe.kind, "train_questions": v.info.questions,
-                           "train_samples": v.info.samples, "layers": v.info.layers, "held_out": v.info.metrics}
+                           "train_samples": v.info.samples, "layers": v.info.layers, "pooling": v.info.pooling,
+                           "held_out": v.info.metrics}
                      for orm, v in orms.items()}}
 
 
@@ -408,11 +465,16 @@ def main() -> None:
     parser.add_argument("--train-size", type=lambda t: per_task(t, "--train-size"),
                         default=per_task("1000", "--train-size"),
                         help="ORM train questions of a generated task (default 1000); N,TASK=M sets a task apart")
+    parser.add_argument("--train-with", type=train_with, default={},
+                        help="TASK=OTHER[+OTHER],...: the ORM of TASK also fits OTHER's train split (sizes from "
+                             "--train-size; never its dev or test)")
     parser.add_argument("--samples", type=int, default=8, help="samples per question (default 8)")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="engine threads (default 1)")
     parser.add_argument("--no-program", action="store_true", help="skip the program-aided run")
+    parser.add_argument("--program-from", type=Path, help="a previous results JSON: take a task's program-aided "
+                        "rows from it when it drew the same test questions (same samples, temperature, seed)")
     parser.add_argument("--mlp", action="store_true", help="also an MLP-probe ORM (orm_mlp), on the same states")
     parser.add_argument("--cache", type=Path, default=Path("runs/bench-verifiers"), help="ORMs and finished tasks")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/verifiers"), help="OUT.json, OUT.png")
@@ -430,7 +492,8 @@ def main() -> None:
     for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         limit, train_size = for_task(args.limit, name), for_task(args.train_size, name)
         key = (f"{name}-limit{limit or 'all'}-train{train_size}-n{args.samples}-t{args.temperature}"
-               f"-seed{args.seed}{'-noprog' if args.no_program else ''}{'-mlp' if args.mlp else ''}.json")
+               f"-seed{args.seed}{'-noprog' if args.no_program else ''}{'-mlp' if args.mlp else ''}-cv"
+               f"{''.join('+' + o for o in args.train_with.get(name, []))}.json")
         done = args.cache / key
         if done.exists():
             results.append(json.loads(done.read_text()))

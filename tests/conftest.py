@@ -1,14 +1,20 @@
 """Shared fixtures. Append new fixtures below; keep heavy imports inside them."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if "LAMINA_PANEL_CACHE" not in os.environ:  # one panel cache per test session (the tiny GGUFs live in tmp folders)
+    os.environ["LAMINA_PANEL_CACHE"] = tempfile.mkdtemp(prefix="lamina-panels-")
+    atexit.register(shutil.rmtree, os.environ["LAMINA_PANEL_CACHE"], ignore_errors=True)
 
 # Fixtures that load the real embedded model (its weights, or transformers' copy of it or of its tokenizer): every
 # test that uses one, directly or through another fixture, is marked `slow`. Tests that start a real-model server or

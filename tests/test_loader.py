@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFWriter, quants
 
 from lamina.engine.loader import LoadedModel, load_model, resolve_model_path
-from lamina.engine.loader.gguf import dequantize
+from lamina.engine.loader.gguf import DEQUANTIZE_CHUNK, dequantize
 from lamina.engine.loader.gguf_reader import GGUFTensor
 from lamina.errors import ModelLoadError, UnsupportedModelError
 
@@ -167,6 +167,22 @@ def test_dequantize_inverts_gguf_quantize(qtype, tolerance):
         assert np.array_equal(out, torch.from_numpy(x).to(torch.bfloat16).float().numpy())
     if qtype == Q.F16:
         assert np.array_equal(out, x.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("qtype", [Q.BF16, *REFERENCES], ids=lambda q: q.name)
+def test_chunked_dequantize_equals_gguf_py_bit_for_bit(qtype):
+    """Over several chunks (DEQUANTIZE_CHUNK values per call), the last one partial."""
+    block, size = quants.GGML_QUANT_SIZES[qtype]
+    width = 256
+    rows = 3 * (DEQUANTIZE_CHUNK // width) + 5
+    raw = np.random.default_rng(int(qtype)).integers(0, 256, size=(rows, width // block, size), dtype=np.uint8)
+    if qtype in REFERENCES:
+        for at in REFERENCES[qtype][1]:  # finite fp16 scales
+            raw[..., at : at + 2] = np.random.default_rng(1).uniform(-2, 2, raw.shape[:2]).astype(np.float16)[..., None].view(np.uint8)
+    else:
+        raw[..., 1::2] &= 0x3F  # finite bf16 values
+    out = dequantize(Path("x.gguf"), _tensor(qtype, (rows, width), raw))
+    assert np.array_equal(out, quants.dequantize(raw.reshape(rows, -1), qtype), equal_nan=True)
 
 
 def test_known_q4_0_block_values():

@@ -407,6 +407,33 @@ def test_metrics_exposition(real_server):
     assert 'lamina_queue_capacity 256' in text
 
 
+COPYING = "Repeat exactly: the quick brown fox jumps over the lazy dog. the quick brown fox jumps over the lazy dog."
+
+
+def test_metrics_count_speculative_draft_and_accepted_tokens(real_server, real_llm):
+    """vLLM's spec_decode counters, fed from the engine's RequestOutput counts: the same as the engine gives."""
+    from lamina import SamplingParams
+
+    series = [f'lamina_spec_decode_num_{kind}_tokens_total{{model="default"}}' for kind in ("draft", "accepted")]
+    speculative = dict(max_tokens=24, temperature=0, ignore_eos=True, num_speculative_tokens=4, prompt_lookup_min=1)
+    expected = real_llm.generate(COPYING, SamplingParams(**speculative))[0]
+    assert expected.num_draft_tokens > 0 and 0 < expected.num_accepted_tokens <= expected.num_draft_tokens
+    for stream in (False, True):
+        before = [metric(real_server, s) for s in series]
+        body = {"model": "default", "prompt": COPYING, "stream": stream, **speculative}
+        response = httpx.post(real_server + "/v1/completions", json=body, headers=auth(), timeout=120)
+        assert response.status_code == 200
+        if not stream:
+            assert response.json()["choices"][0]["text"] == expected.outputs[0].text
+        after = [metric(real_server, s) for s in series]
+        assert [a - b for a, b in zip(after, before)] == [expected.num_draft_tokens, expected.num_accepted_tokens]
+    plain = {"model": "default", "prompt": COPYING, "max_tokens": 8, "temperature": 0}
+    assert httpx.post(real_server + "/v1/completions", json=plain, headers=auth(), timeout=120).status_code == 200
+    assert [metric(real_server, s) for s in series] == after  # no speculation, nothing counted
+    text = httpx.get(real_server + "/metrics", timeout=10).text
+    assert "# TYPE lamina_spec_decode_num_draft_tokens_total counter" in text
+
+
 def test_queue_full_is_429_and_recovers(small_queue_server):
     body = {"model": "small", "prompt": "Once upon a time", "max_tokens": 3000, "stream": True, "ignore_eos": True}
     client = openai.OpenAI(base_url=small_queue_server + "/v1", api_key="unused", max_retries=0, timeout=60)

@@ -144,6 +144,58 @@ def test_speculative_sample_is_reproducible_and_independent_of_batch(llm):
     assert batch[0].outputs[0].token_ids == alone
 
 
+def _recording_batches(llm, monkeypatch) -> list[list[tuple[str, int, int, int]]]:
+    """Per step: (request id, rows, drafts run, drafts proposed) of every sequence the scheduler put in it, and
+    (request id, 0, 0, drafts proposed) for a speculating one it left out."""
+    from lamina.engine import scheduler as scheduling
+
+    steps: list[list[tuple[str, int, int, int]]] = []
+    proposed: dict[str, int] = {}
+    schedule, propose = llm.engine.scheduler.schedule, scheduling.propose
+
+    def proposing(seq, *args):
+        drafts = propose(seq, *args)
+        proposed[seq.request_id] = len(drafts)
+        return drafts
+
+    def recorded():
+        proposed.clear()
+        batch = schedule()
+        step = [(s.request_id, n, 0, 0) for s, n, _ in batch.prefills]
+        step += [(s.request_id, 1 + len(d), len(d), proposed[s.request_id]) for s, d, _ in batch.decodes]
+        ran = {r for r, *_ in step}
+        steps.append(step + [(r, 0, 0, p) for r, p in proposed.items() if r not in ran and p])
+        return batch
+
+    monkeypatch.setattr(scheduling, "propose", proposing)
+    monkeypatch.setattr(llm.engine.scheduler, "schedule", recorded)
+    return steps
+
+
+def test_a_speculating_row_counts_its_drafts_in_the_step_budget(tiny_llama_dir, oracle, monkeypatch):
+    """max_num_batched_tokens = 6: a sequence verifying 4 drafts takes 5 of them, so two such never share a step,
+    and the decodes beside it get what is left; a sampled sequence whose drafts do not fit waits a step (cutting them
+    would change its sample), a greedy one runs with fewer drafts; outputs are those of plain decoding."""
+    llm = LLM(str(tiny_llama_dir), num_kv_blocks=256, block_size=4, num_threads=1, max_num_batched_tokens=6)
+    prompt = llm.tokenizer.encode(PROMPT)[:5]
+    greedy = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    sampled = SamplingParams(temperature=0.9, seed=3, max_tokens=12, ignore_eos=True, **SPEC)
+    ref = [o.outputs[0].token_ids for o in llm.generate([prompt] * 3, [greedy, greedy, greedy])]
+    oracle.tokens, oracle.prompt_len = ref[0], len(prompt)  # drafts: the greedy continuation (4 a step)
+    alone = llm.generate(prompt, sampled)[0].outputs[0].token_ids
+    steps = _recording_batches(llm, monkeypatch)
+    outs = llm.generate([prompt] * 4, [greedy.replace(**SPEC), greedy.replace(**SPEC), greedy, sampled])
+    assert [o.outputs[0].token_ids for o in outs] == ref + [alone]
+    assert all(sum(rows for _, rows, _, _ in step) <= 6 for step in steps)
+    runs = [(r, ran, wanted) for step in steps for r, rows, ran, wanted in step if rows]
+    assert any(ran == 4 for _, ran, _ in runs)  # a whole speculating row: 5 of the 6
+    greedy_ids = {o.request_id for o in outs[:2]}
+    assert any(r in greedy_ids and 0 <= ran < wanted for r, ran, wanted in runs)  # a greedy row cut to what was left
+    sampled_id = outs[3].request_id
+    assert all(ran == wanted for r, ran, wanted in runs if r == sampled_id)  # the sampled one never cut ...
+    assert any(r == sampled_id and not rows for step in steps for r, rows, _, _ in step)  # ... it waited instead
+
+
 def _tokens_seen(llm, prompt, params):
     """Frequencies of 800 samples' token sequences; drafts proposed and accepted."""
     counts: Counter[tuple[int, ...]] = Counter()

@@ -209,3 +209,16 @@ def test_sentencepiece_gguf_equals_transformers(spm_gguf, text):
     assert b"".join(ours.token_bytes(i) for i in ids).decode() == prefixed
     if not text.startswith("<s>"):  # transformers would add a second BOS; we do not
         assert ours.encode(text, add_special_tokens=True) == hf.encode(text)
+
+
+def test_byte_level_vocab_respells_raw_tokens_and_keeps_spelled_ones():
+    """GGUF byte-level vocabularies are spelled in the byte alphabet (the fast path); a raw UTF-8 token is respelled."""
+    from lamina.engine.loader.gguf_tokenizer import _byte_level
+
+    from lamina.engine.tokenizer import byte_to_unicode
+
+    euro = "".join(byte_to_unicode()[b] for b in "€".encode())  # € is no byte-alphabet character: three of them
+    spelled = ["a", "b", "ab", "Ġa", euro]
+    assert _byte_level(spelled, ["a b"], None).get_vocab() == {t: i for i, t in enumerate(spelled)}
+    raw = ["a", "b", "ab", "Ġa", "€"]
+    assert _byte_level(raw, ["a b"], None).get_vocab() == {t: i for i, t in enumerate(spelled)}

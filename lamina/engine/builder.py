@@ -9,6 +9,7 @@ import torch
 from lamina.engine.config import EngineConfig, ModelConfig
 from lamina.engine.kernels import native_kernels
 from lamina.engine.kv_cache import KVCache
+from lamina.engine.models.block_embedding import BlockEmbedding
 from lamina.engine.models.block_quant import use_block_quant_linears
 from lamina.engine.models import model_class
 from lamina.engine.models.cpu_linear import Int8Linear, PackedLinear, packing_available, replace_linears
@@ -26,14 +27,16 @@ class BuiltModel:
     linear_backend: str  # which linears run, e.g. "linears: 9 native (avx512) from the file's quantized blocks"
     cache: KVCache
     num_blocks: int
+    panel_cache: str = ""  # how the native linears' panels were had, e.g. "panels: 121 mapped from the cache"
 
 
 def build_model(model: str, cfg: EngineConfig) -> BuiltModel:
     """Load `model` (a name, .gguf file or HF folder), build it on cfg.device in cfg.dtype and size its KV cache.
 
     The model is built on the meta device (no memory, no random initialisation); the linears the native kernels run
-    take the file's blocks first, then the other parameters become the loaded tensors, each read once (a GGUF's are
-    dequantized as they are read, so the native linears' weights never are).
+    take the file's blocks first (and so does the embedding lookup, row by row), then the other parameters become
+    the loaded tensors, each read once (a GGUF's are dequantized as they are read, so the native linears' weights
+    and the embedding table never are).
     """
     from lamina.engine.loader import load_model
 
@@ -45,9 +48,12 @@ def build_model(model: str, cfg: EngineConfig) -> BuiltModel:
         net = model_class(mc.architecture)(mc, max_positions=max_model_len)
     net.tie_embeddings(loaded.weights)
     kernels = native_kernels() if cfg.native_kernels and cfg.device == "cpu" and dtype == torch.float32 else None
-    native = 0
+    native, panels = 0, ""
     if kernels is not None and loaded.quantized and cfg.quantization is None:
-        native = use_block_quant_linears(net, loaded.quantized, kernels, loaded.weights)
+        native, panels = use_block_quant_linears(net, loaded.quantized, kernels, loaded.weights, loaded.source)
+        embedding = loaded.quantized.get("model.embed_tokens.weight")
+        if embedding is not None and not (net.tied and isinstance(net.lm_head, torch.nn.Linear)):
+            net.embed_tokens = BlockEmbedding(embedding)  # rows dequantized as looked up (a tied fp32 head reads all)
     net.load_hf_weights(loaded.weights)
     net.to(device=cfg.device, dtype=dtype)
     for rope in (m for m in net.modules() if isinstance(m, RotaryEmbedding)):
@@ -60,7 +66,7 @@ def build_model(model: str, cfg: EngineConfig) -> BuiltModel:
     num_blocks = cfg.num_kv_blocks or max(16, int(cfg.kv_cache_memory_gb * 2**30) // per_block)
     cache = KVCache(mc.num_hidden_layers, num_blocks, cfg.block_size, mc.num_key_value_heads, mc.head_dim, dtype,
                     cfg.device)
-    return BuiltModel(net, mc, tokenizer, max_model_len, kernels, linear_backend, cache, num_blocks)
+    return BuiltModel(net, mc, tokenizer, max_model_len, kernels, linear_backend, cache, num_blocks, panels)
 
 
 def _choose_linears(net: LlamaForCausalLM, cfg: EngineConfig, native: int, kernels: ModuleType | None) -> str:

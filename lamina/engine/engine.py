@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import queue
 import threading
 import time
@@ -9,12 +10,25 @@ from collections.abc import AsyncIterator, Callable, Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
 
-from lamina.engine.branches import BlockUsage, BranchOutput
-from lamina.engine.llm_engine import LLMEngine
-from lamina.engine.outputs import OutputKind, RequestOutput
-from lamina.engine.request import Request
-from lamina.engine.sampling_params import SamplingParams
-from lamina.errors import InvalidRequestError, LaminaError
+# The engine's imports (torch, numpy, gguf, tokenizers) make ~170k long-lived objects, over which the cyclic
+# collector ran three full passes (and 380 younger ones) while they were imported: 0.3-0.6 s of a 1-3 s import here,
+# collecting nothing. So the collector waits, and the objects are then put straight into its oldest generation
+# (freeze, then unfreeze: two list splices, no pass over them), where they stay collectable; merely waiting moved
+# the passes into LLM().
+_collecting = gc.isenabled()
+gc.disable()
+try:
+    from lamina.engine.branches import BlockUsage, BranchOutput
+    from lamina.engine.llm_engine import LLMEngine
+    from lamina.engine.outputs import OutputKind, RequestOutput
+    from lamina.engine.request import Request
+    from lamina.engine.sampling_params import SamplingParams
+    from lamina.errors import InvalidRequestError, LaminaError
+finally:
+    gc.freeze()
+    gc.unfreeze()
+    if _collecting:
+        gc.enable()
 
 Messages = list[dict[str, str]]
 

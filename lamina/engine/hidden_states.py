@@ -65,12 +65,72 @@ def hidden_states(model: LlamaForCausalLM, sequences: list[list[int]], layers: l
     return stacked.view(len(wanted), len(sequences), len(rows[0]), -1).transpose(0, 1).float().contiguous()
 
 
+TOKEN_STATS = ("mean_logprob", "min_logprob", "mean_entropy", "log_length")  # answer_summary's token statistics
+
+
+@torch.inference_mode()
+def answer_summary(model: LlamaForCausalLM, sequences: list[list[int]], starts: list[int], layers: list[int]
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """Summaries of each sequence's answer, the tokens sequence[start:] (one forward for the batch):
+    last [batch, len(layers), hidden], the state of the last token (as `hidden_states`);
+    mean [batch, len(layers), hidden], the states averaged over the answer's tokens;
+    stats [batch, 4] (TOKEN_STATS), from the model's own next-token distribution (temperature 1) at the answer's
+    tokens: mean and min log-probability of the tokens it produced, mean entropy (nats), log(1 + answer tokens).
+    An empty answer (start == len) averages and scores its last prompt token instead (stats 0 but the length).
+    float32. InvalidRequestError as `hidden_states`, or for a start outside 1..len(sequence)."""
+    if not sequences or any(not seq for seq in sequences) or len(starts) != len(sequences):
+        raise InvalidRequestError("answer_summary needs non-empty token sequences and one start per sequence")
+    for seq, start in zip(sequences, starts):
+        if not 1 <= start <= len(seq):
+            raise InvalidRequestError(f"answer start {start} out of range for a sequence of {len(seq)} tokens "
+                                      "(the prompt must hold at least one token)")
+    count = len(model.layers)
+    wanted = _resolve_layers(layers, count)
+    ids = torch.tensor([t for seq in sequences for t in seq], dtype=torch.long)
+    pos = torch.cat([torch.arange(len(seq)) for seq in sequences])
+    meta = _uncached_metadata(model, sequences)
+    bounds, offset = [], 0
+    for seq, start in zip(sequences, starts):
+        bounds.append((offset + min(start, len(seq) - 1), offset + len(seq)))  # answer rows (>= 1 row)
+        offset += len(seq)
+
+    def summarise(x: Tensor) -> tuple[Tensor, Tensor]:
+        return (torch.stack([x[end - 1] for _, end in bounds]),
+                torch.stack([x[begin:end].float().mean(0) for begin, end in bounds]))
+
+    x = model.embed(ids)
+    taken = {0: summarise(x)} if 0 in wanted else {}
+    final = None
+    for i, layer in enumerate(model.layers, 1):
+        x = layer(x, pos, model.rope_of(layer), meta)
+        if i == count:
+            final = model.norm(x)
+        if i in wanted:
+            taken[i] = summarise(final if i == count else x)
+    stats = []
+    offset = 0
+    for seq, start in zip(sequences, starts):
+        answer = len(seq) - start
+        if answer == 0:
+            stats.append([0.0, 0.0, 0.0, 0.0])
+        else:  # the states before each answer token predict it
+            logp = torch.log_softmax(model.compute_logits(final[offset + start - 1:offset + len(seq) - 1]).float(), -1)
+            chosen = logp.gather(1, torch.tensor(seq[start:]).view(-1, 1))[:, 0]
+            entropy = -(logp.exp() * logp).sum(-1)
+            stats.append([chosen.mean().item(), chosen.min().item(), entropy.mean().item(), float(torch.log1p(
+                torch.tensor(float(answer))))])
+        offset += len(seq)
+    last = torch.stack([taken[i][0] for i in wanted], 1).float()
+    mean = torch.stack([taken[i][1] for i in wanted], 1).float()
+    return last.contiguous(), mean.contiguous(), torch.tensor(stats, dtype=torch.float32)
+
+
 def _uncached_metadata(model: LlamaForCausalLM, sequences: list[list[int]]) -> AttentionMetadata:
     """Attention over each sequence's own new keys (a causal prefill per sequence); the k/v the attention writes go to
     one scratch buffer shared by all layers and never read."""
     total = sum(len(seq) for seq in sequences)
     attn = model.layers[0].self_attn
-    scratch = torch.empty(attn.num_kv_heads, 1, total, attn.head_dim, dtype=model.embed_tokens.weight.dtype)
+    scratch = torch.empty(attn.num_kv_heads, 1, total, attn.head_dim, dtype=model.norm.weight.dtype)
     segments, start = [], 0
     for seq in sequences:
         segments.append(PrefillSegment(start, start + len(seq), len(seq), None))

@@ -7,10 +7,10 @@ until the pool needs them again (least recently freed first).
 from __future__ import annotations
 
 import math
+import mmap
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -37,10 +37,15 @@ class KVCache:
                  dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
         shape = (2 * num_layers, kv_heads, num_blocks, block_size, head_dim)
         if torch.device(device).type == "cpu":
-            # One zeroed allocation from calloc: the OS maps zero pages as they are first touched, so a large pool
-            # costs nothing at start-up (torch.zeros would write every byte of it).
+            # One anonymous mapping: the OS maps zero pages as they are first touched, so a large pool costs nothing
+            # at start-up (torch.zeros would write every byte of it). In small pages: with transparent huge pages
+            # (numpy's calloc asks for them) the first write into each 2 MiB page zeroed (and compacted) all of
+            # it, ~20 ms a page: over a second on a first request, which writes to every layer and head.
             size = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
-            pool = torch.from_numpy(np.zeros(size, dtype=np.uint8)).view(dtype).view(shape)
+            memory = mmap.mmap(-1, size)
+            if hasattr(mmap, "MADV_NOHUGEPAGE"):
+                memory.madvise(mmap.MADV_NOHUGEPAGE)
+            pool = torch.frombuffer(memory, dtype=dtype).view(shape)
         else:
             pool = torch.zeros(shape, dtype=dtype, device=device)
         self.k = list(pool[:num_layers].unbind(0))

@@ -36,6 +36,7 @@ class LLMEngine:
         self.max_model_len = built.max_model_len
         self.kernels = built.kernels
         self.linear_backend = built.linear_backend
+        self.panel_cache = built.panel_cache  # e.g. "panels: 121 mapped from the cache" (models/panel_cache.py)
         self.cache = built.cache
         # A sequence never outgrows the context, nor the KV pool (then no step could hold it: it ends with "length").
         self.max_seq_len = min(self.max_model_len, built.num_blocks * cfg.block_size)

@@ -9,6 +9,7 @@ from torch import Tensor
 from lamina.engine.kv_cache import KVCache
 from lamina.engine.models.attention import AttentionMetadata, PrefillSegment, decode_mask
 from lamina.engine.models.llama import LlamaForCausalLM
+from lamina.engine.models.native_decode import native_decode
 from lamina.engine.prompt_logprobs import PromptScores, rows_to_score, score
 from lamina.engine.sampler import SampleResult, sample
 from lamina.engine.scheduler import ScheduledBatch
@@ -24,6 +25,8 @@ class ModelRunner:
         self.block_size = block_size
         self.kernels = kernels  # the native sampler when set (CPU, fp32)
         self.attention_kernels = kernels if native_attention else None  # native decode attention (head_dim % 8 == 0)
+        # all layers of a decode-only step in one native call (models/native_decode.py); None: the Python forward
+        self.native_step, self.decode_path = native_decode(model, self.attention_kernels)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, copies: list[tuple[int, int]]
@@ -96,7 +99,11 @@ class ModelRunner:
                 positions += range(len(seq.token_ids) - 1, len(seq.token_ids) + len(drafts))
                 slots += seq_slots
         meta.slot_mapping = torch.tensor(slots, dtype=torch.long)
-        hidden = self.model(torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long), meta)
+        input_ids, input_positions = torch.tensor(ids, dtype=torch.long), torch.tensor(positions, dtype=torch.long)
+        if self.native_step is not None and not meta.prefills and batch.decodes:
+            hidden = self.native_step.step(input_ids, input_positions, meta)
+        else:
+            hidden = self.model(input_ids, input_positions, meta)
         scores = [score(seq, rows, hidden[first : first + len(rows)], self.model.compute_logits)
                   for seq, rows, first in scored]
         if not samplers:

@@ -65,10 +65,13 @@ class Scheduler:
         for seq in list(self.running):
             if seq.status is not SequenceStatus.RUNNING or seq.num_uncomputed_tokens != 1 or budget == 0:
                 continue
+            # A speculating sequence verifies its last token and its drafts: 1 + d rows, all counted in the budget.
             drafts = propose(seq, self.max_seq_len, self.max_num_batched_tokens - 1)
             if 1 + len(drafts) > budget:
-                scheduled.add(seq.seq_id)  # it waits a step: cutting its drafts would change its sample
-                continue
+                if not seq.params.greedy:
+                    scheduled.add(seq.seq_id)  # it waits a step: cutting its drafts would change its sample
+                    continue
+                drafts = drafts[: budget - 1]  # greedy output does not depend on the drafts: it need not wait
             if not self._make_room(seq, 1 + len(drafts), scheduled, batch):
                 continue
             batch.decodes.append((seq, drafts, self.blocks.allocate(seq, 1 + len(drafts))))

@@ -59,9 +59,9 @@ class Probe:
         return [1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v)) for v in logits]
 
 
-def train_probe(features, labels, seed: int = 0, c: float = 1.0, kind: str = "logistic") -> Probe:
+def train_probe(features, labels, seed: int = 0, c: float = 1.0, kind: str = "logistic", alpha: float = 1e-3) -> Probe:
     """Fit the probe on [n, features] and n labels in [0, 1]: `logistic` (scikit-learn's LogisticRegression, lbfgs,
-    L2 strength 1/c) or `mlp` (MLPClassifier, one ReLU layer of MLP_HIDDEN units, L2 alpha 1e-3, adam). Labels are
+    L2 strength 1/c) or `mlp` (MLPClassifier, one ReLU layer of MLP_HIDDEN units, L2 strength alpha, adam). Labels are
     0/1, or soft (a process verifier's rollout success rates; a soft label p is fitted as a right row of weight p
     and a wrong row of weight 1 - p, the cross-entropy of the soft target). Deterministic for equal inputs and
     seed. ValueError when the labels do not hold both some right and some wrong mass, or for an unknown kind."""
@@ -79,7 +79,7 @@ def train_probe(features, labels, seed: int = 0, c: float = 1.0, kind: str = "lo
     scale[scale < 1e-8] = 1.0
     z = (x - mean) / scale
     model = (LogisticRegression(C=c, max_iter=2000, random_state=seed) if kind == "logistic" else
-             MLPClassifier((MLP_HIDDEN,), alpha=1e-3, max_iter=300, random_state=seed))
+             MLPClassifier((MLP_HIDDEN,), alpha=alpha, max_iter=300, random_state=seed))
     if np.isin(y, (0.0, 1.0)).all():
         model.fit(z, y.astype(np.int64))
     else:
@@ -107,6 +107,7 @@ class VerifierInfo:
     metrics: dict[str, Any] = field(default_factory=dict)  # held-out: auroc, ece, selection_accuracy, ...
     kind: str = "orm"  # "orm": the answer's last token; "prm": each step's last token
     rollouts: int = 0  # prm: continuations per prefix that labelled it
+    pooling: list[str] = field(default_factory=lambda: ["last"])  # orm features, of POOLINGS, in this order
 
 
 def prompt_ids(tokenizer, question: Question) -> list[int]:
@@ -114,10 +115,56 @@ def prompt_ids(tokenizer, question: Question) -> list[int]:
     return tokenizer.encode_prompt(tokenizer.apply_chat_template(messages_of(question), add_generation_prompt=True))
 
 
-def features_of(engine, sequences: list[list[int]], layers: list[int]) -> list[list[float]]:
-    """[n, len(layers) * hidden]: the last-token states of each sequence at `layers`, concatenated (batched)."""
+POOLINGS = ("last", "mean", "logprob")
+
+
+def feature_blocks(engine, sequences: list[list[int]], starts: list[int], layers: list[int]) -> dict[str, Any]:
+    """Every ORM feature of each sequence, as numpy float32 blocks: "last" and "mean" [n, len(layers), hidden] (the
+    answer's last-token and mean states, sequence[start:] being the answer), "logprob" [n, 4] (TOKEN_STATS of
+    lamina.engine.hidden_states). Batched, FEATURE_BATCH sequences a forward pass."""
+    import numpy as np
+
+    from lamina.engine.hidden_states import answer_summary
+
+    parts: dict[str, list] = {"last": [], "mean": [], "logprob": []}
+    for i in range(0, len(sequences), FEATURE_BATCH):
+        last, mean, stats = answer_summary(engine.model, sequences[i:i + FEATURE_BATCH], starts[i:i + FEATURE_BATCH],
+                                           layers)
+        parts["last"].append(last.numpy())
+        parts["mean"].append(mean.numpy())
+        parts["logprob"].append(stats.numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()} if sequences else {}
+
+
+def assemble(blocks: dict[str, Any], block_layers: list[int], layers: list[int], pooling: list[str]):
+    """[n, features] numpy: of `blocks` (feature_blocks at `block_layers`), the `pooling` kinds at `layers`, in that
+    order (a layer's states, layer after layer; "logprob" whole). ValueError for a layer or pooling not there."""
+    import numpy as np
+
+    missing = [layer for layer in layers if layer not in block_layers]
+    unknown = [p for p in pooling if p not in POOLINGS]
+    if missing or unknown or not pooling:
+        raise ValueError(f"features: layers {missing} not collected (have {block_layers}) or pooling "
+                         f"{unknown or pooling} not among {', '.join(POOLINGS)}")
+    index = [block_layers.index(layer) for layer in layers]
+    cols = [blocks["logprob"] if p == "logprob" else blocks[p][:, index].reshape(len(blocks[p]), -1) for p in pooling]
+    return np.concatenate(cols, axis=1)
+
+
+def features_of(engine, sequences: list[list[int]], layers: list[int], starts: list[int] | None = None,
+                pooling: list[str] | tuple[str, ...] = ("last",)) -> list[list[float]]:
+    """[n, features]: each sequence's features, concatenated in `pooling` order (see `assemble`); with the default
+    ("last",) the last-token states at `layers`, [n, len(layers) * hidden]. "mean" and "logprob" read the answer
+    sequence[start:], so they need `starts`; ValueError without them."""
     from lamina.engine.hidden_states import hidden_states
 
+    if list(pooling) != ["last"]:
+        if starts is None or len(starts) != len(sequences):
+            raise ValueError(f"features {list(pooling)} need each sequence's answer start")
+        if not sequences:
+            return []
+        return assemble(feature_blocks(engine, sequences, starts, layers), list(layers), list(layers),
+                        list(pooling)).tolist()
     rows: list[list[float]] = []
     for start in range(0, len(sequences), FEATURE_BATCH):
         states = hidden_states(engine.model, sequences[start:start + FEATURE_BATCH], layers)  # [b, layers, 1, h]
@@ -196,11 +243,14 @@ class _Learned:
                                 f"(train it with lamina verifier train --kind {cls.kind or 'orm'})")
         return kinds[info.kind](probe, info)
 
-    def score_sequences(self, sequences: list[list[int]]) -> list[float]:
-        """The probe's score of each whole sequence (prompt + answer), read at its last token: an ORM's P(correct),
-        a PRM's score of the answer's last step."""
+    def score_sequences(self, sequences: list[list[int]], starts: list[int] | None = None) -> list[float]:
+        """The probe's score of each whole sequence (prompt + answer, the answer from `starts`, which an ORM reading
+        more than the last token needs), read at its last token: an ORM's P(correct), a PRM's score of the answer's
+        last step."""
         engine = self._bound()
-        return self.probe.predict(features_of(engine, sequences, self.info.layers)) if sequences else []
+        if not sequences:
+            return []
+        return self.probe.predict(features_of(engine, sequences, self.info.layers, starts, self.info.pooling))
 
 
 class LearnedVerifier(_Learned, OutcomeRewardModel):
@@ -215,7 +265,9 @@ class LearnedVerifier(_Learned, OutcomeRewardModel):
         return [prompt + self._tokens(a) for a in answers]
 
     async def score(self, question: Question, answers: list[Response]) -> list[Score]:
-        return list(await asyncio.to_thread(self.score_sequences, self.sequences(question, answers)))
+        start = len(prompt_ids(self._bound().tokenizer, question))
+        sequences = self.sequences(question, answers)
+        return list(await asyncio.to_thread(self.score_sequences, sequences, [start] * len(sequences)))
 
 
 class ProcessVerifier(_Learned, ProcessRewardModel):

@@ -102,6 +102,11 @@ class Metrics:
         self.aborted = Counter("lamina_aborted_requests_total", "Requests aborted because the client went away.")
         self.latency = Histogram("lamina_request_latency_seconds", "Time from request arrival to its last byte.")
         self.ttft = Histogram("lamina_time_to_first_token_seconds", "Time from request arrival to its first generated text.")
+        # vLLM's vllm:spec_decode_num_draft_tokens_total and ..._num_accepted_tokens_total, named as this server's
+        self.draft_tokens = Counter("lamina_spec_decode_num_draft_tokens_total",
+                                    "Draft tokens proposed by speculative decoding (prompt lookup), counted when a request ends.")
+        self.accepted_tokens = Counter("lamina_spec_decode_num_accepted_tokens_total",
+                                       "Draft tokens accepted (each a token gained without a forward of its own).")
 
         def per_model(key: str) -> Callable[[], list[tuple[dict[str, str], float]]]:
             return lambda: [({"model": m}, float(s[key])) for m, s in engine_stats().items()]
@@ -122,5 +127,5 @@ class Metrics:
 
     def render(self) -> str:
         families = [self.requests, self.prompt_tokens, self.completion_tokens, self.aborted, self.latency, self.ttft,
-                    *self.extra, *self.gauges]
+                    self.draft_tokens, self.accepted_tokens, *self.extra, *self.gauges]
         return "\n".join(line for family in families for line in family.render()) + "\n"

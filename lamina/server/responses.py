@@ -55,6 +55,9 @@ class Call:
         if gen is not None:
             m.prompt_tokens.inc(gen.prompt_tokens, model=self.model)
             m.completion_tokens.inc(gen.completion_tokens, model=self.model)
+            if gen.draft_tokens:
+                m.draft_tokens.inc(gen.draft_tokens, model=self.model)
+                m.accepted_tokens.inc(gen.accepted_tokens, model=self.model)
         if outcome == "aborted":
             m.aborted.inc(model=self.model)
         m.latency.observe(time.perf_counter() - self.start, model=self.model, endpoint=self.endpoint)

@@ -29,6 +29,8 @@ class Generation:
     cached_tokens: int = 0
     lamina: dict[str, Any] | None = None  # architectures: inner usage, candidates, trace
     spent: dict[str, int] | None = None  # architectures: tokens spent now (spent_*), when cost differs from it
+    draft_tokens: int = 0  # speculative decoding, over the request so far: draft tokens proposed ...
+    accepted_tokens: int = 0  # ... and accepted
 
 
 @dataclass(slots=True)
@@ -75,11 +77,13 @@ class _Totals:
     echo: "_Echo | None" = None
     prompt_tokens: dict[int, int] = field(default_factory=dict)
     cached_tokens: dict[int, int] = field(default_factory=dict)
+    drafts: dict[int, tuple[int, int]] = field(default_factory=dict)  # engine request -> (drafted, accepted) so far
     completion_tokens: int = 0
     finished: set[int] = field(default_factory=set)
 
     def add(self, p: int, out: RequestOutput, n: int) -> Generation:
         self.prompt_tokens[p], self.cached_tokens[p] = len(out.prompt_token_ids), out.num_cached_tokens
+        self.drafts[p] = (out.num_draft_tokens, out.num_accepted_tokens)
         outputs = []
         for o in out.outputs:
             self.completion_tokens += len(o.token_ids)
@@ -91,7 +95,9 @@ class _Totals:
         if out.finished:
             self.finished.add(p)
         return Generation(outputs, len(self.finished) == self.num_requests, sum(self.prompt_tokens.values()),
-                          self.completion_tokens, sum(self.cached_tokens.values()))
+                          self.completion_tokens, sum(self.cached_tokens.values()),
+                          draft_tokens=sum(d for d, _ in self.drafts.values()),
+                          accepted_tokens=sum(a for _, a in self.drafts.values()))
 
 
 class _Echo:

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "last token); prm: process verifier (each line's last token, labelled by rollouts)")
     train.add_argument("--probe", choices=["logistic", "mlp"], default="logistic",
                        help="logistic regression (default) or a one-hidden-layer MLP (scikit-learn)")
+    train.add_argument("--no-select", action="store_true", help="orm: the plain probe (last-token states of --layers, "
+                       "default strength) instead of features and L2 strength chosen by cross-validation on the "
+                       "training questions")
     train.add_argument("--rollouts", type=int, default=4, help="prm: continuations per step prefix (default 4)")
     train.add_argument("--max-steps", type=int, default=8, help="prm: most steps (lines) per answer (default 8)")
     train.add_argument("--out", required=True, help="the verifier file to write (JSON)")
@@ -55,6 +58,8 @@ def _print(metrics: dict, as_json: bool) -> None:
         print(json.dumps(metrics, indent=1))
         return
     for key, value in metrics.items():
+        if key == "cv" and isinstance(value, dict):  # every candidate is in the file; the choice is what matters here
+            value = f"chosen {value.get('chosen')} among {len(value.get('tried', []))} by {value.get('folds')}-fold CV"
         print(f"{key:>22}: {value:.3f}" if isinstance(value, float) else f"{key:>22}: {value}")
 
 
@@ -89,7 +94,7 @@ def train_command(args: argparse.Namespace) -> int:
                                                           probe=args.probe, **common))
         else:
             verifier, = asyncio.run(train_verifier(args.model, task, args.split, args.samples, args.limit,
-                                                   probes=(args.probe,), **common))
+                                                   probes=(args.probe,), select=not args.no_select, **common))
     except ValueError as exc:
         raise SpecError(f"cannot train a verifier on {args.task} {args.split}: {exc}") from None
     verifier.save(args.out)

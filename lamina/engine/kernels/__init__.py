@@ -11,6 +11,7 @@ why and callers fall back to PyTorch. Build ahead of time with `python -m lamina
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import platform
 import shutil
@@ -23,7 +24,7 @@ from types import ModuleType
 import torch
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / name for name in ("module.cpp", "qgemm.cpp", "attention.cpp", "sampler.cpp", "elementwise.cpp")]
+SOURCES = [HERE / name for name in ("module.cpp", "qgemm.cpp", "attention.cpp", "sampler.cpp", "elementwise.cpp", "decode.cpp")]
 HEADERS = sorted(HERE.glob("*.h"))
 CFLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
 ISA_FLAGS = {"avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
@@ -143,7 +144,40 @@ def clear_stale_lock(build_dir: Path, max_age_s: float = STALE_LOCK_S) -> bool:
     return True
 
 
+def _build_root() -> Path:
+    """torch's extension build root, as `cpp_extension._get_build_directory` computes it (without importing
+    cpp_extension, whose setuptools import takes ~0.05-0.15 s)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is not None:
+        return Path(root)
+    import torch._appdirs
+
+    accelerator = (f"rocm{torch.version.hip.replace('.', '')}" if torch.version.hip is not None
+                   else f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda is not None else "cpu")
+    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return Path(os.path.realpath(torch._appdirs.user_cache_dir(appname="torch_extensions"))) / f"{python}_{accelerator}"
+
+
+def _load_built(name: str) -> ModuleType | None:
+    """The module `name` when its build is there and no build is under way (its name hashes the sources, flags,
+    torch version and checkout, so a library of that name was built from these sources), else None."""
+    build_dir = _build_root() / name
+    library = build_dir / f"{name}.so"
+    if not library.is_file() or (build_dir / "lock").exists():
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError):
+        return None  # the full path below rebuilds or says why
+    return module
+
+
 def _build(isa: str) -> ModuleType | None:
+    module = _load_built(module_name(isa))
+    if module is not None:
+        return module
     from torch.utils import cpp_extension
 
     if shutil.which("ninja") is None:  # pip put the `ninja` dependency beside this Python; the venv may be inactive

@@ -1,5 +1,7 @@
-// Python bindings of Lamina's native CPU kernels (qgemm.cpp, attention.cpp, sampler.cpp, elementwise.cpp).
+// Python bindings of Lamina's native CPU kernels (qgemm.cpp, attention.cpp, sampler.cpp, elementwise.cpp, decode.cpp).
 #include <torch/extension.h>
+
+#include "decode.h"
 
 torch::Tensor block_quant_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scales,
                                  const torch::Tensor& offsets, const c10::optional<torch::Tensor>& bias,
@@ -25,4 +27,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_mul", &silu_mul, "silu(gate) * up for gate_up = [gate | up]");
   m.def("sample_rows", &sample_rows, "one token per row, each with its own filters and uniform draw");
   m.def("paged_decode_attention", &paged_decode_attention, "one query per sequence against its paged KV blocks");
+  py::class_<DecodeModel>(m, "DecodeModel", py::module_local(), "a Llama-family decode step over all layers in one call (decode.cpp)")
+      .def(py::init<int64_t, int64_t, int64_t, double, at::Tensor, at::Tensor, at::Tensor>(), py::arg("heads"),
+           py::arg("kv_heads"), py::arg("head_dim"), py::arg("eps"), py::arg("cos"), py::arg("sin"), py::arg("final_norm"))
+      .def("add_layer", &DecodeModel::add_layer, py::arg("input_norm"), py::arg("post_norm"), py::arg("scale"),
+           py::arg("linears"))
+      .def_property_readonly("num_layers", &DecodeModel::num_layers)
+      .def("forward", &DecodeModel::forward, py::arg("x"), py::arg("positions"), py::arg("k_cache"), py::arg("v_cache"),
+           py::arg("slots"), py::arg("tables"), py::arg("lengths"), py::call_guard<py::gil_scoped_release>());
 }

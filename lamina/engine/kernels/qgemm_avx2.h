@@ -42,6 +42,7 @@ ALWAYS_INLINE void weights_at(const uint8_t* codes, int k, __m256 d0, __m256 d1,
 template <bool Q4, bool OFFS, typename Body>
 ALWAYS_INLINE void for_each_k(const PanelRef& pr, int K, int G, Body&& body) {
   for (int g = 0; g < K / G; ++g) {
+    prefetch_group<Q4, OFFS>(pr, g, G);
     const __m256 d0 = _mm256_loadu_ps(pr.scales + g * P), d1 = _mm256_loadu_ps(pr.scales + g * P + 8);
     __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
     if (OFFS) m0 = _mm256_loadu_ps(pr.offsets + g * P), m1 = _mm256_loadu_ps(pr.offsets + g * P + 8);

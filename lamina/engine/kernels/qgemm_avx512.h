@@ -52,6 +52,8 @@ ALWAYS_INLINE void for_each_k(const PanelRef* pr, int K, int G, Body&& body) {
   for (int g = 0; g < K / G; ++g) {
     __m512 d[NW], m[NW];
 #pragma GCC unroll 2
+    for (int j = 0; j < NW; ++j) prefetch_group<Q4, OFFS>(pr[j], g, G);
+#pragma GCC unroll 2
     for (int j = 0; j < NW; ++j) {
       d[j] = _mm512_loadu_ps(pr[j].scales + g * P);
       m[j] = OFFS ? _mm512_loadu_ps(pr[j].offsets + g * P) : _mm512_setzero_ps();

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
 
@@ -123,8 +124,25 @@ def dequantize(path: Path, tensor: GGUFTensor) -> np.ndarray:
     elif qtype == Q.F16:
         values = rows.view(np.float16).astype(np.float32)
     else:
-        values = quants.dequantize(rows, qtype)
+        values = dequantize_rows(rows, qtype)
     return np.ascontiguousarray(values, dtype=np.float32).reshape(tensor.shape)
+
+
+DEQUANTIZE_CHUNK = 1 << 16  # values per call of gguf-py's row dequantizer
+
+
+def dequantize_rows(rows: np.ndarray, qtype: Q) -> np.ndarray:
+    """[n, bytes per row] of `qtype` blocks -> [n, values per row] float32, with gguf-py's arithmetic (the same
+    values as `quants.dequantize`) but ~65k values per call: gguf-py's own loop takes 16 rows per call, whose overhead
+    made the 49152-row Q8_0 embedding table take ~0.1 s instead of ~0.02 s."""
+    kind = getattr(quants, qtype.name)
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    width = rows.shape[1] // type_size * block
+    out = np.empty((rows.shape[0], width), dtype=np.float32)
+    step = max(1, DEQUANTIZE_CHUNK // max(width, 1))
+    for start in range(0, rows.shape[0], step):
+        out[start : start + step] = kind.dequantize_rows(rows[start : start + step])
+    return out
 
 
 def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:

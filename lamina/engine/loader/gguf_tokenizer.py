@@ -50,7 +50,11 @@ def tokenizer_from_gguf(gguf: GGUFFile) -> Tokenizer:
 def _byte_level(tokens: list[str], merges: list[str], pre: str | None) -> Backend:
     spelling = byte_to_unicode()
     alphabet = set(spelling.values())
-    vocab = {(t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8"))): i for i, t in enumerate(tokens)}
+    if alphabet.issuperset("".join(tokens)):  # as llama.cpp writes them: all spelled byte-level already (fast path)
+        vocab = dict(zip(tokens, range(len(tokens))))
+    else:
+        vocab = {(t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8"))): i
+                 for i, t in enumerate(tokens)}
     backend = Backend(BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges], dropout=None,
                           continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
     split = SPLIT_BY_PRE.get(pre or "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -121,24 +122,47 @@ def _panels(a: np.ndarray, rows: int) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(rows // PANEL, PANEL, -1).transpose(0, 2, 1))
 
 
+@dataclass(slots=True)
+class Panels:
+    """A linear's weights as the kernel reads them, rows = out_features rounded up to whole panels of 16:
+    codes [rows/16, K, 16] uint8 (4-bit formats: [rows/16, K, 8], two codes a byte), scales and offsets
+    [rows/16, K/group, 16] float32 (offsets of size 0 for formats without)."""
+    codes: np.ndarray
+    scales: np.ndarray
+    offsets: np.ndarray
+    out_features: int
+    in_features: int
+
+
+def pack_panels(parts: list[QuantizedWeight]) -> Panels:
+    """The file's blocks of `parts` (stacked along out_features) repacked into panels, in one layout whatever their
+    formats."""
+    pieces = _common([codes_of(p) for p in parts])
+    codes = np.concatenate([p.codes for p in pieces])
+    out_features, in_features = codes.shape
+    rows = -(-out_features // PANEL) * PANEL
+    panel_codes = _panels(codes, rows)
+    if pieces[0].four_bit:
+        panel_codes = panel_codes[..., : PANEL // 2] | (panel_codes[..., PANEL // 2 :] << 4)
+    if pieces[0].offsets is not None:
+        offsets = _panels(np.concatenate([p.offsets for p in pieces]), rows)
+    else:
+        offsets = np.empty(0, np.float32)
+    return Panels(np.ascontiguousarray(panel_codes).view(np.uint8), _panels(np.concatenate([p.scales for p in pieces]), rows),
+                  offsets, out_features, in_features)
+
+
 class BlockQuantLinear(nn.Module):
-    def __init__(self, parts: list[QuantizedWeight], bias: Tensor | None, kernel: ModuleType) -> None:
-        """`parts` are stacked along out_features (fused q/k/v or gate/up), in one layout whatever their formats."""
+    def __init__(self, parts: list[QuantizedWeight], bias: Tensor | None, kernel: ModuleType,
+                 panels: Panels | None = None) -> None:
+        """`parts` are stacked along out_features (fused q/k/v or gate/up), in one layout whatever their formats;
+        `panels`: those parts already packed (`pack_panels`, or read from the panel cache), else packed here."""
         super().__init__()
-        pieces = _common([codes_of(p) for p in parts])
-        codes = np.concatenate([p.codes for p in pieces])
-        self.out_features, self.in_features = codes.shape
-        rows = -(-self.out_features // PANEL) * PANEL
-        panel_codes = _panels(codes, rows)
-        if pieces[0].four_bit:
-            panel_codes = panel_codes[..., : PANEL // 2] | (panel_codes[..., PANEL // 2 :] << 4)
-        if pieces[0].offsets is not None:
-            offsets = torch.from_numpy(_panels(np.concatenate([p.offsets for p in pieces]), rows))
-        else:
-            offsets = torch.empty(0)
-        self.register_buffer("codes", torch.from_numpy(np.ascontiguousarray(panel_codes).view(np.uint8)), persistent=False)
-        self.register_buffer("scales", torch.from_numpy(_panels(np.concatenate([p.scales for p in pieces]), rows)), persistent=False)
-        self.register_buffer("offsets", offsets, persistent=False)
+        panels = pack_panels(parts) if panels is None else panels
+        self.out_features, self.in_features = panels.out_features, panels.in_features
+        self.register_buffer("codes", torch.from_numpy(panels.codes), persistent=False)
+        self.register_buffer("scales", torch.from_numpy(panels.scales), persistent=False)
+        self.register_buffer("offsets", torch.from_numpy(panels.offsets), persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous(), persistent=False)
         self.kernel = kernel
 
@@ -157,16 +181,20 @@ def native_parts(quantized: dict[str, QuantizedWeight], names: list[str]) -> lis
 
 
 def use_block_quant_linears(model: nn.Module, quantized: dict[str, QuantizedWeight], kernel: ModuleType,
-                            weights: Mapping[str, Tensor]) -> int:
+                            weights: Mapping[str, Tensor], source: Path | None = None) -> tuple[int, str]:
     """Swap every linear of `model` whose stored weights the kernel can use and which runs faster on it than on
     oneDNN's packed fp32 (linear_choice.py: one kind per shape, timed once per machine); returns how many were
-    swapped. Runs before the fp32 weights are loaded: a native linear's weight is never dequantized (its bias is read
+    swapped, and how the panel cache went. Runs before the fp32 weights are loaded: a native linear's weight is never dequantized (its bias is read
     from `weights`); one timed against oneDNN keeps the oneDNN module built for the timing when that wins. The
-    others stay nn.Linear, for the engine to load and pack for oneDNN."""
+    others stay nn.Linear, for the engine to load and pack for oneDNN. With `source` (the GGUF file the blocks are
+    from), the panels come from and go to the panel cache (panel_cache.py)."""
+    from lamina.engine.models.panel_cache import PanelCache
+
     how = policy() if packing_available() else "native"
     if how == "onednn":
-        return 0
+        return 0, ""
     table = ChoiceTable(kernel) if how == "measure" else None
+    cache = None if source is None else PanelCache(source, kernel.__name__)
     swapped = 0
     for parent, attr, names in model.linear_sources():
         parts = native_parts(quantized, names)
@@ -174,7 +202,12 @@ def use_block_quant_linears(model: nn.Module, quantized: dict[str, QuantizedWeig
             continue
         linear = getattr(parent, attr)
         bias = None if linear.bias is None else torch.cat([weights[n.removesuffix("weight") + "bias"] for n in names])
-        native = BlockQuantLinear(parts, bias, kernel)
+        panels = None if cache is None else cache.get(names, parts)
+        if panels is None:
+            panels = pack_panels(parts)
+            if cache is not None:
+                cache.put(names, parts, panels)
+        native = BlockQuantLinear(parts, bias, kernel, panels)
         timed: list[nn.Module] = []
 
         def onednn(linear: nn.Linear = linear, names: list[str] = names, timed: list[nn.Module] = timed) -> nn.Module:
@@ -189,4 +222,6 @@ def use_block_quant_linears(model: nn.Module, quantized: dict[str, QuantizedWeig
             setattr(parent, attr, timed[0])
     if table is not None:
         table.save()
-    return swapped
+    if cache is not None:
+        cache.save()
+    return swapped, "" if cache is None else f"panels: {cache.note}"

@@ -160,7 +160,9 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig, max_positions: int | None = None) -> None:
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # given its (empty) weight, nn.Embedding skips normal_(), which on the meta device imports torch._dynamo (~1 s)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
+                                         _weight=torch.empty(config.vocab_size, config.hidden_size))
         self.layers = nn.ModuleList(self.layer_class(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rope = RotaryEmbedding(config, max_positions or config.max_position_embeddings)
@@ -210,12 +212,13 @@ class LlamaForCausalLM(nn.Module):
         model built on the meta device is materialised here without random initialisation."""
         get = _WeightGetter(weights)
         self.tie_embeddings(weights)
-        self.embed_tokens.weight = _parameter(get("model.embed_tokens.weight"))
+        if isinstance(self.embed_tokens, nn.Embedding):  # else it reads the file's blocks (block_embedding.py)
+            self.embed_tokens.weight = _parameter(get("model.embed_tokens.weight"))
         if self.tied and isinstance(self.lm_head, nn.Linear):
             self.lm_head.weight = self.embed_tokens.weight
         for parent, attr, names in self.linear_sources():
             linear = getattr(parent, attr)
-            if isinstance(linear, nn.Linear) and linear.weight is not self.embed_tokens.weight:
+            if isinstance(linear, nn.Linear) and not (self.tied and linear is self.lm_head):
                 load_linear(linear, names, weights)
         for norm, name in self.norm_sources():
             weight = get(name)
