@@ -2,6 +2,7 @@
 spaces, strategies, successive halving, the held-out test split, kill -9 resume, workers and a PostgreSQL study."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import os
@@ -173,6 +174,43 @@ def test_successive_halving_stops_weak_trials_at_the_first_rung(tmp_path, stub):
         assert _rows(trial) == 4 and list(trial.intermediate_values) == [4]
 
 
+def test_a_repeated_proposal_is_answered_from_the_trial_it_repeats_and_not_counted(tmp_path, stub):
+    """A trial whose parameters equal a finished trial's costs nothing and does not use up the budget: it gets the
+    earlier value (a halved one: its intermediate values, pruned), a `duplicate_of` attr, and the search goes on until
+    `trials` distinct architectures are done."""
+    weak = [{"stack": "generate", "generate.samples": 1, "generate.temperature": t} for t in (0.8, 0.0)]
+    space = parse_space(stub_space(stub.base_url), "stub-space")
+    settings = SearchSettings(TASK, space.raw, space.source, "dev", "tpe", [4, 12], seed=0, threads=None)
+    study, _ = create_or_load("dup", open_storage(default_storage(tmp_path / "dup")), settings)
+    for params in [VOTE3, VOTE3, weak[0], weak[0], weak[1]]:
+        study.enqueue_trial(params)
+    run_search(SearchJob("dup", settings, 3, root=str(tmp_path), progress=False))
+    first, again, halved, halved_again, last = study.trials[:5]
+    asked = len(stub.asked)
+    assert again.user_attrs["duplicate_of"] == 0 and again.value == first.value == 1.0
+    assert again.user_attrs["spent_tokens"] == 0 and first.user_attrs["spent_tokens"] > 0
+    assert halved.state == halved_again.state == optuna.trial.TrialState.PRUNED
+    assert halved_again.user_attrs["duplicate_of"] == 2
+    assert halved_again.intermediate_values == halved.intermediate_values and "duplicate_of" not in last.user_attrs
+    assert len(study.trials) == 5  # three distinct trials counted; the two repeats did not end the search
+    buf = io.StringIO()
+    report("dup", root=str(tmp_path), out=buf, progress=False)
+    assert "1 complete, 2 pruned (and 2 repeated proposals" in buf.getvalue()
+    run_search(SearchJob("dup", None, 3, root=str(tmp_path), progress=False))  # a rerun: nothing left to do
+    assert len(study.trials) == 5 and len(stub.asked) == asked
+
+
+def test_a_search_whose_sampler_only_repeats_itself_stops_and_says_so(tmp_path, stub, capsys):
+    space = parse_space(stub_space(stub.base_url, stacks=[["generate"]],
+                                   components={"generate": {"samples": [1], "temperature": [0.0, 0.3]}}), "two")
+    settings = SearchSettings(TASK, space.raw, space.source, "dev", "random", [4], seed=0, threads=None)
+    study = run_search(SearchJob("two", settings, 5, root=str(tmp_path), progress=False))
+    distinct = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    assert len(distinct) == 2 and len(study.trials) == 2 + 20  # the cap: max(20, 2 x trials) repeats
+    assert "proposed already-run architectures 20 times (the cap for 5 trials); stopped with 2 distinct trials" \
+        in capsys.readouterr().err
+
+
 def test_two_objective_halving_stops_a_dominated_trial(tmp_path, stub):
     dominated = {**VOTE3, "generate.temperature": 0.8}  # as many tokens, lower accuracy
     cheaper = {"stack": "generate", "generate.samples": 1, "generate.temperature": 0.3}  # fewer tokens: on the front
@@ -240,8 +278,9 @@ def test_kill_9_mid_study_then_rerun_redoes_no_finished_trial(tmp_path, answers)
         assert done.returncode == 0, done.stderr
     after = _trials(db)
     assert {t[0]: t for t in after if t[0] in before} == before, "a finished trial was changed or redone"
-    assert sum(t[1] in ("COMPLETE", "PRUNED") for t in after) == 8
     study = load_study("s", root=str(tmp_path))[0]
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert sum("duplicate_of" not in t.user_attrs for t in finished) == 8  # repeated proposals are not counted
     for trial in study.trials:
         if trial.number in stores:
             with RunStore(trial.user_attrs["run_store"]) as store:
@@ -259,7 +298,7 @@ def test_two_workers_share_one_study_without_duplicating_trials(tmp_path, stub):
     assert done.returncode == 0, done.stderr
     study = load_study("s", root=str(tmp_path))[0]
     counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-               and not t.user_attrs.get("surplus")]
+               and not t.user_attrs.get("surplus") and "duplicate_of" not in t.user_attrs]
     assert len(counted) == 10
     assert len({t.user_attrs["worker"] for t in counted}) == 2, "both workers should have run trials"
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
@@ -316,10 +355,11 @@ def test_a_second_process_joins_a_postgresql_study(tmp_path, stub, postgres_url)
     done = subprocess.run(join, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     study, settings, _ = load_study("s", storage=postgres_url, root=str(tmp_path / "b"))
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                and "duplicate_of" not in t.user_attrs]  # repeated proposals are not counted
     assert len(finished) == 7 and settings.task == TASK and settings.strategy == "random"
-    assert len({t.user_attrs["worker"] for t in finished}) == 2
-    assert {t.number for t in finished if "/a/" in t.user_attrs.get("run_store", "/a/")} >= {0, 1, 2, 3}
+    per_worker = collections.Counter(t.user_attrs["worker"] for t in finished)
+    assert sorted(per_worker.values()) == [3, 4]  # the first process's 4 trials, then the joiner's 3
     code, out, _ = cli("search", "report", "s", "--storage", postgres_url, "--root", str(tmp_path / "b"))
     assert code == 0 and "Pareto front" in out
     clash = _search_cmd(space, tmp_path / "a", "--trials", "4", "--storage", postgres_url, "--seed", "5")
@@ -386,7 +426,30 @@ def test_samples_that_nothing_selects_among_are_redundant():
     assert estimate({**spec, "resolve": "random"}, 32)[2] is None
     assert estimate({**spec, "layers": [[{"type": "generate", "model": "m", "samples": 1}]]}, 32)[2] is None
     searched = {**spec, "layers": [[{"type": "search", "model": "m", "width": 4, "depth": 2}]]}
-    assert estimate(searched, 32) == (8, 8 * (32 + 64), None)  # a search puts its chosen answer first
+    assert estimate(searched, 32)[2] is None  # a search puts its chosen answer first
+
+
+@pytest.mark.parametrize("algorithm", ["best_of_n", "beam", "dvts", "particle_filter", "astar"])
+def test_a_search_layer_is_estimated_by_the_technique_itself(algorithm):
+    """The space's constraint check and the technique's budget reservation share one bound (search_cost), which
+    depends on the algorithm and on beam_width (A* extends every node it pops by beam_width children)."""
+    from lamina.search.space import estimate
+    from lamina.techniques.search import SearchSpec, search_cost
+
+    def searched(**fields):
+        comp = {"type": "search", "model": "m", "algorithm": algorithm, "width": 4, "depth": 6,
+                "step_max_tokens": 32, **fields}
+        return {"models": {"m": {"model": "default"}}, "layers": [[comp]]}, SearchSpec.model_validate(comp)
+
+    for beam_width in (1, 2, 4):
+        spec, comp = searched(beam_width=beam_width)
+        cost = search_cost(comp, 160)
+        assert estimate(spec, 160) == (cost.calls, cost.tokens, None)
+    narrow, wide = (estimate(searched(beam_width=m)[0], 160) for m in (1, 4))
+    if algorithm == "astar":  # 1 + W x D expansions of M children: 25 requests either way, 4x the children
+        assert narrow[0] == wide[0] == 25 and wide[1] - narrow[1] == 25 * 3 * 32
+    elif algorithm in ("beam", "dvts"):  # fewer nodes kept per round with wider groups
+        assert wide[0] < narrow[0]
 
 
 def test_the_study_opens_in_optuna_dashboard(tmp_path, stub):
@@ -416,8 +479,8 @@ def test_the_study_opens_in_optuna_dashboard(tmp_path, stub):
         study_id = studies[0]["study_id"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study_id}", timeout=10) as r:
             trials = json.load(r)["trials"]
-        assert len(trials) == 3
         attrs = [{a["key"]: a["value"] for a in t["user_attrs"]} for t in trials]
+        assert sum("duplicate_of" not in a for a in attrs) == 3  # and any repeated proposals, marked
         done = [a for a in attrs if "accuracy" in a]
         assert done and all(Path(a["run_store"]).is_file() for a in done)
     finally:

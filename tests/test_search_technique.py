@@ -2,6 +2,8 @@
 random model end to end, the real model per algorithm, slow); spec errors name the field."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from lamina.decoding import ALGORITHMS
@@ -33,6 +35,29 @@ def test_a_search_layer_returns_its_answers_counts_usage_and_traces_the_tree(alg
     assert result.usage.completion_tokens == event["usage"]["completion_tokens"]
     assert result.usage.cached_prompt_tokens == event["usage"]["cached_prompt_tokens"]
     assert backend.nodes == {}
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("width, beam_width", [(8, 2), (4, 4), (6, 1)])
+def test_the_cost_bound_holds_when_no_path_ends_early(algorithm, width, beam_width):
+    """search_cost (the budget reservation, and the architecture search's constraint check) is an upper bound on
+    the requests and tokens of a search whose paths all run to the depth limit, and exact where the algorithm
+    always fills its rounds (best_of_n, beam, dvts)."""
+    from lamina.decoding import SearchConfig, search
+    from lamina.techniques.search import SearchSpec, search_cost
+    from tests.scripted_tree import DigitSum
+
+    comp = SearchSpec.model_validate({"type": "search", "algorithm": algorithm, "width": width,
+                                      "beam_width": beam_width, "depth": 5, "step_max_tokens": 1})
+    config = SearchConfig(comp.delimiter, comp.step_max_tokens, comp.width, comp.beam_width, comp.depth, 0.8, 1.0, 7)
+    backend = ScriptedTree(answer_depth=99)  # no answer ends before the depth limit
+    result = asyncio.run(search(algorithm, backend, DigitSum(), [{"role": "user", "content": "q"}], config))
+    bound = search_cost(comp, prompt_tokens=5)
+    u = result.usage
+    assert u.requests <= bound.calls and u.prompt_tokens + u.completion_tokens <= bound.tokens
+    assert u.completion_tokens <= bound.tokens - bound.calls * (5 + 5)  # the generated part of the bound
+    if algorithm in ("best_of_n", "beam", "dvts"):
+        assert u.requests == bound.calls and u.completion_tokens == bound.tokens - bound.calls * (5 + 5)
 
 
 def test_a_search_that_runs_out_of_budget_notes_it():

@@ -1,5 +1,7 @@
 """Run a search: one worker loop (Optuna samplers or Archon's greedy layer-by-layer construction) in this process,
-or K worker processes sharing the study. Every worker stops when the study holds `trials` counted trials."""
+or K worker processes sharing the study. Every worker stops when the study holds `trials` counted trials: distinct
+architectures (a trial repeating a finished trial's parameters is answered from it and not counted), or when the sampler
+has proposed `repeat_cap(trials)` repeats (it has converged; the search says so)."""
 from __future__ import annotations
 
 import os
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina.errors import LaminaError, SpecError
-from lamina.search.objective import SURPLUS, Objective, TrialFailed
+from lamina.search.objective import DUPLICATE, Objective, TrialFailed, counts
 from lamina.search.space import SearchSpace, layer_keys, parse_space
 from lamina.search.study import SearchSettings, create_or_load, default_storage, open_storage, stored_settings, study_dir
 
@@ -66,21 +68,35 @@ def run_search(job: SearchJob) -> Any:
         if settings.strategy == "greedy":
             greedy(study, space, objective, settings, budget, bar)
         else:
-            while counted(study) < budget:
+            while counted(study) < budget and repeats(study) < repeat_cap(budget):
                 study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[bar.callback])
     finally:
         bar.close()
+    if counted(study) < budget:
+        print(f"search {study.study_name}: the sampler proposed already-run architectures {repeats(study)} times "
+              f"(the cap for {budget} trials); stopped with {counted(study)} distinct trials", file=sys.stderr)
     return study
 
 
+def repeat_cap(budget: int) -> int:
+    """How many repeated proposals a study may hold before the search stops short of its budget."""
+    return max(20, 2 * budget)
+
+
+def repeats(study: Any) -> int:
+    """Trials that repeated a finished trial's parameters (answered from it, not counted)."""
+    return sum(DUPLICATE in t.user_attrs for t in study.get_trials(deepcopy=False))
+
+
 def counted(study: Any) -> int:
-    """Trials that count toward the budget: finished (complete or pruned) or running, not surplus. Running trials
+    """Trials that count toward the budget: finished (complete or pruned) or running, not surplus, not repeats of a
+    finished trial. Running trials
     whose worker died are failed first (which re-queues their parameters)."""
     import optuna
 
     fail_dead_trials(study)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
-    return sum(not t.user_attrs.get(SURPLUS) for t in study.get_trials(deepcopy=False, states=states))
+    return sum(counts(t) for t in study.get_trials(deepcopy=False, states=states))
 
 
 def fail_dead_trials(study: Any) -> None:
@@ -129,7 +145,7 @@ class StudyBar:
 
         done = [t for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                                          optuna.trial.TrialState.PRUNED))
-                if not t.user_attrs.get(SURPLUS)]
+                if counts(t)]
         full = [t.user_attrs["accuracy"] for t in done if t.state == optuna.trial.TrialState.COMPLETE
                 and "accuracy" in t.user_attrs]
         self.bar.n = min(self.bar.total, len(done))
@@ -149,7 +165,7 @@ def counted_finished(study: Any) -> int:
     import optuna
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return sum(not t.user_attrs.get(SURPLUS) for t in study.get_trials(deepcopy=False, states=states))
+    return sum(counts(t) for t in study.get_trials(deepcopy=False, states=states))
 
 
 def greedy(study: Any, space: SearchSpace, objective: Objective, settings: SearchSettings, budget: int,

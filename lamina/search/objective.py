@@ -15,6 +15,7 @@ from lamina.search.space import SearchSpace, spec_hash
 from lamina.search.study import SearchSettings
 
 SURPLUS = "surplus"  # user attr of a trial started after the study's trial budget was reached by other workers
+DUPLICATE = "duplicate_of"  # user attr: the number of the finished trial whose parameters this trial repeats
 MAX_FAILURES_IN_A_ROW = 3  # then the search stops: an unreachable backend would otherwise fail trials forever
 
 
@@ -84,9 +85,12 @@ class Objective:
             raise optuna.TrialPruned("the study's trial budget was reached by other workers")
         spec = self.space.sample(trial, self.has_tests)
         digest = spec_hash(spec)
-        trial.set_user_attr("spec", spec)
         trial.set_user_attr("spec_hash", digest)
         trial.set_user_attr("run_store", str(self.run_path(digest)))
+        earlier = repeated(trial)
+        if earlier is not None:
+            return repeat(trial, earlier, self.multi)
+        trial.set_user_attr("spec", spec)
         spent = self.tally.spent_tokens
         try:
             value = asyncio.run(self._evaluate(trial, spec, digest))
@@ -142,6 +146,33 @@ class Objective:
         return dominated_at_rung(trial, rung, summary.accuracy, summary.tokens)
 
 
+def repeated(trial: Any) -> Any:
+    """The earliest finished (complete, or stopped by successive halving) trial with exactly this trial's parameters,
+    or None. TPE often proposes an architecture again once it has narrowed in on it (optuna/optuna#2021)."""
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    same = [t for t in trial.study.get_trials(deepcopy=False, states=states)
+            if t.number != trial.number and t.params == trial.params and not t.user_attrs.get(SURPLUS)
+            and not t.user_attrs.get(DUPLICATE) and "pruned_because" not in t.user_attrs]
+    return min(same, key=lambda t: t.number, default=None)
+
+
+def repeat(trial: Any, earlier: Any, multi: bool) -> float | tuple[float, float]:
+    """Finish a repeated trial at no cost, as Optuna's FAQ does for duplicated parameters ("How can I ignore
+    duplicated samples?"): the earlier trial's value (a halved one: its intermediate values, then pruned), so the
+    sampler learns the same as from the earlier trial. It is marked DUPLICATE and does not count toward the budget."""
+    import optuna
+
+    trial.set_user_attr(DUPLICATE, earlier.number)
+    trial.set_user_attr("spent_tokens", 0)
+    if earlier.state == optuna.trial.TrialState.PRUNED:
+        for step, value in sorted(earlier.intermediate_values.items()):
+            trial.report(value, step)
+        raise optuna.TrialPruned(f"repeats trial {earlier.number}, which was stopped by successive halving")
+    return tuple(earlier.values) if multi else earlier.value
+
+
 class TrialFailed(LaminaError):
     """One trial failed (recorded as FAIL, with its `error` attr); the search goes on."""
 
@@ -175,13 +206,18 @@ def dominated_at_rung(trial: Any, rung: int, accuracy: float, tokens: float) -> 
 
 def is_surplus(trial: Any, budget: int) -> bool:
     """Whether `budget` trials numbered below this one already count (finished, running or waiting; not failed,
-    not surplus): workers racing for the last slots start extra trials, which stop here before any work."""
+    not surplus, not a repeat): workers racing for the last slots start extra trials, which stop here before any work."""
     import optuna
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
     ahead = [t for t in trial.study.get_trials(deepcopy=False, states=states)
-             if t.number < trial.number and not t.user_attrs.get(SURPLUS)]
+             if t.number < trial.number and counts(t)]
     return len(ahead) >= budget
+
+
+def counts(trial: Any) -> bool:
+    """Whether a trial counts toward the study's budget: not surplus, not a repeat of a finished trial."""
+    return not trial.user_attrs.get(SURPLUS) and DUPLICATE not in trial.user_attrs
 
 
 def with_threads(spec: dict[str, Any], threads: int | None) -> dict[str, Any]:

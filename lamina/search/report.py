@@ -10,7 +10,7 @@ from typing import Any, TextIO
 import yaml
 
 from lamina.errors import SpecError
-from lamina.search.objective import SURPLUS, with_threads
+from lamina.search.objective import DUPLICATE, counts, with_threads
 from lamina.search.study import SearchSettings, open_storage, stored_settings, study_dir
 
 
@@ -66,7 +66,8 @@ def load_study(study: str, storage: str | None = None, root: str = "runs/search"
 
 
 def trial_rows(study: Any) -> list[TrialRow]:
-    return [TrialRow.of(t) for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(SURPLUS)]
+    """Every trial but the surplus ones and the repeats of a finished trial (the trial they repeat is listed)."""
+    return [TrialRow.of(t) for t in study.get_trials(deepcopy=False) if counts(t)]
 
 
 def finished(rows: list[TrialRow], settings: SearchSettings) -> list[TrialRow]:
@@ -199,9 +200,11 @@ def report(study_arg: str, *, storage: str | None = None, root: str = "runs/sear
     rows = trial_rows(study)
     full = finished(rows, settings)
     front, best = pareto_front(full), best_of(full)
-    counts = {s: sum(r.state == s for r in rows) for s in ("complete", "pruned", "fail", "running", "waiting")}
+    tally = {s: sum(r.state == s for r in rows) for s in ("complete", "pruned", "fail", "running", "waiting")}
+    repeated = sum(DUPLICATE in t.user_attrs for t in study.get_trials(deepcopy=False))
     print(f"study {study.study_name}: {settings.strategy} on {settings.task}/{settings.split}, rungs {settings.rungs}; "
-          + ", ".join(f"{v} {k}" for k, v in counts.items() if v), file=out)
+          + ", ".join(f"{v} {k}" for k, v in tally.items() if v)
+          + (f" (and {repeated} repeated proposals, answered from the trial they repeat)" if repeated else ""), file=out)
     print(format_trials(rows, front, top), file=out)
     if best is None:
         print("no trial has finished on every example yet", file=out)

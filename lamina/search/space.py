@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lamina.errors import SpecError
 from lamina.spec import COMPONENT_TYPES, parse_spec, read_spec_file
 from lamina.spec import _describe as describe_error  # the spec's one wording of a pydantic error
+from lamina.techniques.search import SearchSpec, search_cost
 
 Value = str | int | float | bool | None  # what an Optuna categorical choice may be
 # Techniques that select among candidates: over one candidate they change nothing, so such a stack is redundant.
@@ -308,12 +309,12 @@ def estimate(spec: dict[str, Any], prompt_tokens: int) -> tuple[int, int, str | 
         shown = candidates * length
         if ctype in SELECTORS and candidates < 2:
             return calls, tokens, f"layers[{i}] ({ctype}) selects among {candidates} candidate(s): redundant"
-        if ctype == "search":  # every step of every path is a call; its answers are up to `width` complete paths
-            width, depth = comp.get("width", 4), comp.get("depth", 8)
-            step = int(comp.get("step_max_tokens", 64))
-            calls += width * depth
-            tokens += width * depth * (prompt_tokens + step)
-            candidates, length = width, depth * step
+        if ctype == "search":  # the technique's own bound, by algorithm; its answers are up to `width` paths
+            search = SearchSpec.model_validate(comp)
+            cost = search_cost(search, prompt_tokens)
+            calls += cost.calls
+            tokens += cost.tokens
+            candidates, length = search.width, search.depth * search.step_max_tokens
         elif ctype in FIRST_LAYER_TYPES:
             n = comp.get("samples", 4 if ctype == "first_finish" else 1) * len(comp.get("models") or [alias])
             calls += len(comp.get("models") or [alias])

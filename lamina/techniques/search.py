@@ -142,15 +142,36 @@ class Search(Technique):
                           token_ids=as_response(result.path(i)).token_ids, finish_reason=result.nodes[i].finish_reason) for i in order]
 
     def estimate(self, state: State) -> Estimate:
-        """An upper bound: at most width x depth + 1 extension requests (A*'s cap; the others need fewer), each
-        with the prompt and up to depth steps of prompt, and the generated tokens ((width x depth + 1) x beam_width
-        steps, or the search's own budget)."""
-        s = self.spec
+        """An upper bound on this search's cost for the query (`search_cost` with the prompt's token count)."""
         text = "\n".join(m["content"] for m in self.messages(state))
-        requests = s.width * s.depth + 1
-        generated = requests * max(1, s.beam_width) * s.step_max_tokens  # A*: every expansion has beam_width children
-        if s.budget.max_tokens is not None:
-            generated = min(generated, s.budget.max_tokens)
-        per_request = state.calls.estimate(s.model, text, s.depth * s.step_max_tokens).tokens
-        return Estimate(requests, requests * per_request + generated)
+        return search_cost(self.spec, state.calls.estimate(self.spec.model, text, 0).tokens)
 
+
+def search_cost(spec: SearchSpec, prompt_tokens: int) -> Estimate:
+    """An upper bound on one search's cost per query, by its algorithm: (extension requests, tokens), where each
+    request costs the prompt (`prompt_tokens`, template included) plus up to depth steps of path, as if uncached, and
+    the generated tokens are every child's step_max_tokens (capped by the search's own budget.max_tokens). One source
+    of truth for the technique's budget reservation and the architecture search's constraint pruning
+    (lamina.search.space). With W = width, M = beam_width, D = depth (the rounds a path can grow), K = max(1, W // M):
+
+      best_of_n        1 request, W whole answers of up to D steps
+      beam             the root's W children, then up to D - 1 rounds of K nodes x M children
+      dvts             the root's K children, then up to D - 1 rounds of K subtrees x M children
+      particle_filter  the root's W children, then up to D - 1 rounds of up to W requests, W children in all
+      astar            the root's M children, then up to W x D expansions of M children each
+
+    A backend that cannot sample n children in one request (an OpenAI-compatible server without `n`) makes one
+    request per child: more calls than counted here, the same tokens."""
+    w, m, d, step = spec.width, max(1, spec.beam_width), spec.depth, spec.step_max_tokens
+    k = max(1, w // m)
+    requests, children = {
+        "best_of_n": (1, w * d),  # whole answers: d steps' worth of tokens each
+        "beam": (1 + (d - 1) * k, w + (d - 1) * k * m),
+        "dvts": (1 + (d - 1) * k, k + (d - 1) * k * m),
+        "particle_filter": (1 + (d - 1) * w, d * w),
+        "astar": (1 + w * d, (1 + w * d) * m),
+    }[spec.algorithm]
+    generated = children * step
+    if spec.budget.max_tokens is not None:
+        generated = min(generated, spec.budget.max_tokens)
+    return Estimate(requests, requests * (prompt_tokens + d * step) + generated)
