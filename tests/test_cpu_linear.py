@@ -1,4 +1,4 @@
-"""CPU linears: oneDNN-packed fp32 (the default) and opt-in int8. Both stay close to nn.Linear, and a row's result
+"""CPU linears: oneDNN-packed fp32 (the default), opt-in int8 and opt-in bf16. All stay close to nn.Linear, and a row's result
 never depends on the rest of its batch (which keeps seeded samples independent of their batch mates)."""
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from lamina import LLM, SamplingParams
-from lamina.engine.models.cpu_linear import Int8Linear, PackedLinear, packing_available
+from lamina.engine.models.cpu_linear import BF16Linear, Int8Linear, PackedLinear, bf16_supported, packing_available
+
+NEEDS_BF16 = pytest.mark.skipif(not bf16_supported(), reason="CPU without avx512_bf16/amx_bf16")
 
 KINDS = [pytest.param(PackedLinear, 1e-5, marks=pytest.mark.skipif(not packing_available(), reason="no oneDNN")),
-         pytest.param(Int8Linear, 0.03)]
+         pytest.param(Int8Linear, 0.03), pytest.param(BF16Linear, 0.01, marks=NEEDS_BF16)]
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -52,7 +54,37 @@ def test_int8_engine_generates_and_is_batch_invariant(tiny_llama_dir):
     assert llm.engine.num_free_blocks == llm.engine.num_total_blocks
 
 
-@pytest.mark.parametrize("bad", [dict(quantization="int4"), dict(dtype="float77")])
+@NEEDS_BF16
+def test_bf16_engine_logits_are_close_to_fp32_and_greedy_generation_runs(tiny_llama_dir):
+    exact = LLM(str(tiny_llama_dir), num_kv_blocks=128, block_size=4)
+    bf16 = LLM(str(tiny_llama_dir), num_kv_blocks=128, block_size=4, quantization="bf16")
+    assert isinstance(bf16.engine.model.layers[0].self_attn.qkv_proj, BF16Linear)
+    assert isinstance(bf16.engine.model.lm_head, BF16Linear) and "bf16" in bf16.engine.linear_backend
+    torch.manual_seed(0)
+    hidden = torch.randn(7, exact.engine.model.config.hidden_size)
+    with torch.inference_mode():
+        for module in (lambda m: m.compute_logits, lambda m: m.layers[0].mlp):
+            a, b = module(exact.engine.model)(hidden), module(bf16.engine.model)(hidden)
+            assert b.dtype == torch.float32 and not torch.equal(a, b)  # it does compute in bf16
+            assert float((a - b).norm() / a.norm()) < 0.01
+    greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    out = bf16.generate(["The fox", "Once upon"], greedy)
+    assert [len(o.outputs[0].token_ids) for o in out] == [12, 12]
+    assert bf16.generate("Once upon", greedy)[0].outputs[0].token_ids == out[1].outputs[0].token_ids
+    assert bf16.engine.num_free_blocks == bf16.engine.num_total_blocks
+
+
+def test_bf16_on_a_cpu_without_it_is_a_clear_one_line_error(tiny_llama_dir, monkeypatch):
+    from lamina.engine.models import cpu_linear
+    from lamina.errors import InvalidRequestError
+
+    monkeypatch.setattr(cpu_linear, "bf16_supported", lambda: False)
+    with pytest.raises(InvalidRequestError) as exc:
+        LLM(str(tiny_llama_dir), num_kv_blocks=16, quantization="bf16")
+    assert "quantization='bf16' needs a CPU with avx512_bf16 or amx_bf16" in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("bad", [dict(quantization="int4"), dict(quantization="bfloat16"), dict(dtype="float77")])
 def test_bad_engine_options_are_clear_errors(tiny_llama_dir, bad):
     from lamina.errors import InvalidRequestError
 

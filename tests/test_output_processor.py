@@ -112,6 +112,8 @@ def test_cumulative_and_final_only_agree_with_the_joined_deltas():
     (dict(num_kv_blocks=2.5), "engine option num_kv_blocks=2.5: expected an integer >= 1"),
     (dict(kv_cache_memory_gb=-1), "engine option kv_cache_memory_gb=-1: expected a number > 0"),
     (dict(quantization="int8", device="meta"), "quantization='int8' runs on the CPU only"),
+    (dict(quantization="bf16", device="meta"), "quantization='bf16' runs on the CPU only"),
+    (dict(quantization="fp16"), "engine option quantization='fp16': expected one of (None, 'int8', 'bf16')"),
 ])
 def test_engine_config_names_the_bad_option(options, message):
     with pytest.raises(InvalidRequestError) as exc:

@@ -12,7 +12,8 @@ from lamina.engine.kv_cache import KVCache
 from lamina.engine.models.block_embedding import BlockEmbedding
 from lamina.engine.models.block_quant import use_block_quant_linears
 from lamina.engine.models import model_class
-from lamina.engine.models.cpu_linear import Int8Linear, PackedLinear, packing_available, replace_linears
+from lamina.engine.models.cpu_linear import (BF16Linear, Int8Linear, PackedLinear, packing_available,
+                                             replace_linears)
 from lamina.engine.models.llama import LlamaForCausalLM, RotaryEmbedding
 from lamina.engine.tokenizer import Tokenizer
 
@@ -75,6 +76,9 @@ def _choose_linears(net: LlamaForCausalLM, cfg: EngineConfig, native: int, kerne
     if cfg.quantization == "int8":
         replace_linears(net, Int8Linear)
         return "linears: int8 (fbgemm, lossy)"
+    if cfg.quantization == "bf16":
+        replace_linears(net, BF16Linear)
+        return "linears: bf16 (oneDNN, lossy)"
     if cfg.device != "cpu" or dtype != torch.float32:
         return f"linears: torch {dtype} on {cfg.device}"
     kinds = [f"{native} native ({kernels.isa}) from the file's quantized blocks"] if native and kernels else []

@@ -96,7 +96,7 @@ def _gemma3_fields(cfg: dict[str, Any], rope: dict[str, Any]) -> dict[str, Any]:
                 final_logit_softcapping=cfg.get("final_logit_softcapping"))
 
 
-QUANTIZATIONS = (None, "int8")
+QUANTIZATIONS = (None, "int8", "bf16")
 
 
 @dataclass(slots=True)
@@ -114,7 +114,7 @@ class EngineConfig:
     dtype: str = "float32"
     native_kernels: bool = True  # CPU fp32: C++ kernels (GEMMs on GGUF Q4_0/Q4_1/Q8_0 blocks, attention, sampler, norms)
     pack_weights: bool = True  # CPU fp32: linear weights pre-packed for oneDNN (faster, batch-invariant rows)
-    quantization: str | None = None  # None (exact fp32) or "int8" (CPU: int8 GEMMs, faster, slightly lossy)
+    quantization: str | None = None  # None (exact fp32), "int8" (CPU: int8 GEMMs, lossy) or "bf16" (CPU: bf16 linears)
     device: str = "cpu"
 
     @classmethod
@@ -132,7 +132,13 @@ class EngineConfig:
         if self.quantization not in QUANTIZATIONS:
             raise InvalidRequestError(f"engine option quantization={self.quantization!r}: expected one of {QUANTIZATIONS}")
         if self.quantization and self.device != "cpu":
-            raise InvalidRequestError("engine option quantization='int8' runs on the CPU only")
+            raise InvalidRequestError(f"engine option quantization={self.quantization!r} runs on the CPU only")
+        if self.quantization == "bf16":
+            from lamina.engine.models.cpu_linear import bf16_supported
+
+            if not bf16_supported():
+                raise InvalidRequestError("engine option quantization='bf16' needs a CPU with avx512_bf16 or amx_bf16 "
+                                          "(and PyTorch with oneDNN); this one has neither")
         if not hasattr(torch, self.dtype) or not isinstance(getattr(torch, self.dtype), torch.dtype):
             raise InvalidRequestError(f"engine option dtype={self.dtype!r}: expected a torch dtype name such as 'float32'")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
