@@ -79,7 +79,7 @@ def weight_bytes_per_token(llm: LLM) -> int:
     """Bytes of weights a single-stream decode step reads: every linear's stored weights (a native linear's panels
     of codes, scales and offsets; a oneDNN or torch linear's fp32 matrix), biases and norms; one embedding row."""
     from lamina.engine.models.block_quant import BlockQuantLinear
-    from lamina.engine.models.cpu_linear import Int8Linear, PackedLinear
+    from lamina.engine.models.cpu_linear import BF16Linear, Int8Linear, PackedLinear
     from lamina.engine.models.llama import RMSNorm
 
     def size(t: torch.Tensor | None) -> int:
@@ -94,6 +94,8 @@ def weight_bytes_per_token(llm: LLM) -> int:
             total += module.out_features * module.in_features * 4 + size(module.bias)
         elif isinstance(module, Int8Linear):
             total += module.out_features * (module.in_features + 2) + size(module.bias)
+        elif isinstance(module, BF16Linear):
+            total += module.out_features * module.in_features * 2 + size(module.bias)
         elif isinstance(module, torch.nn.Linear):
             total += size(module.weight) + size(module.bias)
         elif isinstance(module, RMSNorm):
@@ -354,7 +356,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per sample for n > 1")
     parser.add_argument("--single-tokens", type=int, default=128, help="tokens for the single-stream row")
     parser.add_argument("--ns", default="1,8,32,64")
-    parser.add_argument("--quantization", choices=["int8"], help="also measure Lamina with int8 linears (lossy)")
+    parser.add_argument("--quantization", choices=["int8", "bf16"],
+                        help="also measure Lamina with int8 or bf16 linears (lossy; agreement: benchmarks/precision.py)")
     parser.add_argument("--skip-torch-only", action="store_true",
                         help="skip Lamina without its native CPU kernels (native_kernels=False: PyTorch ops, fp32 weights)")
     parser.add_argument("--skip-peer", action="store_true", help="skip transformers")
