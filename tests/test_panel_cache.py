@@ -221,3 +221,13 @@ def test_concurrent_writers_never_expose_a_partial_file(tmp_path):
         t.join()
     assert not errors
     assert [p.name for p in tmp_path.iterdir()] == ["x.panels"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("module", ["block_quant.py", "panel_cache.py", "gguf.py", "gguf_reader.py", "quants.py"])
+def test_the_key_changes_with_every_module_that_decides_the_panels_bytes(module, monkeypatch):
+    """The GGUF reader finds each tensor's bytes (offset, size): a change there must not map panels packed before."""
+    from pathlib import Path
+
+    before, read = panel_cache.code_version(), Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read(self) + (b"\n#" if self.name == module else b""))
+    assert panel_cache.code_version() != before
