@@ -192,7 +192,12 @@ class PanelCache:
         self.key = f"{file_identity(source)}|{kernel_name}|{code_version()}|format {FORMAT}"
         self.prefix = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
         self.path = self.dir / f"{self.prefix}-{hashlib.sha256(self.key.encode()).hexdigest()[:16]}.panels"
-        if self.path.exists():
+        try:
+            present = self.path.exists()  # raises where the folder cannot be entered (PermissionError)
+        except OSError as exc:
+            print(f"lamina: cannot read the panel cache folder {self.dir} ({exc}); packing", file=sys.stderr)
+            present = False
+        if present:
             try:
                 self.entries = read_panels(self.path, self.key)
             except CacheError as exc:
