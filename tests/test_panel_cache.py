@@ -221,3 +221,28 @@ def test_concurrent_writers_never_expose_a_partial_file(tmp_path):
         t.join()
     assert not errors
     assert [p.name for p in tmp_path.iterdir()] == ["x.panels"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("module", ["block_quant.py", "panel_cache.py", "gguf.py", "gguf_reader.py", "quants.py"])
+def test_the_key_changes_with_every_module_that_decides_the_panels_bytes(module, monkeypatch):
+    """The GGUF reader finds each tensor's bytes (offset, size): a change there must not map panels packed before."""
+    from pathlib import Path
+
+    before, read = panel_cache.code_version(), Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read(self) + (b"\n#" if self.name == module else b""))
+    assert panel_cache.code_version() != before
+
+
+def test_a_cache_folder_that_cannot_be_entered_means_packing_not_a_crash(cache, tiny, monkeypatch, capfd):
+    _start(tiny)  # a cache file now exists
+    real_exists = panel_cache.Path.exists
+
+    def denied(self, *args, **kwargs):
+        if self.suffix == ".panels":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(panel_cache.Path, "exists", denied)
+    llm = _start(tiny)
+    assert llm.engine.panel_cache.startswith("panels: 3 packed")
+    assert "cannot read the panel cache folder" in capfd.readouterr().err

@@ -129,3 +129,16 @@ def test_importing_the_engine_runs_no_full_garbage_collection_and_leaves_it_on()
     full, enabled, frozen, young, old = out.stdout.split()
     assert (full, enabled, frozen) == ("0", "True", "0")  # no full collection during the import (three before)
     assert int(young) < 10_000 < 100_000 < int(old)
+
+
+def test_importing_the_engine_keeps_what_the_program_froze_frozen():
+    """A program that froze its objects before importing the engine (gc.freeze before forking workers) keeps them
+    frozen: the import's freeze-then-unfreeze would release them all."""
+    import subprocess
+    import sys
+
+    code = ("import gc\nkeep = [[i] for i in range(1000)]\ngc.freeze()\nbefore = gc.get_freeze_count()\n"
+            "from lamina import LLM\nprint(before > 1000, gc.get_freeze_count() > before // 2, gc.isenabled())\n")  # frozen objects freed since still leave it
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True"]

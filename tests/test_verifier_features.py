@@ -211,3 +211,34 @@ def test_extra_training_samples_are_fitted_but_never_scored(selected, tiny_llm):
     merged, merged_blocks = merge_samples((samples, blocks), (other, other_blocks))
     assert merged.question_ids == samples.question_ids + other.question_ids
     assert merged_blocks["mean"].shape[0] == len(merged.labels) == len(samples.labels) + len(other.labels)
+
+
+def test_collect_never_pairs_freshly_drawn_samples_with_cached_states(tmp_path, monkeypatch):
+    """Samples drawn again (their file removed) get their own states, not those cached for the earlier samples, even
+    when there are as many of them."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from lamina.verifiers import train
+
+    draws = iter([[[1, 2, 3]], [[1, 5, 6]]])
+
+    async def sample_task(*args, **kwargs):
+        return train.Samples(["q"], [1], next(draws), ["t"], [1]), SimpleNamespace(model=SimpleNamespace(layers=[0]))
+
+    def feature_blocks(engine, sequences, starts, layers):  # the states as a function of the tokens
+        value = np.float32(sum(sequences[0]))
+        return {k: np.full((1, len(layers), 2) if k != "logprob" else (1, 4), value) for k in ("last", "mean", "logprob")}
+
+    monkeypatch.setattr(train, "sample_task", sample_task)
+    monkeypatch.setattr(train, "feature_blocks", feature_blocks)
+    stem = tmp_path / "arith"
+    _, first, _ = asyncio.run(train.collect("m", None, "train", 1, cache=stem))
+    assert first["last"].flat[0] == 6
+    (tmp_path / "arith.samples.json").unlink()
+    drawn, second, _ = asyncio.run(train.collect("m", None, "train", 1, cache=stem))
+    assert drawn.sequences == [[1, 5, 6]] and second["last"].flat[0] == 12
+    again, third, _ = asyncio.run(train.collect("m", None, "train", 1, cache=stem))  # both cached: read back
+    assert again.sequences == [[1, 5, 6]] and third["last"].flat[0] == 12

@@ -14,8 +14,9 @@ from typing import Any
 # collector ran three full passes (and 380 younger ones) while they were imported: 0.3-0.6 s of a 1-3 s import here,
 # collecting nothing. So the collector waits, and the objects are then put straight into its oldest generation
 # (freeze, then unfreeze: two list splices, no pass over them), where they stay collectable; merely waiting moved
-# the passes into LLM().
-_collecting = gc.isenabled()
+# the passes into LLM(). Not when the program froze objects of its own before (gc.freeze, e.g. before forking
+# workers): unfreeze would release those too.
+_collecting, _host_frozen = gc.isenabled(), gc.get_freeze_count()
 gc.disable()
 try:
     from lamina.engine.branches import BlockUsage, BranchOutput
@@ -25,8 +26,9 @@ try:
     from lamina.engine.sampling_params import SamplingParams
     from lamina.errors import InvalidRequestError, LaminaError
 finally:
-    gc.freeze()
-    gc.unfreeze()
+    if not _host_frozen:
+        gc.freeze()
+        gc.unfreeze()
     if _collecting:
         gc.enable()
 

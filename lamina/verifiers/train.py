@@ -270,7 +270,8 @@ async def collect(model: str, task, split: str, samples: int, limit: int | None 
                   cache: str | Path | None = None) -> tuple[Samples, dict, list[int]]:
     """Labelled samples of a split and their feature blocks (feature_blocks at collected_layers). With `cache` (a
     path stem), samples are kept in STEM.samples.json and blocks in STEM.features.npz, and read back from there
-    instead of sampling (or computing states) again."""
+    instead of sampling (or computing states) again; blocks only with the samples they were computed from (samples
+    drawn again get their states computed again, even when as many)."""
     import numpy as np
 
     from lamina.backends.local import shared_engine
@@ -286,7 +287,7 @@ async def collect(model: str, task, split: str, samples: int, limit: int | None 
         if samples_path:
             samples_path.parent.mkdir(parents=True, exist_ok=True)
             drawn.save(samples_path)
-    if blocks_path and blocks_path.exists():
+    if blocks_path and blocks_path.exists() and llm_engine is None:  # states of freshly drawn samples are computed
         with np.load(blocks_path) as data:
             blocks = {k: data[k] for k in ("last", "mean", "logprob")}
             layers = data["layers"].tolist()

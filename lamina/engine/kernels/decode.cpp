@@ -5,6 +5,7 @@
 // calls the same kernels in the same order on the same values as the Python path with native kernels, so its
 // result is bitwise the Python path's (tests/test_native_decode.py); the weights are handed over once, at load.
 #include "decode.h"
+#include "ops.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -12,15 +13,6 @@
 
 #include <algorithm>
 #include <cstring>
-
-at::Tensor block_quant_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
-                              const at::Tensor& offsets, const c10::optional<at::Tensor>& bias, int64_t out_features);
-at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                  const at::Tensor& tables, const at::Tensor& lengths, double scale);
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
-void rope_(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin,
-           const at::Tensor& positions);
-at::Tensor silu_mul(const at::Tensor& gate_up);
 
 at::Tensor DecodeLinear::operator()(const at::Tensor& x) const {
   if (kind == 0) return block_quant_linear(x, tensors[0], tensors[1], tensors[2], bias, out_features);

@@ -2,20 +2,7 @@
 #include <torch/extension.h>
 
 #include "decode.h"
-
-torch::Tensor block_quant_linear(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scales,
-                                 const torch::Tensor& offsets, const c10::optional<torch::Tensor>& bias,
-                                 int64_t out_features);
-void set_qgemm_mode(const std::string& mode);
-std::string qgemm_mode();
-at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                  const at::Tensor& tables, const at::Tensor& lengths, double scale);
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
-void rope_(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin,
-           const at::Tensor& positions);
-at::Tensor silu_mul(const at::Tensor& gate_up);
-at::Tensor sample_rows(const at::Tensor& logits, const at::Tensor& temperatures, const at::Tensor& top_ks,
-                       const at::Tensor& top_ps, const at::Tensor& min_ps, const at::Tensor& draws);
+#include "ops.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)

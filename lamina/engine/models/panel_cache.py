@@ -4,9 +4,9 @@ file instead of repacking the GGUF's blocks (a third of `LLM("default")` before)
 One file per GGUF file, named by its resolved path, holds the panels of every native linear built from it. It is
 valid for one key: the GGUF's identity (resolved path, size, modification time in ns, inode and device, as make
 identifies a file), the kernel module (its name carries the ISA variant, the kernel sources and flags, the torch
-version), and the repacking code (a hash of block_quant.py, this file, the GGUF loader and gguf-py's block
-decoding). A file whose key differs, or that is truncated or corrupt (a CRC-32 of its header and data), is ignored
-with a one-line note on stderr, repacked and rewritten; an entry packed from other tensors (format, shape) than
+version), and the repacking code (a hash of block_quant.py, this file, the GGUF loader and reader (which finds
+each tensor's bytes in the file) and gguf-py's block decoding). A file whose key differs, or that is truncated or
+corrupt (a CRC-32 of its header and data), is ignored with a one-line note on stderr, repacked and rewritten; an entry packed from other tensors (format, shape) than
 those loaded is repacked: a cache file can cost time, never change a weight. Files are written whole under a
 temporary name and renamed into place (atomic on POSIX), so concurrent processes never see a partial file; a reader
 keeps the file it mapped even when another process replaces it. Writing a file removes the other files of the same
@@ -58,13 +58,14 @@ def cache_dir() -> Path | None:
 
 def code_version() -> str:
     """A hash of the code that decides the panels' bytes: the repacking (block_quant.py), this file format, the
-    loader that hands over the blocks (un-permuting Q/K rows: loader/gguf.py) and gguf-py's block decoding."""
+    loader that hands over the blocks (un-permuting Q/K rows: loader/gguf.py; each tensor's offset, shape and size in
+    the file: loader/gguf_reader.py) and gguf-py's block decoding."""
     from gguf import quants
 
     here = Path(__file__).parent
     digest = hashlib.sha256()
     for path in (here / "block_quant.py", here / "panel_cache.py", here.parent / "loader" / "gguf.py",
-                 Path(quants.__file__)):
+                 here.parent / "loader" / "gguf_reader.py", Path(quants.__file__)):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -191,7 +192,12 @@ class PanelCache:
         self.key = f"{file_identity(source)}|{kernel_name}|{code_version()}|format {FORMAT}"
         self.prefix = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
         self.path = self.dir / f"{self.prefix}-{hashlib.sha256(self.key.encode()).hexdigest()[:16]}.panels"
-        if self.path.exists():
+        try:
+            present = self.path.exists()  # raises where the folder cannot be entered (PermissionError)
+        except OSError as exc:
+            print(f"lamina: cannot read the panel cache folder {self.dir} ({exc}); packing", file=sys.stderr)
+            present = False
+        if present:
             try:
                 self.entries = read_panels(self.path, self.key)
             except CacheError as exc:
