@@ -3,6 +3,7 @@ short, then recomputed; a seeded tree is the same whatever else runs; bad ids ge
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -166,13 +167,14 @@ class _FailingStep:
     """Wraps the model runner: the first run whose batch prefills a prompt raises (as a kernel error mid-search
     would), or the first run at all with `any_batch`."""
 
-    def __init__(self, runner, any_batch: bool = False) -> None:
-        self.runner, self.any_batch, self.failed = runner, any_batch, False
+    def __init__(self, runner, any_batch: bool = False, step_delay: float = 0.0) -> None:
+        self.runner, self.any_batch, self.failed, self.step_delay = runner, any_batch, False, step_delay
 
     def run(self, batch, *args):
         if not self.failed and (self.any_batch or batch.prefills):
             self.failed = True
             raise RuntimeError("injected step failure")
+        time.sleep(self.step_delay)  # keeps a running extension going past the moment the test submits more
         return self.runner.run(batch, *args)
 
 
@@ -182,7 +184,9 @@ def test_a_failed_step_fails_pending_openings_and_extensions_and_leaves_nothing_
 
     async def go():
         root = await engine.open_branch(PROMPT)
-        llm.engine.runner = _FailingStep(real)  # fails the step that prefills the opening, mid-way through the extension
+        # fails the step that prefills the opening, mid-way through the extension (40 steps of >= 10 ms: the
+        # native decode step finishes 40 tiny-model tokens well inside the 50 ms wait below without the delay)
+        llm.engine.runner = _FailingStep(real, step_delay=0.01)
         extension = asyncio.ensure_future(engine.extend_branch(root.branch_id, SAMPLED.replace(max_tokens=40)))
         await asyncio.sleep(0.05)
         opening = asyncio.ensure_future(engine.open_branch("another prompt opened while the step fails " * 3))
