@@ -9,7 +9,9 @@ them (public_tests); program-aided vote (8 executed programs, arith/units tasks)
 over prompt + answer counted in its rows. Each task's ORM is trained on its train split (`--train-size` questions
 of a generated task; `--train-with` adds sibling tasks' train splits), its features and L2 strength chosen by
 cross-validation on those questions, and kept in the cache folder with the train samples and their feature blocks;
-finished tasks are kept there too, so a rerun resumes. `--program-from` takes the program-aided rows from a previous
+finished tasks are kept there too, so a rerun resumes, and so are the test split's draws (greedy, the samples,
+the programs) with the samples' feature blocks, so an ORM trained again is scored on the same samples without drawing
+them again. `--program-from` takes the program-aided rows from a previous
 results JSON that drew the same test questions.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/verifiers.py [--tasks arith-1,code-2] [--limit 20]
@@ -24,7 +26,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -60,6 +62,49 @@ class Drawn:
 
     def flat(self, name: str) -> list[float | None]:
         return [s for row in self.scores[name] for s in row]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: Path) -> "Drawn":
+        return cls(**json.loads(path.read_text()))
+
+
+async def draw_cached(spec: dict, task, examples, scorer: Scorer, desc: str, path: Path) -> Drawn:
+    """`draw`, kept in `path` (JSON): a rerun of the task reads the same samples back instead of drawing them again
+    (their tokens and seconds are the ones measured when they were drawn)."""
+    if path.exists():
+        return Drawn.load(path)
+    drawn, _ = await draw(spec, task, examples, scorer, desc)
+    drawn.save(path)
+    return drawn
+
+
+def test_blocks(drawn: Drawn, path: Path, threads: int) -> tuple[dict, list[int], float]:
+    """The feature blocks (lamina.rewards.learned.feature_blocks at every layer an ORM may read) of every sample of
+    `drawn`, one forward pass over prompt + answer each; kept in `path` (.npz) with the seconds they took."""
+    import numpy as np
+
+    from lamina.backends.local import shared_engine
+    from lamina.rewards.learned import feature_blocks
+    from lamina.verifiers.train import collected_layers
+
+    if path.exists():
+        with np.load(path) as data:
+            return ({k: data[k] for k in ("last", "mean", "logprob")}, data["layers"].tolist(),
+                    float(data["seconds"]))
+    engine = shared_engine("default", **engine_options(threads)).engine
+    layers = collected_layers(len(engine.model.layers))
+    flat_sequences = [s for seqs in drawn.sequences for s in seqs]
+    flat_starts = [start for start, seqs in zip(drawn.starts, drawn.sequences) for _ in seqs]
+    start = time.perf_counter()
+    blocks = feature_blocks(engine, flat_sequences, flat_starts, layers)
+    seconds = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, layers=np.asarray(layers), seconds=np.asarray(seconds), **blocks)
+    return blocks, layers, seconds
 
 
 def cpu_description() -> str:
@@ -256,27 +301,22 @@ def row(correct: list[int], tokens: float, seconds: float) -> dict:
             "tokens_per_example": tokens / max(n, 1), "seconds_per_example": seconds / max(n, 1)}
 
 
-def score_orms(verifiers: dict[str, LearnedVerifier], engine, drawn: Drawn
-               ) -> dict[str, tuple[list[list[float | None]], int, float]]:
-    """Per ORM, its scores of every sample, the tokens its forward pass read and its seconds. The ORMs share one
-    forward pass over every layer any of them reads (each is charged all of it, as it would need it alone)."""
-    from lamina.rewards.learned import assemble, feature_blocks
+def score_orms(verifiers: dict[str, LearnedVerifier], drawn: Drawn, blocks: dict, block_layers: list[int],
+               seconds: float) -> dict[str, tuple[list[list[float | None]], int, float]]:
+    """Per ORM, its scores of every sample, the tokens its forward pass read and its seconds. `blocks`: every sample's
+    feature blocks at `block_layers`, from one forward pass over prompt + answer that took `seconds` (each ORM is
+    charged all of it, as it would need it alone, plus its own probe time)."""
+    from lamina.rewards.learned import assemble
 
-    flat_sequences = [s for seqs in drawn.sequences for s in seqs]
-    flat_starts = [start for start, seqs in zip(drawn.starts, drawn.sequences) for _ in seqs]
-    tokens = sum(len(s) for s in flat_sequences)
+    tokens = sum(len(s) for seqs in drawn.sequences for s in seqs)
     out = {}
     for verifier in verifiers.values():
-        verifier.bind(engine, "default")  # refuses another model
-    layers = sorted({layer for v in verifiers.values() for layer in v.info.layers})
-    start = time.perf_counter()
-    blocks = feature_blocks(engine, flat_sequences, flat_starts, layers) if layers else {}
-    shared = time.perf_counter() - start
+        verifier.bind(None, "default")  # refuses another model
     for name, verifier in verifiers.items():
         start = time.perf_counter()
-        it = iter(verifier.probe.predict(assemble(blocks, layers, verifier.info.layers, verifier.info.pooling)))
+        it = iter(verifier.probe.predict(assemble(blocks, block_layers, verifier.info.layers, verifier.info.pooling)))
         scores = [[next(it) for _ in seqs] for seqs in drawn.sequences]
-        out[name] = (scores, tokens, shared + time.perf_counter() - start)
+        out[name] = (scores, tokens, seconds + time.perf_counter() - start)
     return out
 
 
@@ -317,15 +357,20 @@ async def run_task(name: str, args) -> dict:
     examples = task.examples("test", limit)
     max_tokens = task.spec.max_tokens
     sample_layer = [{"type": "generate", "samples": args.samples, "logprobs": 20}]
-    drawn, engine = await draw(model_spec("samples", args.temperature, max_tokens, args.threads, args.seed,
-                                          sample_layer), task, examples, scorer, f"{name} samples@{args.samples}")
-    greedy, _ = await draw(model_spec("greedy", 0.0, max_tokens, args.threads, args.seed, [{"type": "generate"}]),
-                           task, examples, scorer, f"{name} greedy")
+    stem = args.cache / f"{name}-test-limit{limit or 'all'}-n{args.samples}-t{args.temperature}-seed{args.seed}"
+    drawn = await draw_cached(model_spec("samples", args.temperature, max_tokens, args.threads, args.seed,
+                                         sample_layer), task, examples, scorer, f"{name} samples@{args.samples}",
+                              Path(f"{stem}.samples.json"))
+    greedy = await draw_cached(model_spec("greedy", 0.0, max_tokens, args.threads, args.seed, [{"type": "generate"}]),
+                               task, examples, scorer, f"{name} greedy", Path(f"{stem}.greedy.json"))
     orm_cost: dict[str, tuple[int, float]] = {}
     if scorer.kind == "code":
         drawn.scores["public_tests"], seconds = await asyncio.to_thread(public_pass_rates, drawn, examples)
         orm_cost["public_tests"] = (0, seconds)
-    for orm, (scores, tokens, seconds) in (await asyncio.to_thread(score_orms, orms, engine, drawn)).items():
+    blocks, block_layers, seconds = await asyncio.to_thread(test_blocks, drawn, Path(f"{stem}.features.npz"),
+                                                            args.threads)
+    for orm, (scores, tokens, seconds) in (await asyncio.to_thread(score_orms, orms, drawn, blocks, block_layers,
+                                                                   seconds)).items():
         drawn.scores[orm] = scores
         orm_cost[orm] = (tokens, seconds)
 
@@ -339,8 +384,9 @@ async def run_task(name: str, args) -> dict:
         methods.update(reused)
     elif name.startswith(PROGRAM_TASKS) and not args.no_program:
         program_layer = [{"type": "program", "samples": args.samples}]
-        program, _ = await draw(model_spec("program", args.temperature, max(max_tokens, 128), args.threads,
-                                           args.seed, program_layer), task, examples, scorer, f"{name} program")
+        program = await draw_cached(model_spec("program", args.temperature, max(max_tokens, 128), args.threads,
+                                               args.seed, program_layer), task, examples, scorer, f"{name} program",
+                                    Path(f"{stem}.program.json"))
         methods["program_vote"] = row([labels[vote(keys)] if labels else 0 for keys, labels
                                        in zip(program.keys, program.labels)], program.tokens, program.seconds)
         methods["program_coverage"] = row([int(any(labels)) for labels in program.labels], program.tokens,

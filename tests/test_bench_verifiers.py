@@ -44,3 +44,23 @@ def test_program_rows_are_reused_only_from_the_same_draw(bench, tmp_path):
     assert bench.reused_program_rows(path, "arith-1", 156, argparse.Namespace(samples=8, temperature=0.8,
                                                                                seed=1)) == {}
     assert bench.reused_program_rows(None, "arith-1", 156, args) == {}
+
+
+def test_test_draws_are_kept_and_read_back_without_drawing_again(bench, tmp_path, monkeypatch):
+    import asyncio
+
+    drawn = bench.Drawn(texts=[["4", "5"]], keys=[["4", "5"]], labels=[[1, 0]],
+                        scores={"self_certainty": [[2.0, 1.5]], "mean_logprob": [[-0.1, -0.9]]},
+                        sequences=[[[1, 2, 3], [1, 2, 4]]], starts=[2], tokens=9, seconds=0.5)
+    calls = []
+
+    async def fake_draw(spec, task, examples, scorer, desc):
+        calls.append(desc)
+        return drawn, None
+
+    monkeypatch.setattr(bench, "draw", fake_draw)
+    path = tmp_path / "arith-1-test.samples.json"
+    first = asyncio.run(bench.draw_cached({}, None, [], None, "first", path))
+    again = asyncio.run(bench.draw_cached({}, None, [], None, "again", path))
+    assert calls == ["first"] and path.exists()
+    assert again == first == drawn  # every field, scores and measured seconds included
