@@ -84,7 +84,7 @@ async def draw_cached(spec: dict, task, examples, scorer: Scorer, desc: str, pat
 
 def test_blocks(drawn: Drawn, path: Path, threads: int) -> tuple[dict, list[int], float]:
     """The feature blocks (lamina.rewards.learned.feature_blocks at every layer an ORM may read) of every sample of
-    `drawn`, one forward pass over prompt + answer each; kept in `path` (.npz) with the seconds they took."""
+    `drawn`, one forward pass over each question's prompt (once) and its answers; kept in `path` (.npz) with the seconds they took."""
     import numpy as np
 
     from lamina.backends.local import shared_engine
@@ -304,11 +304,12 @@ def row(correct: list[int], tokens: float, seconds: float) -> dict:
 def score_orms(verifiers: dict[str, LearnedVerifier], drawn: Drawn, blocks: dict, block_layers: list[int],
                seconds: float) -> dict[str, tuple[list[list[float | None]], int, float]]:
     """Per ORM, its scores of every sample, the tokens its forward pass read and its seconds. `blocks`: every sample's
-    feature blocks at `block_layers`, from one forward pass over prompt + answer that took `seconds` (each ORM is
-    charged all of it, as it would need it alone, plus its own probe time)."""
+    feature blocks at `block_layers`, from one forward pass over each question's prompt and its samples' answers
+    that took `seconds` (each ORM is charged all of it, as it would need it alone, plus its own probe time)."""
     from lamina.rewards.learned import assemble
 
-    tokens = sum(len(s) for seqs in drawn.sequences for s in seqs)
+    # the forward reads each question's prompt once and its samples' answers (answer_summary shares the prompt)
+    tokens = sum(start + sum(len(s) - start for s in seqs) for start, seqs in zip(drawn.starts, drawn.sequences))
     out = {}
     for verifier in verifiers.values():
         verifier.bind(None, "default")  # refuses another model

@@ -40,12 +40,14 @@ def toy_samples(tokenizer, n_questions=8, per=4, flip_every=0):
 
 def check_summary(llm, hf, atol: float) -> None:
     tok = llm.tokenizer
-    seqs = [tok.encode("Q: what is 2 + 2? A: it is 4"), tok.encode("Q: hi A: hello there, friend"), tok.encode("a b")]
-    starts = [9, 6, 2]  # the last one has an empty answer
+    first = tok.encode("Q: what is 2 + 2? A: it is 4")
+    seqs = [first, tok.encode("Q: hi A: hello there, friend"), tok.encode("a b"),
+            first[:9] + tok.encode(" five, I think"), first[:9]]  # the last two share the first one's prompt
+    starts = [9, 6, 2, 9, 9]  # the third and the last have an empty answer
     layers = [1, len(llm.engine.model.layers)]
     last, mean, stats = answer_summary(llm.engine.model, seqs, starts, layers)
     hidden = llm.engine.model.config.hidden_size
-    assert last.shape == (3, 2, hidden) and mean.shape == (3, 2, hidden) and stats.shape == (3, 4)
+    assert last.shape == (5, 2, hidden) and mean.shape == (5, 2, hidden) and stats.shape == (5, 4)
     for b, (ids, start) in enumerate(zip(seqs, starts)):
         with torch.inference_mode():
             out = hf(torch.tensor([ids]), output_hidden_states=True)
@@ -71,6 +73,23 @@ def test_answer_summary_equals_transformers(tiny_llm, tiny_llama_dir):
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
     check_summary(tiny_llm, hf, atol=1e-4)
+
+
+def test_answers_of_one_prompt_share_its_pass_and_match_each_alone(tiny_llm, monkeypatch):
+    model, tok = tiny_llm.engine.model, tiny_llm.tokenizer
+    prompt = prompt_ids(tok, QUESTION)
+    seqs = [prompt + tok.encode(a) for a in ANSWERS[:4]] + [prompt_ids(tok, "Other?") + tok.encode("yes")]
+    starts = [len(prompt)] * 4 + [len(seqs[-1]) - len(tok.encode("yes"))]
+    alone = [answer_summary(model, [s], [b], [1, 2]) for s, b in zip(seqs, starts)]
+    read = []
+    embed = model.embed
+    monkeypatch.setattr(model, "embed", lambda ids: read.append(len(ids)) or embed(ids))
+    together = answer_summary(model, seqs, starts, [1, 2])
+    answers = sum(len(s) - b for s, b in zip(seqs, starts))
+    assert read == [len(prompt) + starts[-1] + answers]  # each distinct prompt read once
+    for i, one in enumerate(alone):
+        for part, whole in zip(one, together):
+            torch.testing.assert_close(whole[i], part[0], atol=1e-5, rtol=1e-5)
 
 
 def test_real_model_answer_summary_equals_transformers(real_llm, hf_smollm2):

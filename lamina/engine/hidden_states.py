@@ -77,6 +77,8 @@ def answer_summary(model: LlamaForCausalLM, sequences: list[list[int]], starts: 
     stats [batch, 4] (TOKEN_STATS), from the model's own next-token distribution (temperature 1) at the answer's
     tokens: mean and min log-probability of the tokens it produced, mean entropy (nats), log(1 + answer tokens).
     An empty answer (start == len) averages and scores its last prompt token instead (stats 0 but the length).
+    Sequences with the same prompt (sequence[:start]), such as n samples of one question, share one pass over it:
+    the forward reads each distinct prompt once and every answer attends to its prompt's keys and values.
     float32. InvalidRequestError as `hidden_states`, or for a start outside 1..len(sequence)."""
     if not sequences or any(not seq for seq in sequences) or len(starts) != len(sequences):
         raise InvalidRequestError("answer_summary needs non-empty token sequences and one start per sequence")
@@ -86,43 +88,80 @@ def answer_summary(model: LlamaForCausalLM, sequences: list[list[int]], starts: 
                                       "(the prompt must hold at least one token)")
     count = len(model.layers)
     wanted = _resolve_layers(layers, count)
-    ids = torch.tensor([t for seq in sequences for t in seq], dtype=torch.long)
-    pos = torch.cat([torch.arange(len(seq)) for seq in sequences])
-    meta = _uncached_metadata(model, sequences)
-    bounds, offset = [], 0
-    for seq, start in zip(sequences, starts):
-        bounds.append((offset + min(start, len(seq) - 1), offset + len(seq)))  # answer rows (>= 1 row)
-        offset += len(seq)
+    batch = _SharedPrompts(sequences, starts)
+    meta = batch.metadata(model)
 
     def summarise(x: Tensor) -> tuple[Tensor, Tensor]:
-        return (torch.stack([x[end - 1] for _, end in bounds]),
-                torch.stack([x[begin:end].float().mean(0) for begin, end in bounds]))
+        return (torch.stack([x[rows[-1]] for rows in batch.rows]),
+                torch.stack([x[rows].float().mean(0) for rows in batch.rows]))
 
-    x = model.embed(ids)
+    x = model.embed(batch.ids)
     taken = {0: summarise(x)} if 0 in wanted else {}
     final = None
     for i, layer in enumerate(model.layers, 1):
-        x = layer(x, pos, model.rope_of(layer), meta)
+        x = layer(x, batch.positions, model.rope_of(layer), meta)
         if i == count:
             final = model.norm(x)
         if i in wanted:
             taken[i] = summarise(final if i == count else x)
     stats = []
-    offset = 0
-    for seq, start in zip(sequences, starts):
+    for seq, start, before in zip(sequences, starts, batch.predicting):
         answer = len(seq) - start
         if answer == 0:
             stats.append([0.0, 0.0, 0.0, 0.0])
         else:  # the states before each answer token predict it
-            logp = torch.log_softmax(model.compute_logits(final[offset + start - 1:offset + len(seq) - 1]).float(), -1)
+            logp = torch.log_softmax(model.compute_logits(final[before]).float(), -1)
             chosen = logp.gather(1, torch.tensor(seq[start:]).view(-1, 1))[:, 0]
             entropy = -(logp.exp() * logp).sum(-1)
             stats.append([chosen.mean().item(), chosen.min().item(), entropy.mean().item(), float(torch.log1p(
                 torch.tensor(float(answer))))])
-        offset += len(seq)
     last = torch.stack([taken[i][0] for i in wanted], 1).float()
     mean = torch.stack([taken[i][1] for i in wanted], 1).float()
     return last.contiguous(), mean.contiguous(), torch.tensor(stats, dtype=torch.float32)
+
+
+class _SharedPrompts:
+    """One forward batch of prompt + answer sequences in which each distinct prompt appears once: the flat rows are
+    the distinct prompts, then every non-empty answer. Each row's k/v goes to its own slot of a scratch cache of
+    one-token blocks (written by each layer before it attends, so one scratch pair serves all layers); an answer attends
+    through a block table to its prompt's slots and its own."""
+
+    def __init__(self, sequences: list[list[int]], starts: list[int]) -> None:
+        first_row: dict[tuple[int, ...], int] = {}
+        ids: list[int] = []
+        positions: list[int] = []
+        self.segments: list[tuple[int, int, int, list[int] | None]] = []  # start, end, context, slots
+        prompt_rows = []
+        for seq, start in zip(sequences, starts):
+            prompt = tuple(seq[:start])
+            if prompt not in first_row:
+                first_row[prompt] = len(ids)
+                self.segments.append((len(ids), len(ids) + start, start, None))
+                ids += prompt
+                positions += range(start)
+            prompt_rows.append(range(first_row[prompt], first_row[prompt] + start))
+        self.rows: list[list[int]] = []  # per sequence, the rows its summaries read: its answer (or prompt's last)
+        self.predicting: list[list[int]] = []  # per sequence, the rows whose logits predict its answer tokens
+        for seq, start, prompt in zip(sequences, starts, prompt_rows):
+            answer = range(len(ids), len(ids) + len(seq) - start)
+            if answer:
+                self.segments.append((answer.start, answer.stop, len(seq), list(prompt) + list(answer)))
+                ids += seq[start:]
+                positions += range(start, len(seq))
+            self.rows.append(list(answer) or [prompt[-1]])
+            self.predicting.append([prompt[-1]] + list(answer)[:-1])
+        self.ids = torch.tensor(ids, dtype=torch.long)
+        self.positions = torch.tensor(positions, dtype=torch.long)
+
+    def metadata(self, model: LlamaForCausalLM) -> AttentionMetadata:
+        total = len(self.ids)
+        attn = model.layers[0].self_attn
+        keys, values = (torch.empty(attn.num_kv_heads, total, 1, attn.head_dim, dtype=model.norm.weight.dtype)
+                        for _ in range(2))
+        segments = [PrefillSegment(start, end, context, None if slots is None else torch.tensor(slots))
+                    for start, end, context, slots in self.segments]
+        return AttentionMetadata([keys] * len(model.layers), [values] * len(model.layers), torch.arange(total),
+                                 segments, decode_start=total)
 
 
 def _uncached_metadata(model: LlamaForCausalLM, sequences: list[list[int]]) -> AttentionMetadata:
