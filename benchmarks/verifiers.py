@@ -84,7 +84,8 @@ async def draw_cached(spec: dict, task, examples, scorer: Scorer, desc: str, pat
 
 def test_blocks(drawn: Drawn, path: Path, threads: int) -> tuple[dict, list[int], float]:
     """The feature blocks (lamina.rewards.learned.feature_blocks at every layer an ORM may read) of every sample of
-    `drawn`, one forward pass over each question's prompt (once) and its answers; kept in `path` (.npz) with the seconds they took."""
+    `drawn`, one forward pass over each question's prompt (once) and its answers; kept in `path` (.npz) with the
+    seconds they took."""
     import numpy as np
 
     from lamina.backends.local import shared_engine
