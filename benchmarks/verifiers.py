@@ -86,16 +86,12 @@ def test_blocks(drawn: Drawn, path: Path, threads: int) -> tuple[dict, list[int]
     """The feature blocks (lamina.rewards.learned.feature_blocks at every layer an ORM may read) of every sample of
     `drawn`, one forward pass over each question's prompt (once) and its answers; kept in `path` (.npz) with the
     seconds they took."""
-    import numpy as np
-
     from lamina.backends.local import shared_engine
     from lamina.rewards.learned import feature_blocks
-    from lamina.verifiers.train import collected_layers
+    from lamina.verifiers.train import collected_layers, load_blocks, save_blocks
 
     if path.exists():
-        with np.load(path) as data:
-            return ({k: data[k] for k in ("last", "mean", "logprob")}, data["layers"].tolist(),
-                    float(data["seconds"]))
+        return load_blocks(path)
     engine = shared_engine("default", **engine_options(threads)).engine
     layers = collected_layers(len(engine.model.layers))
     flat_sequences = [s for seqs in drawn.sequences for s in seqs]
@@ -103,8 +99,7 @@ def test_blocks(drawn: Drawn, path: Path, threads: int) -> tuple[dict, list[int]
     start = time.perf_counter()
     blocks = feature_blocks(engine, flat_sequences, flat_starts, layers)
     seconds = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, layers=np.asarray(layers), seconds=np.asarray(seconds), **blocks)
+    save_blocks(path, blocks, layers, seconds)
     return blocks, layers, seconds
 
 

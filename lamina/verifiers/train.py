@@ -272,8 +272,6 @@ async def collect(model: str, task, split: str, samples: int, limit: int | None 
     path stem), samples are kept in STEM.samples.json and blocks in STEM.features.npz, and read back from there
     instead of sampling (or computing states) again; blocks only with the samples they were computed from (samples
     drawn again get their states computed again, even when as many)."""
-    import numpy as np
-
     from lamina.backends.local import shared_engine
 
     samples_path = Path(f"{cache}.samples.json") if cache else None
@@ -288,9 +286,7 @@ async def collect(model: str, task, split: str, samples: int, limit: int | None 
             samples_path.parent.mkdir(parents=True, exist_ok=True)
             drawn.save(samples_path)
     if blocks_path and blocks_path.exists() and llm_engine is None:  # states of freshly drawn samples are computed
-        with np.load(blocks_path) as data:
-            blocks = {k: data[k] for k in ("last", "mean", "logprob")}
-            layers = data["layers"].tolist()
+        blocks, layers, _ = load_blocks(blocks_path)
         if len(blocks["last"]) == len(drawn.labels):
             return drawn, blocks, layers
     if llm_engine is None:
@@ -298,8 +294,25 @@ async def collect(model: str, task, split: str, samples: int, limit: int | None 
     layers = collected_layers(len(llm_engine.model.layers))
     blocks = await asyncio.to_thread(feature_blocks, llm_engine, drawn.sequences, drawn.starts, layers)
     if blocks_path:
-        np.savez(blocks_path, layers=np.asarray(layers), **blocks)
+        save_blocks(blocks_path, blocks, layers)
     return drawn, blocks, layers
+
+
+def save_blocks(path: str | Path, blocks: dict, layers: list[int], seconds: float = 0.0) -> None:
+    """Feature blocks (feature_blocks' dict, at `layers`) in one .npz file, with the seconds computing them took."""
+    import numpy as np
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, layers=np.asarray(layers), seconds=np.asarray(seconds), **blocks)
+
+
+def load_blocks(path: str | Path) -> tuple[dict, list[int], float]:
+    """The blocks, layers and seconds `save_blocks` kept (seconds 0.0 in a file written before they were kept)."""
+    import numpy as np
+
+    with np.load(path) as data:
+        return ({k: data[k] for k in ("last", "mean", "logprob")}, data["layers"].tolist(),
+                float(data["seconds"]) if "seconds" in data else 0.0)
 
 
 async def train_verifier(model: str, task, split: str, samples: int, limit: int | None = None, *, seed: int = 0,
