@@ -12,10 +12,12 @@ cross-validation on those questions, and kept in the cache folder with the train
 finished tasks are kept there too, so a rerun resumes, and so are the test split's draws (greedy, the samples,
 the programs) with the samples' feature blocks, so an ORM trained again is scored on the same samples without drawing
 them again. `--program-from` takes the program-aided rows from a previous
-results JSON that drew the same test questions.
+results JSON that drew the same test questions with the same program prompt; `--programs-only OLD.json` draws only
+the program rows again and keeps OLD's other rows.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/verifiers.py [--tasks arith-1,code-2] [--limit 20]
-        [--train-size 100] [--train-with units-1=units-2] [--program-from OLD.json] [--samples 8] [--threads 1]
+        [--train-size 100] [--train-with units-1=units-2] [--program-from OLD.json] [--programs-only OLD.json]
+        [--samples 8] [--threads 1]
         [--markdown]
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ from lamina.architecture import Architecture
 from lamina.eval.scorers import Scorer
 from lamina.eval.stats import wilson_interval
 from lamina.rewards.learned import LearnedVerifier
+from lamina.techniques.program import PROGRAM_EXAMPLES
 from lamina.verifiers import metrics
 from lamina.verifiers.select import best_of, vote
 
@@ -231,18 +234,57 @@ def train_with(text: str | None) -> dict[str, list[str]]:
 
 def reused_program_rows(path: Path | None, name: str, questions: int, args) -> dict[str, dict]:
     """The program_vote and program_coverage rows of `name` in a previous results JSON (`--program-from`), when it
-    drew the same test questions with the same samples, temperature and seed (the program run reads no verifier, so
-    it need not be drawn again); {} otherwise."""
+    drew the same test questions with the same samples, temperature, seed and few-shot examples (the program run
+    reads no verifier, so it need not be drawn again); {} otherwise."""
     if path is None:
         return {}
     record = json.loads(path.read_text())
     same = (record.get("samples"), record.get("temperature"), record.get("seed")) == (args.samples, args.temperature,
                                                                                        args.seed)
     for task in record.get("tasks", []) if same else []:
-        if task["task"] == name and task["questions"] == questions and "program_vote" in task["methods"]:
-            return {m: {**task["methods"][m], "reused_from": str(path)} for m in ("program_vote", "program_coverage")
-                    if m in task["methods"]}
+        rows = {m: task["methods"][m] for m in ("program_vote", "program_coverage") if m in task["methods"]}
+        if (task["task"] == name and task["questions"] == questions and rows
+                and rows["program_vote"].get("program_examples", 0) == len(PROGRAM_EXAMPLES)):
+            return {m: {**v, "reused_from": str(path)} for m, v in rows.items()}
     return {}
+
+
+async def program_rows(name: str, task, examples, scorer: Scorer, args, stem: Path) -> dict[str, dict]:
+    """Program-aided vote and program coverage: `args.samples` programs per question (the `program` technique's
+    default prompt: PAL's few-shot turns), executed in the sandbox; kept in the cache folder beside the samples."""
+    program_layer = [{"type": "program", "samples": args.samples}]
+    shots = len(PROGRAM_EXAMPLES)
+    program = await draw_cached(model_spec("program", args.temperature, max(task.spec.max_tokens, 128), args.threads,
+                                           args.seed, program_layer), task, examples, scorer, f"{name} program",
+                                Path(f"{stem}.program-{shots}shot.json"))
+    extra = {"program_examples": shots,
+             "programs_answering": sum(k is not None for keys in program.keys for k in keys)
+             / max(sum(len(keys) for keys in program.keys), 1)}
+    return {"program_vote": {**row([labels[vote(keys)] if labels else 0 for keys, labels
+                                    in zip(program.keys, program.labels)], program.tokens, program.seconds), **extra},
+            "program_coverage": {**row([int(any(labels)) for labels in program.labels], program.tokens,
+                                       program.seconds), **extra}}
+
+
+async def redraw_programs(results: list[dict], args) -> None:
+    """`--programs-only`: draw the program rows of every arith/units task of a previous results JSON again (same test
+    questions, seed, temperature), keeping its other rows as they were measured (marked `reused_from`)."""
+    from lamina.tasks.task import load_task
+
+    for r in results:
+        for v in r["methods"].values():
+            v.setdefault("reused_from", str(args.programs_only))
+        if not r["task"].startswith(PROGRAM_TASKS):
+            continue
+        task = load_task(r["task"])
+        scorer = Scorer.from_spec(task.scorer)
+        scorer.prepare()
+        examples = task.examples("test", r.get("limit"))
+        stem = args.cache / (f"{r['task']}-test-limit{r.get('limit') or 'all'}-n{args.samples}-t{args.temperature}"
+                             f"-seed{args.seed}")
+        r["methods"].update(await program_rows(r["task"], task, examples, scorer, args, stem))
+        print(f"{r['task']}: program vote {r['methods']['program_vote']['accuracy']:.2f}, program coverage "
+              f"{r['methods']['program_coverage']['accuracy']:.2f}", flush=True)
 
 
 def public_pass_rates(drawn: Drawn, examples) -> tuple[list[list[float | None]], float]:
@@ -380,14 +422,7 @@ async def run_task(name: str, args) -> dict:
     if reused:
         methods.update(reused)
     elif name.startswith(PROGRAM_TASKS) and not args.no_program:
-        program_layer = [{"type": "program", "samples": args.samples}]
-        program = await draw_cached(model_spec("program", args.temperature, max(max_tokens, 128), args.threads,
-                                               args.seed, program_layer), task, examples, scorer, f"{name} program",
-                                    Path(f"{stem}.program.json"))
-        methods["program_vote"] = row([labels[vote(keys)] if labels else 0 for keys, labels
-                                       in zip(program.keys, program.labels)], program.tokens, program.seconds)
-        methods["program_coverage"] = row([int(any(labels)) for labels in program.labels], program.tokens,
-                                          program.seconds)
+        methods.update(await program_rows(name, task, examples, scorer, args, stem))
     flat_labels = [y for labels in drawn.labels for y in labels]
     qids = [str(q) for q, labels in enumerate(drawn.labels) for _ in labels]
     auroc = {}
@@ -518,6 +553,9 @@ def main() -> None:
     parser.add_argument("--no-program", action="store_true", help="skip the program-aided run")
     parser.add_argument("--program-from", type=Path, help="a previous results JSON: take a task's program-aided "
                         "rows from it when it drew the same test questions (same samples, temperature, seed)")
+    parser.add_argument("--programs-only", type=Path, metavar="OLD.json",
+                        help="draw only the program-aided rows again, on the tasks and test questions of a previous "
+                             "results JSON, and keep its other rows (marked reused_from)")
     parser.add_argument("--mlp", action="store_true", help="also an MLP-probe ORM (orm_mlp), on the same states")
     parser.add_argument("--cache", type=Path, default=Path("runs/bench-verifiers"), help="ORMs and finished tasks")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/verifiers"), help="OUT.json, OUT.png")
@@ -532,7 +570,15 @@ def main() -> None:
     cpu = cpu_description()
     print(f"CPU: {cpu}; {args.threads} engine thread(s)", flush=True)
     results = []
-    for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+    if args.programs_only:
+        old = json.loads(args.programs_only.read_text())
+        if (old.get("samples"), old.get("temperature"), old.get("seed")) != (args.samples, args.temperature, args.seed):
+            parser.error(f"--programs-only {args.programs_only}: drawn with samples/temperature/seed "
+                         f"{old.get('samples')}/{old.get('temperature')}/{old.get('seed')}, not "
+                         f"{args.samples}/{args.temperature}/{args.seed}")
+        results = old["tasks"]
+        asyncio.run(redraw_programs(results, args))
+    for name in [] if args.programs_only else [t.strip() for t in args.tasks.split(",") if t.strip()]:
         limit, train_size = for_task(args.limit, name), for_task(args.train_size, name)
         key = (f"{name}-limit{limit or 'all'}-train{train_size}-n{args.samples}-t{args.temperature}"
                f"-seed{args.seed}{'-noprog' if args.no_program else ''}{'-mlp' if args.mlp else ''}-cv"

@@ -30,7 +30,9 @@ def test_train_with_parses_and_refuses_a_bad_part(bench):
 
 
 def test_program_rows_are_reused_only_from_the_same_draw(bench, tmp_path):
-    rows = {"program_vote": {"accuracy": 0.9}, "program_coverage": {"accuracy": 0.97}, "greedy": {"accuracy": 0.3}}
+    shots = len(bench.PROGRAM_EXAMPLES)
+    rows = {"program_vote": {"accuracy": 0.9, "program_examples": shots},
+            "program_coverage": {"accuracy": 0.97, "program_examples": shots}, "greedy": {"accuracy": 0.3}}
     record = {"samples": 8, "temperature": 0.8, "seed": 0,
               "tasks": [{"task": "arith-1", "questions": 156, "methods": rows}]}
     path = tmp_path / "old.json"
@@ -44,6 +46,9 @@ def test_program_rows_are_reused_only_from_the_same_draw(bench, tmp_path):
     assert bench.reused_program_rows(path, "arith-1", 156, argparse.Namespace(samples=8, temperature=0.8,
                                                                                seed=1)) == {}
     assert bench.reused_program_rows(None, "arith-1", 156, args) == {}
+    rows["program_vote"]["program_examples"] = 0  # drawn with another prompt (zero-shot)
+    path.write_text(json.dumps(record))
+    assert bench.reused_program_rows(path, "arith-1", 156, args) == {}
 
 
 def test_test_draws_are_kept_and_read_back_without_drawing_again(bench, tmp_path, monkeypatch):

@@ -55,9 +55,26 @@ def test_a_program_over_the_spec_s_memory_limit_answers_nothing():
 
 
 def test_the_prompt_template_and_sampling_fields_are_the_spec_s():
-    _, backend = run(["right"], prompt="Solve {query} with Python. Write a short Python program.", temperature=0.2)
+    _, backend = run(["right"], prompt="Solve {query} with Python. Write a short Python program.", temperature=0.2,
+                     examples=[])
     assert backend.calls[0].prompt == "Solve What is 6 * 7? with Python. Write a short Python program."
     assert backend.calls[0].params.temperature == 0.2
+
+
+def test_few_shot_examples_are_turns_before_the_question():
+    """PAL's prompt: each example is the user template on its question, then the program as the assistant's reply."""
+    from lamina.techniques.program import PROGRAM_EXAMPLES
+
+    _, backend = run(["right"], examples=[["How many legs do 3 cats have?", "print(3 * 4)\n"]])
+    messages = backend.calls[0].messages
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert "Question: How many legs do 3 cats have?" in messages[0]["content"]
+    assert messages[1]["content"] == "```python\nprint(3 * 4)\n```"
+    assert "Question: What is 6 * 7?" in messages[2]["content"]
+    _, backend = run(["right"])  # the default: PAL's examples, one turn pair each
+    messages = backend.calls[0].messages
+    assert len(messages) == 2 * len(PROGRAM_EXAMPLES) + 1 and messages[-1]["content"].count("What is 6 * 7?") == 1
+    assert messages[1]["content"] == f"```python\n{PROGRAM_EXAMPLES[0][1]}\n```"
 
 
 @pytest.mark.parametrize("stdout,answer", [("a\n\n 42 \n\n", "42"), ("", None), ("  \n", None)])

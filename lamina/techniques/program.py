@@ -18,12 +18,26 @@ from lamina.techniques.generate import Generate, GenerateSpec
 
 PROGRAM_PROMPT = ("Write a short Python program that computes the answer to this question and prints only the "
                   "final answer.\n\nQuestion: {query}\n\nReply with the program in a ```python code block.")
+# PAL's few-shot turns (Gao et al. 2022, "PAL: Program-aided Language Models"), written for small chat models: short
+# straight-line programs, one per question kind (a word problem, a conversion that multiplies, one that divides).
+# On the embedded SmolLM2-135M they lift the programs that run and print an answer from about a third to two
+# thirds, and program-aided vote on the dev splits of arith-3 from 0.08 to 0.43 (README, Verifiers).
+PROGRAM_EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("A box holds 6 eggs. Tom buys 4 boxes and then breaks 3 eggs. How many eggs does Tom have now?",
+     "eggs = 6 * 4\neggs = eggs - 3\nprint(eggs)"),
+    ("How many ounces are in 2 pounds?", "ounces_per_pound = 16\nprint(2 * ounces_per_pound)"),
+    ("How many dozens are 48 eggs?", "eggs_per_dozen = 12\nprint(48 / eggs_per_dozen)"),
+)
 MAX_ANSWER_CHARS = 200
 
 
 class ProgramSpec(GenerateSpec):
     type: Literal["program"]  # type: ignore[assignment]
     prompt: str = PROGRAM_PROMPT  # the user message; {query} is the question
+    # few-shot turns before the question, as PAL's prompts (Gao et al. 2022): each [question, program] becomes the
+    # user message `prompt` with {query} = question, then an assistant reply with the program in a python block;
+    # [] asks zero-shot
+    examples: list[tuple[str, str]] = Field(default_factory=lambda: [tuple(e) for e in PROGRAM_EXAMPLES])
     timeout_s: float = Field(5.0, gt=0, le=60)  # per program, wall and CPU
     memory_mb: int = Field(256, ge=32, le=4096)
 
@@ -40,8 +54,11 @@ class Program(Generate):
     spec: ProgramSpec
 
     def messages(self, state: State) -> list[dict[str, str]]:
-        system = [{"role": "system", "content": self.spec.system}] if self.spec.system else []
-        return system + [{"role": "user", "content": self.spec.prompt.replace("{query}", state.query)}]
+        messages = [{"role": "system", "content": self.spec.system}] if self.spec.system else []
+        for question, program in self.spec.examples:
+            messages += [{"role": "user", "content": self.spec.prompt.replace("{query}", question)},
+                         {"role": "assistant", "content": f"```python\n{program.strip()}\n```"}]
+        return messages + [{"role": "user", "content": self.spec.prompt.replace("{query}", state.query)}]
 
     async def run(self, state: State) -> list[Candidate]:
         from lamina.sandbox import run_code
