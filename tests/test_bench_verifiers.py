@@ -69,3 +69,16 @@ def test_test_draws_are_kept_and_read_back_without_drawing_again(bench, tmp_path
     again = asyncio.run(bench.draw_cached({}, None, [], None, "again", path))
     assert calls == ["first"] and path.exists()
     assert again == first == drawn  # every field, scores and measured seconds included
+
+
+def test_targets_measure_a_verifier_of_programs_against_the_programs_gap(bench):
+    acc = {"greedy": 0.10, "majority": 0.05, "orm": 0.15, "coverage": 0.25, "program_vote": 0.30,
+           "program_orm": 0.40, "program_orm_vote": 0.45, "program_coverage": 0.50}
+    t = bench.targets({"methods": {m: {"accuracy": a} for m, a in acc.items()}})
+    assert t["best_selector"] == "program_orm_vote" and t["beats_greedy_by_10"]
+    assert t["gap_closed"]["orm"] == pytest.approx(0.5)  # (0.15 - 0.05) / (0.25 - 0.05)
+    assert t["gap_closed"]["program_orm"] == pytest.approx(0.5)  # (0.40 - 0.30) / (0.50 - 0.30)
+    assert t["gap_closed"]["program_orm_vote"] == pytest.approx(0.75) and t["orm_closes_half"]
+    acc.update(orm=0.10, program_orm=0.32, program_orm_vote=0.32)
+    t = bench.targets({"methods": {m: {"accuracy": a} for m, a in acc.items()}})
+    assert not t["orm_closes_half"] and t["best_selector"] == "program_orm"

@@ -170,3 +170,52 @@ def test_an_ensemble_verifier_reads_the_other_models_answers_with_its_own_model(
     only_qwen = [[{"type": "generate", "model": "qwen", "samples": 2}], reward]
     with pytest.raises(VerifierError, match="cannot score model"):
         run_spec({"name": "v", "models": models, "layers": only_qwen}, QUESTION)
+
+
+def test_a_verifier_of_programs_keeps_its_technique_and_refuses_an_unknown_one(tiny_verifier, tmp_path):
+    from dataclasses import replace
+
+    from lamina.verifiers.train import sample_task
+
+    verifier, _, _ = tiny_verifier
+    path = tmp_path / "programs.json"
+    LearnedVerifier(verifier.probe, replace(verifier.info, technique="program")).save(path)
+    assert LearnedVerifier.load(path).info.technique == "program" and verifier.info.technique == "generate"
+    with pytest.raises(ValueError, match="technique 'essay': one of generate, program"):
+        asyncio.run(sample_task("default", None, "train", 2, technique="essay"))
+
+
+def test_cli_refuses_a_process_verifier_of_programs(tmp_path, capsys):
+    from lamina.cli import main
+
+    code = main(["verifier", "train", "--task", "arith-1", "--kind", "prm", "--technique", "program",
+                 "--out", str(tmp_path / "v.json")])
+    assert code == 2 and "--technique program" in capsys.readouterr().err
+    assert not (tmp_path / "v.json").exists()
+
+
+@pytest.mark.slow
+def test_program_samples_on_the_real_model_are_labelled_by_what_they_print():
+    """technique="program": each sample is a program run in the sandbox, labelled by the scorer on its printed answer;
+    its sequence is the question's prompt + the program's tokens (what a verifier reads of a program candidate)."""
+    from lamina.eval.scorers import Scorer
+    from lamina.rewards.learned import prompt_ids
+    from lamina.tasks.task import load_task
+    from lamina.verifiers.train import sample_task
+
+    task = load_task("arith-1")
+    drawn, engine = asyncio.run(sample_task("default", task, "dev", 4, limit=3, technique="program",
+                                            engine={"kv_cache_memory_gb": 0.25}))
+    examples = task.examples("dev", 3)
+    scorer = Scorer.from_spec(task.scorer)
+    scorer.prepare()
+    assert len(drawn.labels) == 12 and drawn.question_ids[::4] == [e.id for e in examples]
+    for i, (text, label, seq, start) in enumerate(zip(drawn.texts, drawn.labels, drawn.sequences, drawn.starts)):
+        example = examples[i // 4]
+        messages = task.messages(example)
+        assert seq[:start] == prompt_ids(engine.tokenizer, messages)
+        program = engine.tokenizer.decode(seq[start:])
+        assert "print" in program or text == ""  # a program that answers printed its answer
+        score = asyncio.run(scorer.score(text, example, messages[-1]["content"]))
+        assert label == int(score.value >= 0.5)
+    assert any(t for t in drawn.texts) and all(len(t) < 40 for t in drawn.texts)  # printed answers, not programs

@@ -108,6 +108,7 @@ class VerifierInfo:
     kind: str = "orm"  # "orm": the answer's last token; "prm": each step's last token
     rollouts: int = 0  # prm: continuations per prefix that labelled it
     pooling: list[str] = field(default_factory=lambda: ["last"])  # orm features, of POOLINGS, in this order
+    technique: str = "generate"  # its training samples: "generate" answers, or "program"s labelled by what they print
 
 
 def prompt_ids(tokenizer, question: Question) -> list[int]:
@@ -121,18 +122,25 @@ POOLINGS = ("last", "mean", "logprob")
 def feature_blocks(engine, sequences: list[list[int]], starts: list[int], layers: list[int]) -> dict[str, Any]:
     """Every ORM feature of each sequence, as numpy float32 blocks: "last" and "mean" [n, len(layers), hidden] (the
     answer's last-token and mean states, sequence[start:] being the answer), "logprob" [n, 4] (TOKEN_STATS of
-    lamina.engine.hidden_states). Batched, FEATURE_BATCH sequences a forward pass."""
+    lamina.engine.hidden_states). Batched, FEATURE_BATCH sequences a forward pass; a progress bar (sequences/s)
+    when there is more than one batch."""
     import numpy as np
+    from tqdm import tqdm
 
     from lamina.engine.hidden_states import answer_summary
 
     parts: dict[str, list] = {"last": [], "mean": [], "logprob": []}
-    for i in range(0, len(sequences), FEATURE_BATCH):
+    batches = range(0, len(sequences), FEATURE_BATCH)
+    bar = tqdm(total=len(sequences), desc="hidden-state features", unit="seq", leave=False,
+               disable=len(batches) < 2)
+    for i in batches:
         last, mean, stats = answer_summary(engine.model, sequences[i:i + FEATURE_BATCH], starts[i:i + FEATURE_BATCH],
                                            layers)
         parts["last"].append(last.numpy())
         parts["mean"].append(mean.numpy())
         parts["logprob"].append(stats.numpy())
+        bar.update(len(sequences[i:i + FEATURE_BATCH]))
+    bar.close()
     return {k: np.concatenate(v) for k, v in parts.items()} if sequences else {}
 
 

@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--no-select", action="store_true", help="orm: the plain probe (last-token states of --layers, "
                        "default strength) instead of features and L2 strength chosen by cross-validation on the "
                        "training questions")
+    train.add_argument("--technique", choices=["generate", "program"], default="generate",
+                       help="orm: what it learns to judge: sampled answers (default), or sampled programs (the "
+                       "`program` technique, each labelled by what it prints in the sandbox) for vote weights and "
+                       "rewards over program candidates")
     train.add_argument("--rollouts", type=int, default=4, help="prm: continuations per step prefix (default 4)")
     train.add_argument("--max-steps", type=int, default=8, help="prm: most steps (lines) per answer (default 8)")
     train.add_argument("--out", required=True, help="the verifier file to write (JSON)")
@@ -79,6 +83,9 @@ def train_command(args: argparse.Namespace) -> int:
         layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     except ValueError:
         raise SpecError(f"--layers: comma-separated integers, got {args.layers!r}") from None
+    if args.kind == "prm" and args.technique != "generate":
+        raise SpecError(f"--technique {args.technique}: a process verifier (--kind prm) learns from sampled answers' "
+                        "steps only")
     task = load_task(args.task)
     if args.train_size is not None:
         grow_train(task, args.train_size)
@@ -94,7 +101,8 @@ def train_command(args: argparse.Namespace) -> int:
                                                           probe=args.probe, **common))
         else:
             verifier, = asyncio.run(train_verifier(args.model, task, args.split, args.samples, args.limit,
-                                                   probes=(args.probe,), select=not args.no_select, **common))
+                                                   probes=(args.probe,), select=not args.no_select,
+                                                   technique=args.technique, **common))
     except ValueError as exc:
         raise SpecError(f"cannot train a verifier on {args.task} {args.split}: {exc}") from None
     verifier.save(args.out)

@@ -45,18 +45,29 @@ class Samples:
         return out
 
 
+TECHNIQUES = ("generate", "program")  # what a verifier's samples are: answers, or programs judged by what they print
+PROGRAM_MIN_TOKENS = 128  # a program needs room whatever the task's answer length
+
+
 async def sample_task(model: str, task, split: str, samples: int, limit: int | None = None, *, seed: int = 0,
                       temperature: float = 0.8, max_tokens: int | None = None, concurrency: int = 4,
-                      engine: dict[str, Any] | None = None) -> tuple[Samples, Any]:
+                      engine: dict[str, Any] | None = None, technique: str = "generate") -> tuple[Samples, Any]:
     """Sample every question of `task`'s split `samples` times on the local `model` and label each sample with the
-    task's scorer. Returns the samples and the LLMEngine that drew them (for its hidden states)."""
+    task's scorer. Returns the samples and the LLMEngine that drew them (for its hidden states).
+    technique: "generate" samples answers; "program" samples programs with the `program` technique's default prompt
+    and labels each by what it printed in the sandbox, while its sequence is the question's prompt + the PROGRAM's
+    tokens (what a verifier reads when it scores program candidates in an architecture). ValueError for another."""
     from lamina.architecture import Architecture
     from lamina.eval.scorers import Scorer
 
-    params = {"temperature": temperature, "max_tokens": max_tokens or task.spec.max_tokens}
+    if technique not in TECHNIQUES:
+        raise ValueError(f"technique {technique!r}: one of {', '.join(TECHNIQUES)}")
+    tokens = max_tokens or (task.spec.max_tokens if technique == "generate"
+                            else max(task.spec.max_tokens, PROGRAM_MIN_TOKENS))
+    params = {"temperature": temperature, "max_tokens": tokens}
     spec = {"name": "verifier-samples", "seed": seed,
             "models": {"m": {"model": model, "engine": engine or {"kv_cache_memory_gb": 0.25}, "params": params}},
-            "layers": [[{"type": "generate", "samples": samples}]]}
+            "layers": [[{"type": technique, "samples": samples}]]}
     arch = Architecture.from_spec(spec, f"verifier samples of {model!r}", cache=False)
     scorer = Scorer.from_spec(task.scorer)
     scorer.prepare()
@@ -65,7 +76,8 @@ async def sample_task(model: str, task, split: str, samples: int, limit: int | N
     llm_engine = (await arch.models["m"].backend.engine()).engine
     prompt = {}
 
-    bar = tqdm(total=len(examples), desc=f"{task.name} {split} x{samples}", unit="q", leave=False)
+    bar = tqdm(total=len(examples), desc=f"{task.name} {split} x{samples}{' programs' * (technique == 'program')}",
+               unit="q", leave=False)
 
     async def one(example):
         async with slots:
@@ -267,7 +279,7 @@ def collected_layers(num_layers: int) -> list[int]:
 
 async def collect(model: str, task, split: str, samples: int, limit: int | None = None, *, seed: int = 0,
                   temperature: float = 0.8, max_tokens: int | None = None, engine: dict[str, Any] | None = None,
-                  cache: str | Path | None = None) -> tuple[Samples, dict, list[int]]:
+                  cache: str | Path | None = None, technique: str = "generate") -> tuple[Samples, dict, list[int]]:
     """Labelled samples of a split and their feature blocks (feature_blocks at collected_layers). With `cache` (a
     path stem), samples are kept in STEM.samples.json and blocks in STEM.features.npz, and read back from there
     instead of sampling (or computing states) again; blocks only with the samples they were computed from (samples
@@ -281,7 +293,7 @@ async def collect(model: str, task, split: str, samples: int, limit: int | None 
         llm_engine = None
     else:
         drawn, llm_engine = await sample_task(model, task, split, samples, limit, seed=seed, temperature=temperature,
-                                              max_tokens=max_tokens, engine=engine)
+                                              max_tokens=max_tokens, engine=engine, technique=technique)
         if samples_path:
             samples_path.parent.mkdir(parents=True, exist_ok=True)
             drawn.save(samples_path)
@@ -320,25 +332,27 @@ async def train_verifier(model: str, task, split: str, samples: int, limit: int 
                          max_tokens: int | None = None, engine: dict[str, Any] | None = None,
                          probes: tuple[str, ...] = ("logistic",), select: bool = True,
                          cache: str | Path | None = None,
-                         extra: list[tuple[Any, str | Path | None]] | None = None) -> list[LearnedVerifier]:
+                         extra: list[tuple[Any, str | Path | None]] | None = None,
+                         technique: str = "generate") -> list[LearnedVerifier]:
     """Sample, label and collect the states of `task`'s split once (engine: the local engine's options, e.g.
     num_threads; cache: see `collect`), then train one verifier per probe kind in `probes` on them, in that order.
     select: features and regularisation chosen by cross-validation on the training questions (`fit_selected`; with
     `layers`, only the regularisation, on those layers' last-token states); else the plain probe (the last-token
     states of `layers`, default the middle and the last, and train_probe's default strength). extra: (task, cache)
-    pairs whose `split` is sampled the same way and added to every fit (`fit_selected`), never held out or scored."""
+    pairs whose `split` is sampled the same way and added to every fit (`fit_selected`), never held out or scored.
+    technique: see `sample_task` ("program": a verifier of sampled programs; kept in its info)."""
     from lamina.rewards.learned import cached_identity
 
     if not select:
         drawn, llm_engine = await sample_task(model, task, split, samples, limit, seed=seed, temperature=temperature,
-                                              max_tokens=max_tokens, engine=engine)
+                                              max_tokens=max_tokens, engine=engine, technique=technique)
         chosen = layers or default_layers(len(llm_engine.model.layers))
         features = await asyncio.to_thread(features_of, llm_engine, drawn.sequences, chosen)
-        return [fit(drawn, features, VerifierInfo(model, cached_identity(model), chosen, task.name, split, seed=seed),
-                    holdout, kind) for kind in probes]
+        return [fit(drawn, features, VerifierInfo(model, cached_identity(model), chosen, task.name, split, seed=seed,
+                                                  technique=technique), holdout, kind) for kind in probes]
     drawn, blocks, block_layers = await collect(model, task, split, samples, limit, seed=seed,
                                                 temperature=temperature, max_tokens=max_tokens, engine=engine,
-                                                cache=cache)
+                                                cache=cache, technique=technique)
     if layers:
         missing = [layer for layer in layers if layer not in block_layers]
         if missing:  # states of other layers: collect them too
@@ -352,13 +366,14 @@ async def train_verifier(model: str, task, split: str, samples: int, limit: int 
     for other, other_cache in extra or []:
         other_drawn, other_blocks, other_layers = await collect(model, other, split, samples, None, seed=seed,
                                                                 temperature=temperature, max_tokens=max_tokens,
-                                                                engine=engine, cache=other_cache)
+                                                                engine=engine, cache=other_cache, technique=technique)
         if other_layers != block_layers:
             raise ValueError(f"extra task {other.name}: states of layers {other_layers}, not {block_layers}")
         more = merge_samples(more, (other_drawn, other_blocks))
     configs = [(list(layers), ["last"])] if layers else None
     out = [await asyncio.to_thread(fit_selected, drawn, blocks, block_layers,
-                                   VerifierInfo(model, cached_identity(model), [], task.name, split, seed=seed),
+                                   VerifierInfo(model, cached_identity(model), [], task.name, split, seed=seed,
+                                                technique=technique),
                                    holdout, kind, configs, None, more) for kind in probes]
     for verifier in out:
         if extra:
@@ -380,9 +395,11 @@ def merge_samples(a: Extra | None, b: Extra) -> Extra:
 async def evaluate_verifier(verifier: LearnedVerifier | ProcessVerifier, model: str, task, split: str, samples: int,
                             limit: int | None = None, *, seed: int = 0, temperature: float = 0.8,
                             max_tokens: int | None = None) -> dict[str, Any]:
+    """Held-out metrics (`report`) of `verifier` on samples of `task`'s split drawn the way it was trained (answers,
+    or programs for a verifier of programs)."""
     verifier.bind(None, model)  # refuse another model before sampling anything
     drawn, engine = await sample_task(model, task, split, samples, limit, seed=seed, temperature=temperature,
-                                      max_tokens=max_tokens)
+                                      max_tokens=max_tokens, technique=getattr(verifier.info, "technique", "generate"))
     scores = await asyncio.to_thread(verifier.bind(engine, model).score_sequences, drawn.sequences,
                                      drawn.starts)
     return report(drawn.question_ids, drawn.labels, scores)
