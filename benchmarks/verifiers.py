@@ -38,7 +38,7 @@ from lamina.architecture import Architecture
 from lamina.eval.scorers import Scorer
 from lamina.eval.stats import wilson_interval
 from lamina.rewards.learned import LearnedVerifier
-from lamina.techniques.program import PROGRAM_EXAMPLES
+from lamina.techniques.program import PROGRAM_EXAMPLES, PROGRAM_PROMPT
 from lamina.verifiers import metrics
 from lamina.verifiers.select import best_of, vote
 
@@ -207,9 +207,11 @@ async def train_orms(task, args, paths: dict[str, Path], train_size: int,
             extra.append((other, data_stem(args, other_name, other_size if other.spec.source.type == "generated"
                                            else "all")))
         stem = data_stem(args, task.name, size)
+        if technique != "generate":
+            stem = Path(f"{stem}-{technique}-{program_tag()}")
         trained = await train_verifier("default", task, "train", args.samples, seed=args.seed, probes=missing,
                                        temperature=args.temperature, engine=engine_options(args.threads),
-                                       cache=stem if technique == "generate" else Path(f"{stem}-{technique}"),
+                                       cache=stem,
                                        extra=extra, technique=technique)
         for probe, verifier in zip(missing, trained):
             verifier.info.metrics["train_seconds"] = time.perf_counter() - start  # sampling (or reading) shared
@@ -236,9 +238,21 @@ def train_with(text: str | None) -> dict[str, list[str]]:
     return out
 
 
+def program_tag() -> str:
+    """A short hash of what the programs are drawn with (the program technique's default prompt and few-shot
+    examples, their least max_tokens): in every cache name of a program draw or a verifier of programs, so a changed
+    prompt never reads programs drawn with another."""
+    import hashlib
+
+    from lamina.verifiers.train import PROGRAM_MIN_TOKENS
+
+    text = json.dumps([PROGRAM_PROMPT, [list(e) for e in PROGRAM_EXAMPLES], PROGRAM_MIN_TOKENS])
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def reused_program_rows(path: Path | None, name: str, questions: int, args) -> dict[str, dict]:
     """The program_vote and program_coverage rows of `name` in a previous results JSON (`--program-from`), when it
-    drew the same test questions with the same samples, temperature, seed and few-shot examples (the program run
+    drew the same test questions with the same samples, temperature, seed and program prompt (the program run
     reads no verifier, so it need not be drawn again); {} otherwise."""
     if path is None:
         return {}
@@ -248,7 +262,7 @@ def reused_program_rows(path: Path | None, name: str, questions: int, args) -> d
     for task in record.get("tasks", []) if same else []:
         rows = {m: task["methods"][m] for m in ("program_vote", "program_coverage") if m in task["methods"]}
         if (task["task"] == name and task["questions"] == questions and rows
-                and rows["program_vote"].get("program_examples", 0) == len(PROGRAM_EXAMPLES)):
+                and rows["program_vote"].get("program_prompt") == program_tag()):
             return {m: {**v, "reused_from": str(path)} for m, v in rows.items()}
     return {}
 
@@ -259,12 +273,14 @@ async def program_rows(name: str, task, examples, scorer: Scorer, args, stem: Pa
     With `--program-orm N`: also a learned verifier OF PROGRAMS (trained on N train questions' programs, labelled by
     what they print), best-of-8 among the programs that printed an answer (program_orm) and the vote weighted by its
     P(correct) (program_orm_vote), its forward pass counted in their cost."""
+    from lamina.verifiers.train import PROGRAM_MIN_TOKENS
+
     program_layer = [{"type": "program", "samples": args.samples}]
-    shots = len(PROGRAM_EXAMPLES)
-    program = await draw_cached(model_spec("program", args.temperature, max(task.spec.max_tokens, 128), args.threads,
-                                           args.seed, program_layer), task, examples, scorer, f"{name} program",
-                                Path(f"{stem}.program-{shots}shot.json"))
-    extra = {"program_examples": shots,
+    shots, tag = len(PROGRAM_EXAMPLES), program_tag()
+    program = await draw_cached(model_spec("program", args.temperature, max(task.spec.max_tokens, PROGRAM_MIN_TOKENS),
+                                           args.threads, args.seed, program_layer), task, examples, scorer,
+                                f"{name} program", Path(f"{stem}.program-{tag}.json"))
+    extra = {"program_examples": shots, "program_prompt": tag,
              "programs_answering": sum(k is not None for keys in program.keys for k in keys)
              / max(sum(len(keys) for keys in program.keys), 1)}
     rows = {"program_vote": {**row([labels[vote(keys)] if labels else 0 for keys, labels
@@ -278,12 +294,12 @@ async def program_rows(name: str, task, examples, scorer: Scorer, args, stem: Pa
             from lamina.verifiers.train import grow_train
 
             grow_train(task, size)
-        path = args.cache / (f"{name}-program{shots}shot-orm-train{size if grow else 'all'}-n{args.samples}"
-                             f"-seed{args.seed}-cv.json")
+        path = args.cache / (f"{name}-program-{tag}-orm-train{size if grow else 'all'}-n{args.samples}"
+                             f"-t{args.temperature}-seed{args.seed}-cv.json")
         verifier = (await train_orms(task, argparse.Namespace(**{**vars(args), "train_with": {}}),
                                      {"logistic": path}, size, technique="program"))["logistic"]
         blocks, block_layers, seconds = await asyncio.to_thread(test_blocks, program,
-                                                                Path(f"{stem}.program-{shots}shot.features.npz"),
+                                                                Path(f"{stem}.program-{tag}.features.npz"),
                                                                 args.threads)
         (scores, tokens, seconds), = (await asyncio.to_thread(score_orms, {"program_orm": verifier}, program, blocks,
                                                                block_layers, seconds)).values()
@@ -318,6 +334,8 @@ async def redraw_programs(results: list[dict], args) -> None:
         examples = task.examples("test", r.get("limit"))
         stem = args.cache / (f"{r['task']}-test-limit{r.get('limit') or 'all'}-n{args.samples}-t{args.temperature}"
                              f"-seed{args.seed}")
+        for stale in ("program_vote", "program_coverage", "program_orm", "program_orm_vote"):
+            r["methods"].pop(stale, None)  # none of an old draw's program rows stays beside the new ones
         r["methods"].update(await program_rows(r["task"], task, examples, scorer, args, stem))
         print(f"{r['task']}: program vote {r['methods']['program_vote']['accuracy']:.2f}, program coverage "
               f"{r['methods']['program_coverage']['accuracy']:.2f}", flush=True)
@@ -530,8 +548,8 @@ def table(results: list[dict], markdown: bool) -> str:
         lines.append(cells)
     cost = ["", "tokens, seconds per example:"] + [
         f"{r['task']} {m}: {v['tokens_per_example']:.0f} tok, {v['seconds_per_example']:.2f} s"
-        for r in results for m, v in r["methods"].items() if m in ("greedy", "majority", "orm", "public_tests", "program_vote",
-                                                                "program_orm")]
+        for r in results for m, v in r["methods"].items()
+        if m in ("greedy", "majority", "orm", "public_tests", "program_vote", "program_orm")]
     if markdown:
         text = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         text += ["| " + " | ".join(c) + " |" for c in lines[1:]]
@@ -558,7 +576,9 @@ def targets(result: dict) -> dict:
                        for m in ("program_orm", "program_orm_vote")})
     return {"best_selector": best, "best_minus_greedy": methods[best] - methods["greedy"],
             "beats_greedy_by_10": methods[best] - methods["greedy"] >= 0.10, "gap_closed": closed,
-            "orm_closes_half": max((c or 0.0) for c in closed.values()) >= 0.5 if closed else False}
+            "orm_closes_half": (closed.get("orm") or 0.0) >= 0.5,
+            "program_orm_closes_half": (max((closed.get(m) or 0.0) for m in ("program_orm", "program_orm_vote")) >= 0.5
+                                        if "program_orm" in methods else None)}
 
 
 def target_lines(results: list[dict]) -> list[str]:
@@ -569,7 +589,8 @@ def target_lines(results: list[dict]) -> list[str]:
         closed = ", ".join(f"{m} {c:.2f}" if c is not None else f"{m} -" for m, c in t["gap_closed"].items())
         lines.append(f"{r['task']}: best {t['best_selector']} {t['best_minus_greedy']:+.2f} vs greedy "
                      f"({'met' if t['beats_greedy_by_10'] else 'NOT met'}); gap closed: {closed} "
-                     f"({'met' if t['orm_closes_half'] else 'NOT met'} by a learned verifier)")
+                     f"(orm: {'met' if t['orm_closes_half'] else 'NOT met'}; verifier of programs: "
+                     f"{ {True: 'met', False: 'NOT met', None: '-'}[t.get('program_orm_closes_half')] })")
     return lines
 
 
@@ -627,7 +648,8 @@ def main() -> None:
     for name in [] if args.programs_only else [t.strip() for t in args.tasks.split(",") if t.strip()]:
         limit, train_size = for_task(args.limit, name), for_task(args.train_size, name)
         key = (f"{name}-limit{limit or 'all'}-train{train_size}-n{args.samples}-t{args.temperature}"
-               f"-seed{args.seed}{'-noprog' if args.no_program else ''}{'-mlp' if args.mlp else ''}-cv"
+               f"-seed{args.seed}{'-noprog' if args.no_program else '-prog' + program_tag()}"
+               f"{f'-porm{args.program_orm}' if args.program_orm else ''}{'-mlp' if args.mlp else ''}-cv"
                f"{''.join('+' + o for o in args.train_with.get(name, []))}.json")
         done = args.cache / key
         if done.exists():
@@ -653,6 +675,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"cpu": cpu, "threads": args.threads, "samples": args.samples, "temperature": args.temperature,
               "seed": args.seed, "tasks": results}
+    if args.programs_only:  # the rows kept were measured there; the program rows' new forward passes here
+        record.update(cpu=old.get("cpu"), threads=old.get("threads"),
+                      programs_redrawn={"cpu": cpu, "threads": args.threads})
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     plot(results, args.out.with_suffix(".png"))
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")

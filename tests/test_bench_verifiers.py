@@ -30,9 +30,9 @@ def test_train_with_parses_and_refuses_a_bad_part(bench):
 
 
 def test_program_rows_are_reused_only_from_the_same_draw(bench, tmp_path):
-    shots = len(bench.PROGRAM_EXAMPLES)
-    rows = {"program_vote": {"accuracy": 0.9, "program_examples": shots},
-            "program_coverage": {"accuracy": 0.97, "program_examples": shots}, "greedy": {"accuracy": 0.3}}
+    tag = bench.program_tag()
+    rows = {"program_vote": {"accuracy": 0.9, "program_prompt": tag},
+            "program_coverage": {"accuracy": 0.97, "program_prompt": tag}, "greedy": {"accuracy": 0.3}}
     record = {"samples": 8, "temperature": 0.8, "seed": 0,
               "tasks": [{"task": "arith-1", "questions": 156, "methods": rows}]}
     path = tmp_path / "old.json"
@@ -46,7 +46,7 @@ def test_program_rows_are_reused_only_from_the_same_draw(bench, tmp_path):
     assert bench.reused_program_rows(path, "arith-1", 156, argparse.Namespace(samples=8, temperature=0.8,
                                                                                seed=1)) == {}
     assert bench.reused_program_rows(None, "arith-1", 156, args) == {}
-    rows["program_vote"]["program_examples"] = 0  # drawn with another prompt (zero-shot)
+    rows["program_vote"]["program_prompt"] = "0123abcd"  # drawn with another prompt
     path.write_text(json.dumps(record))
     assert bench.reused_program_rows(path, "arith-1", 156, args) == {}
 
@@ -72,13 +72,21 @@ def test_test_draws_are_kept_and_read_back_without_drawing_again(bench, tmp_path
 
 
 def test_targets_measure_a_verifier_of_programs_against_the_programs_gap(bench):
-    acc = {"greedy": 0.10, "majority": 0.05, "orm": 0.15, "coverage": 0.25, "program_vote": 0.30,
+    acc = {"greedy": 0.10, "majority": 0.05, "orm": 0.16, "coverage": 0.25, "program_vote": 0.30,
            "program_orm": 0.40, "program_orm_vote": 0.45, "program_coverage": 0.50}
     t = bench.targets({"methods": {m: {"accuracy": a} for m, a in acc.items()}})
     assert t["best_selector"] == "program_orm_vote" and t["beats_greedy_by_10"]
-    assert t["gap_closed"]["orm"] == pytest.approx(0.5)  # (0.15 - 0.05) / (0.25 - 0.05)
+    assert t["gap_closed"]["orm"] == pytest.approx(0.55)  # (0.16 - 0.05) / (0.25 - 0.05)
     assert t["gap_closed"]["program_orm"] == pytest.approx(0.5)  # (0.40 - 0.30) / (0.50 - 0.30)
-    assert t["gap_closed"]["program_orm_vote"] == pytest.approx(0.75) and t["orm_closes_half"]
+    assert t["gap_closed"]["program_orm_vote"] == pytest.approx(0.75)
+    assert t["orm_closes_half"] and t["program_orm_closes_half"]
     acc.update(orm=0.10, program_orm=0.32, program_orm_vote=0.32)
     t = bench.targets({"methods": {m: {"accuracy": a} for m, a in acc.items()}})
-    assert not t["orm_closes_half"] and t["best_selector"] == "program_orm"
+    assert not t["orm_closes_half"] and not t["program_orm_closes_half"] and t["best_selector"] == "program_orm"
+
+
+def test_program_tag_changes_with_the_program_prompt(bench, monkeypatch):
+    tag = bench.program_tag()
+    assert len(tag) == 8
+    monkeypatch.setattr(bench, "PROGRAM_EXAMPLES", bench.PROGRAM_EXAMPLES[:1])
+    assert bench.program_tag() != tag

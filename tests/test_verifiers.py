@@ -219,3 +219,28 @@ def test_program_samples_on_the_real_model_are_labelled_by_what_they_print():
         score = asyncio.run(scorer.score(text, example, messages[-1]["content"]))
         assert label == int(score.value >= 0.5)
     assert any(t for t in drawn.texts) and all(len(t) < 40 for t in drawn.texts)  # printed answers, not programs
+
+
+def test_a_verifier_judges_only_the_kind_of_candidate_it_learnt(tiny_verifier, tiny_llama_dir, tmp_path):
+    """A verifier of programs refuses plain answers and an answers' verifier refuses executed programs (a program
+    candidate's text is what it printed, its tokens the program's); a program that printed nothing scores None."""
+    from dataclasses import replace
+
+    verifier, _, _ = tiny_verifier
+    answers, programs = tmp_path / "answers.json", tmp_path / "programs.json"
+    verifier.save(answers)
+    LearnedVerifier(verifier.probe, replace(verifier.info, technique="program")).save(programs)
+    model = {"m": {"model": str(tiny_llama_dir), "engine": {"num_kv_blocks": 128, "block_size": 4},
+                   "params": {"max_tokens": 6, "temperature": 1.0}}}
+
+    def spec(first, path):
+        return {"name": "v", "models": model,
+                "layers": [[first], [{"type": "reward", "mode": "verifier", "verifier": str(path)}]]}
+
+    with pytest.raises(VerifierError, match="trained on programs .* are answers"):
+        run_spec(spec({"type": "generate", "samples": 2}, programs), QUESTION)
+    program = {"type": "program", "samples": 2, "timeout_s": 1}
+    with pytest.raises(VerifierError, match="trained on answers .* are executed programs"):
+        run_spec(spec(program, answers), QUESTION)
+    result = run_spec(spec(program, programs), QUESTION)  # the random model's programs print nothing
+    assert [c.answer for c in result.final] == [None, None] and [c.score for c in result.final] == [None, None]

@@ -29,6 +29,7 @@ class Candidate:
     answer: str | None = None  # vote: the extracted answer
     token_ids: list[int] | None = None  # the sampled tokens, where the backend returns them
     finish_reason: str | None = None  # "stop" | "length" | ...
+    executed: bool = False  # program: text/answer are what the program printed; token_ids are the PROGRAM's tokens
 
     @classmethod
     def sampled(cls, completion: Completion, source: str, model: str | None) -> "Candidate":

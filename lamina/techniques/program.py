@@ -74,7 +74,7 @@ class Program(Generate):
                 why = ("timeout" if result.timed_out else "memory limit" if result.memory_exceeded
                        else "printed nothing" if result.completed else _last_line(result.stderr))
                 self.note(state, fallback="program failed", candidate=i, error=why, rule="no answer")
-            return replace(cand, text=answer or "", answer=answer)
+            return replace(cand, text=answer or "", answer=answer, executed=True)
 
         programs = await super().run(state)
         executed = await asyncio.gather(*(execute(i, c) for i, c in enumerate(programs)))

@@ -56,14 +56,22 @@ async def verifier_scores(state: State, cands: list[Candidate], path: str) -> li
     """A learned verifier's P(correct) of each candidate, read from the states of the local model that wrote it
     (the query's conversation, then the candidate's tokens). In an ensemble, candidates of another local model are
     re-read (their text re-tokenized) by the verifier's own model when some candidates come from it. VerifierError
-    for a missing file, a candidate of a model without local hidden states, or candidates none of which come from
-    the model the verifier was trained on."""
+    for a missing file, a candidate of a model without local hidden states, candidates none of which come from
+    the model the verifier was trained on, or candidates of another kind than it learnt to judge (a verifier of
+    programs, `lamina verifier train --technique program`, judges executed programs only, and an answers' verifier
+    answers only). An executed program that printed nothing scores None (nothing to pick)."""
     from lamina.rewards.learned import VerifierError
 
     try:
         verifier = _load_verifier(path, Path(path).stat().st_mtime)
     except OSError as exc:
         raise VerifierError(f"verifier: cannot read {path}: {exc}") from None
+    of_programs = getattr(verifier.info, "technique", "generate") == "program"
+    wrong = [c for c in cands if c.executed != of_programs]
+    if wrong:
+        raise VerifierError(f"verifier {path} was trained on {'programs' if of_programs else 'answers'} "
+                            f"(technique {verifier.info.technique}); {len(wrong)} candidate(s) here are "
+                            f"{'answers' if of_programs else 'executed programs'} (from {wrong[0].source!r})")
     bound: dict[str | None, Any] = {}  # alias -> the verifier bound to that alias's engine (its trained model)
     foreign: dict[str | None, VerifierError] = {}  # aliases of other models: their answers are read by the verifier's
     for alias in dict.fromkeys(c.model for c in cands):
@@ -81,10 +89,15 @@ async def verifier_scores(state: State, cands: list[Candidate], path: str) -> li
     reader = next(iter(bound.values()), None)
     scores: list[float | None] = [None] * len(cands)
     for alias in dict.fromkeys(c.model for c in cands):
-        rows = [i for i, c in enumerate(cands) if c.model == alias]
+        rows = [i for i, c in enumerate(cands) if c.model == alias and not (c.executed and c.answer is None)]
+        if not rows:
+            continue
         if alias in bound:
             answers = [Response(cands[i].text, None, cands[i].token_ids) for i in rows]
             got = await bound[alias].score(state.messages, answers)
+        elif of_programs:  # the program's text is not kept, only its tokens in the model that wrote it
+            raise VerifierError(f"verifier {path}: programs of model alias {alias!r} cannot be re-read by the "
+                                "verifier's model; a verifier of programs judges its own model's programs")
         else:  # another model's answer, re-read (re-tokenized) by the model the verifier was trained on
             got = await reader.score(state.messages, [Response(cands[i].text) for i in rows])
         for i, score in zip(rows, got):
