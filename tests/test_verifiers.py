@@ -244,3 +244,22 @@ def test_a_verifier_judges_only_the_kind_of_candidate_it_learnt(tiny_verifier, t
         run_spec(spec(program, answers), QUESTION)
     result = run_spec(spec(program, programs), QUESTION)  # the random model's programs print nothing
     assert [c.answer for c in result.final] == [None, None] and [c.score for c in result.final] == [None, None]
+
+
+def test_a_verifier_weighted_vote_over_programs_ignores_the_ones_that_printed_nothing(monkeypatch):
+    """A failed program has no verifier score (None) and no answer: the vote stays weighted by the others' scores."""
+    import lamina.techniques.vote as vote_module
+
+    async def scores(state, cands, mode, verifier=None):
+        return [None if c.answer is None else {"42": 0.9, "13": 0.2}[c.answer] for c in cands]
+
+    monkeypatch.setattr(vote_module, "own_scores", scores)
+    programs = ["```python\nprint(6 + 7)\n```", "```python\nprint(1 / 0)\n```", "```python\nprint(6 + 7)\n```",
+                "```python\nprint(6 * 7)\n```"]
+    backend = ScriptedBackend({"Write a short Python program": programs})
+    spec = {"name": "pv", "models": {"m": {"model": "scripted"}},
+            "layers": [[{"type": "program", "samples": 4, "timeout_s": 2, "examples": []}],
+                       [{"type": "vote", "weights": "verifier", "verifier": "v.json", "extract": "number"}]]}
+    result = run_spec(spec, [{"role": "user", "content": "What is 6 * 7?"}], backends={"m": backend})
+    assert result.answer == "42"  # 0.9 against 2 x 0.2; unweighted, 13 would win 2 to 1
+    assert not [e for e in result.trace if str(e.get("fallback", "")).startswith("no scores")]
