@@ -38,7 +38,7 @@ from lamina.architecture import Architecture
 from lamina.eval.scorers import Scorer
 from lamina.eval.stats import wilson_interval
 from lamina.rewards.learned import LearnedVerifier
-from lamina.techniques.program import PROGRAM_EXAMPLES, PROGRAM_PROMPT
+from lamina.techniques.program import PROGRAM_EXAMPLES, PROGRAM_MIN_TOKENS, PROGRAM_PROMPT
 from lamina.verifiers import metrics
 from lamina.verifiers.select import best_of, vote
 
@@ -244,8 +244,6 @@ def program_tag() -> str:
     prompt never reads programs drawn with another."""
     import hashlib
 
-    from lamina.verifiers.train import PROGRAM_MIN_TOKENS
-
     text = json.dumps([PROGRAM_PROMPT, [list(e) for e in PROGRAM_EXAMPLES], PROGRAM_MIN_TOKENS])
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
@@ -273,8 +271,6 @@ async def program_rows(name: str, task, examples, scorer: Scorer, args, stem: Pa
     With `--program-orm N`: also a learned verifier OF PROGRAMS (trained on N train questions' programs, labelled by
     what they print), best-of-8 among the programs that printed an answer (program_orm) and the vote weighted by its
     P(correct) (program_orm_vote), its forward pass counted in their cost."""
-    from lamina.verifiers.train import PROGRAM_MIN_TOKENS
-
     program_layer = [{"type": "program", "samples": args.samples}]
     shots, tag = len(PROGRAM_EXAMPLES), program_tag()
     program = await draw_cached(model_spec("program", args.temperature, max(task.spec.max_tokens, PROGRAM_MIN_TOKENS),

@@ -42,6 +42,11 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
+    @property
+    def printed_nothing(self) -> bool:
+        """An executed program that answered nothing (raised, timed out, printed nothing): nothing to score or vote."""
+        return self.executed and self.answer is None
+
     def content(self) -> dict[str, Any]:
         """What the candidate says and what is known of it, without where it came from (component, alias)."""
         return {name: getattr(self, name) for name in self.__slots__ if name not in ("source", "model")}

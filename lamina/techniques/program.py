@@ -29,6 +29,7 @@ PROGRAM_EXAMPLES: tuple[tuple[str, str], ...] = (
     ("How many dozens are 48 eggs?", "eggs_per_dozen = 12\nprint(48 / eggs_per_dozen)"),
 )
 MAX_ANSWER_CHARS = 200
+PROGRAM_MIN_TOKENS = 128  # max_tokens a program needs whatever the task's answer length (verifier training, benchmark)
 
 
 class ProgramSpec(GenerateSpec):

@@ -66,7 +66,7 @@ async def verifier_scores(state: State, cands: list[Candidate], path: str) -> li
         verifier = _load_verifier(path, Path(path).stat().st_mtime)
     except OSError as exc:
         raise VerifierError(f"verifier: cannot read {path}: {exc}") from None
-    of_programs = getattr(verifier.info, "technique", "generate") == "program"
+    of_programs = verifier.info.technique == "program"
     wrong = [c for c in cands if c.executed != of_programs]
     if wrong:
         raise VerifierError(f"verifier {path} was trained on {'programs' if of_programs else 'answers'} "
@@ -89,7 +89,7 @@ async def verifier_scores(state: State, cands: list[Candidate], path: str) -> li
     reader = next(iter(bound.values()), None)
     scores: list[float | None] = [None] * len(cands)
     for alias in dict.fromkeys(c.model for c in cands):
-        rows = [i for i, c in enumerate(cands) if c.model == alias and not (c.executed and c.answer is None)]
+        rows = [i for i, c in enumerate(cands) if c.model == alias and not c.printed_nothing]
         if not rows:
             continue
         if alias in bound:

@@ -103,7 +103,7 @@ class Vote(Technique):
             scores = await own_scores(state, cands, self.spec.weights, self.spec.verifier)
             kind = f"weights {self.spec.weights}"
         # a program that printed nothing has no score and casts no vote
-        if any(s is None for s, c in zip(scores, cands) if not (c.executed and c.answer is None)):
+        if any(s is None for s, c in zip(scores, cands) if not c.printed_nothing):
             self.note(state, fallback=f"no scores for {kind}", rule="unweighted majority")
             return [1.0] * len(cands)
         if self.spec.method == "inverse_entropy":

@@ -46,7 +46,6 @@ class Samples:
 
 
 TECHNIQUES = ("generate", "program")  # what a verifier's samples are: answers, or programs judged by what they print
-PROGRAM_MIN_TOKENS = 128  # a program needs room whatever the task's answer length
 
 
 async def sample_task(model: str, task, split: str, samples: int, limit: int | None = None, *, seed: int = 0,
@@ -59,6 +58,7 @@ async def sample_task(model: str, task, split: str, samples: int, limit: int | N
     tokens (what a verifier reads when it scores program candidates in an architecture). ValueError for another."""
     from lamina.architecture import Architecture
     from lamina.eval.scorers import Scorer
+    from lamina.techniques.program import PROGRAM_MIN_TOKENS
 
     if technique not in TECHNIQUES:
         raise ValueError(f"technique {technique!r}: one of {', '.join(TECHNIQUES)}")
@@ -399,7 +399,7 @@ async def evaluate_verifier(verifier: LearnedVerifier | ProcessVerifier, model: 
     or programs for a verifier of programs)."""
     verifier.bind(None, model)  # refuse another model before sampling anything
     drawn, engine = await sample_task(model, task, split, samples, limit, seed=seed, temperature=temperature,
-                                      max_tokens=max_tokens, technique=getattr(verifier.info, "technique", "generate"))
+                                      max_tokens=max_tokens, technique=verifier.info.technique)
     scores = await asyncio.to_thread(verifier.bind(engine, model).score_sequences, drawn.sequences,
                                      drawn.starts)
     return report(drawn.question_ids, drawn.labels, scores)
