@@ -13,10 +13,12 @@ finished tasks are kept there too, so a rerun resumes, and so are the test split
 the programs) with the samples' feature blocks, so an ORM trained again is scored on the same samples without drawing
 them again. `--program-from` takes the program-aided rows from a previous
 results JSON that drew the same test questions with the same program prompt; `--programs-only OLD.json` draws only
-the program rows again and keeps OLD's other rows.
+the program rows again and keeps OLD's other rows;
+`--keep OLD.json` keeps OLD's results of the tasks not run now (e.g. one task redrawn with a larger train split).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/verifiers.py [--tasks arith-1,code-2] [--limit 20]
         [--train-size 100] [--train-with units-1=units-2] [--program-from OLD.json] [--programs-only OLD.json]
+        [--keep OLD.json]
         [--samples 8] [--threads 1]
         [--markdown]
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from benchmarks.verifiers_report import (kept, plot, previous, table, target_lines, targets,
+                                       train_sizes)
 from lamina.answers import extract
 from lamina.architecture import Architecture
 from lamina.eval.scorers import Scorer
@@ -44,10 +47,6 @@ from lamina.verifiers.select import best_of, vote
 
 TASKS = ["arith-1", "arith-3", "units-1", "units-2", "code-2", "code-3"]
 PROGRAM_TASKS = ("arith-", "units-")
-METHODS = ["greedy", "majority", "self_certainty", "self_certainty_vote", "mean_logprob", "orm", "orm_vote",
-           "orm_mlp", "orm_mlp_vote", "public_tests", "program_vote", "program_orm", "program_orm_vote", "coverage",
-           "program_coverage"]  # in tables, plots
-SCORERS = ["self_certainty", "mean_logprob", "orm", "orm_mlp", "public_tests"]  # AUROC over the samples
 CONCURRENCY = 4  # questions in flight (the engine batches their samples)
 
 
@@ -493,108 +492,6 @@ async def run_task(name: str, args) -> dict:
                      for orm, v in orms.items()}}
 
 
-def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
-
-    cols = min(3, len(results))
-    rows_ = math.ceil(len(results) / cols)
-    fig, axes = plt.subplots(rows_, cols, figsize=(4.2 * cols, 3.6 * rows_), squeeze=False)
-    markers = dict(zip(METHODS, "os^v<>DPX*hpH8dX"))
-    for ax, res in zip(axes.flat, results):
-        for k, (method, r) in enumerate(res["methods"].items()):
-            acc, (low, high) = r["accuracy"], r["ci95"]
-            nudge = 1 + 0.025 * (k - len(res["methods"]) / 2)  # methods at one cost side by side
-            yerr = [[max(acc - low, 0.0)], [max(high - acc, 0.0)]]
-            ax.errorbar(r["tokens_per_example"] * nudge, acc, yerr=yerr,
-                        fmt=markers.get(method, "o"), capsize=2, label=method,
-                        color=plt.cm.tab20(METHODS.index(method) % 20 if method in METHODS else 19))
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(f"{res['task']} (test, n={res['questions']})")
-        ax.set_xlabel("tokens per example")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1)
-    for ax in list(axes.flat)[len(results):]:
-        ax.axis("off")
-    legend = {}  # every method of any task, once, in METHODS order
-    for ax in axes.flat:
-        legend.update({label: h for h, label in zip(*ax.get_legend_handles_labels())})
-    ordered = sorted(legend, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
-    fig.legend([legend[m] for m in ordered], ordered, loc="lower center", ncol=5, fontsize=8)
-    fig.suptitle("Selectors among 8 samples, SmolLM2-135M-Instruct on CPU (95% Wilson intervals)")
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=110)
-
-
-def table(results: list[dict], markdown: bool) -> str:
-    names = [m for m in METHODS if any(m in r["methods"] for r in results)]
-    scorers = [s for s in SCORERS if any(s in r["auroc"] for r in results)]
-    head = ["task", "n/test"] + names + [f"AUROC {s}" for s in scorers]
-    lines = [head]
-    for r in results:
-        cells = [r["task"], f"{r['questions']}/{r['test_size']}" if "test_size" in r else str(r["questions"])]
-        for m in names:
-            v = r["methods"].get(m)
-            cells.append(f"{v['accuracy']:.2f} ({v['ci95'][0]:.2f}-{v['ci95'][1]:.2f})" if v else "-")
-        cells += [f"{r['auroc'][s]:.2f}" if r["auroc"].get(s) is not None else "-" for s in scorers]
-        lines.append(cells)
-    cost = ["", "tokens, seconds per example:"] + [
-        f"{r['task']} {m}: {v['tokens_per_example']:.0f} tok, {v['seconds_per_example']:.2f} s"
-        for r in results for m, v in r["methods"].items()
-        if m in ("greedy", "majority", "orm", "public_tests", "program_vote", "program_orm")]
-    if markdown:
-        text = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        text += ["| " + " | ".join(c) + " |" for c in lines[1:]]
-        return "\n".join(text + cost)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join(["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines] + cost)
-
-
-CEILINGS = ("greedy", "coverage", "program_coverage")  # not selectors
-LEARNED = ("orm", "orm_vote", "orm_mlp", "orm_mlp_vote")
-
-
-def targets(result: dict) -> dict:
-    """Issue 13's targets on one task: the best selector's margin over greedy (target >= 0.10), and per learned
-    selector the fraction of the majority-to-coverage gap it closes (target >= 0.5; None when there is no gap). A
-    verifier of programs is measured against the programs' own gap (program vote to program coverage)."""
-    methods = {m: v["accuracy"] for m, v in result["methods"].items()}
-    best = max((m for m in methods if m not in CEILINGS), key=lambda m: methods[m])
-    gap = methods["coverage"] - methods["majority"]
-    closed = {m: (methods[m] - methods["majority"]) / gap if gap > 0 else None for m in LEARNED if m in methods}
-    if "program_orm" in methods:
-        program_gap = methods["program_coverage"] - methods["program_vote"]
-        closed.update({m: (methods[m] - methods["program_vote"]) / program_gap if program_gap > 0 else None
-                       for m in ("program_orm", "program_orm_vote")})
-    return {"best_selector": best, "best_minus_greedy": methods[best] - methods["greedy"],
-            "beats_greedy_by_10": methods[best] - methods["greedy"] >= 0.10, "gap_closed": closed,
-            "orm_closes_half": (closed.get("orm") or 0.0) >= 0.5,
-            "program_orm_closes_half": (max((closed.get(m) or 0.0) for m in ("program_orm", "program_orm_vote")) >= 0.5
-                                        if "program_orm" in methods else None)}
-
-
-def target_lines(results: list[dict]) -> list[str]:
-    lines = ["", "targets (best selector - greedy >= 0.10; learned verifier closes >= 1/2 of majority->coverage, "
-             "a verifier of programs of program vote->program coverage):"]
-    for r in results:
-        t = r["targets"]
-        closed = ", ".join(f"{m} {c:.2f}" if c is not None else f"{m} -" for m, c in t["gap_closed"].items())
-        lines.append(f"{r['task']}: best {t['best_selector']} {t['best_minus_greedy']:+.2f} vs greedy "
-                     f"({'met' if t['beats_greedy_by_10'] else 'NOT met'}); gap closed: {closed} "
-                     f"(orm: {'met' if t['orm_closes_half'] else 'NOT met'}; verifier of programs: "
-                     f"{ {True: 'met', False: 'NOT met', None: '-'}[t.get('program_orm_closes_half')] })")
-    return lines
-
-
-def train_sizes(results: list[dict]) -> str:
-    """The ORMs' train questions per task, e.g. "arith-1 136, code-2 100"."""
-    return ", ".join(f"{r['task']} {r['orms']['orm']['train_questions']}" for r in results if "orm" in r["orms"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated (default {','.join(TASKS)})")
@@ -619,6 +516,10 @@ def main() -> None:
     parser.add_argument("--program-orm", type=int, metavar="N", default=0,
                         help="also a learned verifier of programs, trained on N train questions' programs "
                              "(program_orm, program_orm_vote rows)")
+    parser.add_argument("--keep", type=Path, metavar="OLD.json",
+                        help="a previous results JSON (same samples, temperature, seed): keep its tasks not run now "
+                             "(marked reused_from, each with the CPU and threads it was measured with); the tasks "
+                             "run now replace theirs")
     parser.add_argument("--mlp", action="store_true", help="also an MLP-probe ORM (orm_mlp), on the same states")
     parser.add_argument("--cache", type=Path, default=Path("runs/bench-verifiers"), help="ORMs and finished tasks")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/verifiers"), help="OUT.json, OUT.png")
@@ -633,12 +534,10 @@ def main() -> None:
     cpu = cpu_description()
     print(f"CPU: {cpu}; {args.threads} engine thread(s)", flush=True)
     results = []
+    if args.programs_only and args.keep:
+        parser.error("--programs-only and --keep: choose one")
     if args.programs_only:
-        old = json.loads(args.programs_only.read_text())
-        if (old.get("samples"), old.get("temperature"), old.get("seed")) != (args.samples, args.temperature, args.seed):
-            parser.error(f"--programs-only {args.programs_only}: drawn with samples/temperature/seed "
-                         f"{old.get('samples')}/{old.get('temperature')}/{old.get('seed')}, not "
-                         f"{args.samples}/{args.temperature}/{args.seed}")
+        old = previous(args.programs_only, args, parser, "--programs-only")
         results = old["tasks"]
         asyncio.run(redraw_programs(results, args))
     for name in [] if args.programs_only else [t.strip() for t in args.tasks.split(",") if t.strip()]:
@@ -652,7 +551,7 @@ def main() -> None:
             results.append(json.loads(done.read_text()))
             print(f"{name}: reused {done}", flush=True)
             continue
-        result = asyncio.run(run_task(name, args))
+        result = {**asyncio.run(run_task(name, args)), "measured": {"cpu": cpu, "threads": args.threads}}
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(result, indent=1))
         results.append(result)
@@ -663,6 +562,8 @@ def main() -> None:
           f"{args.temperature}, ORM trained on {train_sizes(results)} train questions; CPU: {cpu}")
     from lamina.tasks.task import load_task
 
+    if args.keep:
+        results = kept(previous(args.keep, args, parser, "--keep"), args.keep, results)
     for r in results:
         r.setdefault("test_size", len(load_task(r["task"]).examples("test")))  # results cached before it was kept
         r["targets"] = targets(r)

@@ -90,3 +90,38 @@ def test_program_tag_changes_with_the_program_prompt(bench, monkeypatch):
     assert len(tag) == 8
     monkeypatch.setattr(bench, "PROGRAM_EXAMPLES", bench.PROGRAM_EXAMPLES[:1])
     assert bench.program_tag() != tag
+
+
+def test_keep_merges_a_previous_run_task_by_task(bench, tmp_path):
+    old = {"cpu": "old CPU", "threads": 1, "samples": 8, "temperature": 0.8, "seed": 0,
+           "programs_redrawn": {"cpu": "old CPU", "threads": 2},
+           "tasks": [{"task": "arith-1", "methods": {"greedy": {"accuracy": 0.3}}},
+                     {"task": "units-2", "methods": {"greedy": {"accuracy": 0.05}}},
+                     {"task": "code-3", "methods": {}, "measured": {"cpu": "older CPU", "threads": 4},
+                      "reused_from": "older.json"}]}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    now = [{"task": "units-2", "methods": {"greedy": {"accuracy": 0.06}}, "measured": {"cpu": "new", "threads": 2}},
+           {"task": "arith-3", "methods": {}, "measured": {"cpu": "new", "threads": 2}}]
+    merged = bench.kept(old, path, now)
+    assert [r["task"] for r in merged] == ["arith-1", "units-2", "code-3", "arith-3"]  # OLD's order, new ones last
+    assert merged[1] is now[0] and merged[3] is now[1]  # a task run now replaces its old result
+    assert merged[0]["measured"] == {"cpu": "old CPU", "threads": 1,
+                                     "programs_redrawn": {"cpu": "old CPU", "threads": 2}}
+    assert merged[0]["reused_from"] == str(path)
+    assert merged[2]["measured"] == {"cpu": "older CPU", "threads": 4} and merged[2]["reused_from"] == "older.json"
+
+
+def test_keep_refuses_a_run_drawn_otherwise(bench, tmp_path, capsys):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"samples": 8, "temperature": 0.8, "seed": 1, "tasks": []}))
+    parser = argparse.ArgumentParser(prog="verifiers.py")
+    args = argparse.Namespace(samples=8, temperature=0.8, seed=0)
+    with pytest.raises(SystemExit):
+        bench.previous(path, args, parser, "--keep")
+    err = capsys.readouterr().err
+    assert f"--keep {path}" in err and "8/0.8/1, not 8/0.8/0" in err
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SystemExit):
+        bench.previous(tmp_path / "bad.json", args, parser, "--keep")
+    assert "not a results JSON" in capsys.readouterr().err
