@@ -78,8 +78,9 @@ LEARNED = ("orm", "orm_vote", "orm_mlp", "orm_mlp_vote")
 
 def targets(result: dict) -> dict:
     """Issue 13's targets on one task: the best selector's margin over greedy (target >= 0.10), and per learned
-    selector the fraction of the majority-to-coverage gap it closes (target >= 0.5; None when there is no gap). A
-    verifier of programs is measured against the programs' own gap (program vote to program coverage)."""
+    selector the fraction of the majority-to-coverage gap it closes (target >= 0.5; None when there is no gap), judged
+    on the verifier's best-of-8 pick (orm; the weighted votes are reported beside it). A verifier of programs is
+    measured against the programs' own gap (program vote to program coverage), on program_orm."""
     methods = {m: v["accuracy"] for m, v in result["methods"].items()}
     best = max((m for m in methods if m not in CEILINGS), key=lambda m: methods[m])
     gap = methods["coverage"] - methods["majority"]
@@ -91,8 +92,8 @@ def targets(result: dict) -> dict:
     return {"best_selector": best, "best_minus_greedy": methods[best] - methods["greedy"],
             "beats_greedy_by_10": methods[best] - methods["greedy"] >= 0.10, "gap_closed": closed,
             "orm_closes_half": (closed.get("orm") or 0.0) >= 0.5,
-            "program_orm_closes_half": (max((closed.get(m) or 0.0) for m in ("program_orm", "program_orm_vote")) >= 0.5
-                                        if "program_orm" in methods else None)}
+            "program_orm_closes_half": ((closed.get("program_orm") or 0.0) >= 0.5 if "program_orm" in methods
+                                        else None)}
 
 
 def target_lines(results: list[dict]) -> list[str]:

@@ -80,6 +80,9 @@ def test_targets_measure_a_verifier_of_programs_against_the_programs_gap(bench):
     assert t["gap_closed"]["program_orm"] == pytest.approx(0.5)  # (0.40 - 0.30) / (0.50 - 0.30)
     assert t["gap_closed"]["program_orm_vote"] == pytest.approx(0.75)
     assert t["orm_closes_half"] and t["program_orm_closes_half"]
+    acc.update(program_orm=0.39, program_orm_vote=0.45)  # judged on the best-of-8 pick, the vote only reported
+    t = bench.targets({"methods": {m: {"accuracy": a} for m, a in acc.items()}})
+    assert not t["program_orm_closes_half"] and t["gap_closed"]["program_orm_vote"] == pytest.approx(0.75)
     acc.update(orm=0.10, program_orm=0.32, program_orm_vote=0.32)
     t = bench.targets({"methods": {m: {"accuracy": a} for m, a in acc.items()}})
     assert not t["orm_closes_half"] and not t["program_orm_closes_half"] and t["best_selector"] == "program_orm"
