@@ -6,8 +6,10 @@ and their feature blocks, the test split's samples and theirs); draws nothing an
 size: the ORM is fitted exactly as the benchmark fits it (features and L2 strength chosen by question-grouped
 cross-validation on the subset, a quarter of its questions held out), then picks among the test split's 8 samples
 per question: ORM best-of-8 and ORM-weighted vote, with 95% Wilson intervals, and the fraction of the gap between
-majority vote and coverage@8 it closes (issue 13's target: at least half). The largest subset is the benchmark's own
-ORM. Prints the table and the CPU, writes OUT.json and OUT.png.
+majority vote and coverage@8 it closes (issue 13's target: at least half). The subsets are nested (the questions
+each fits, 3/4 of its subset, need not be); with fraction 1 the fit is the benchmark's own ORM (one without
+`--train-with`: sibling tasks' data is not added here). Prints the table, the CPU and threads, writes OUT.json
+and OUT.png.
 
     OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/verifier_scaling.py [--tasks units-2,arith-3]
         [--train-size 1000] [--fractions 0.125,0.25,0.5,1]
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks.verifiers import Drawn, cpu_description, for_task, per_task
+from benchmarks.verifiers import Drawn, cpu_description, data_stem, for_task, per_task, test_stem
 from lamina.eval.stats import wilson_interval
 from lamina.rewards.learned import VerifierInfo, assemble
 from lamina.verifiers.select import best_of, vote
@@ -38,21 +40,21 @@ def generated_task(task: str) -> bool:
     return load_task(task).spec.source.type == "generated"
 
 
-def cached(cache: Path, task: str, train_size: int | None, samples: int, temperature: float, seed: int) -> dict:
-    """The cache files of one task (the names benchmarks/verifiers.py gives them); SystemExit naming the missing file
-    and the command that writes it."""
+def cached(args, task: str) -> dict:
+    """The cache files of one task (benchmarks/verifiers.py's data_stem and test_stem, the full test split); SystemExit
+    naming the missing file and the command that writes it."""
+    train_size = for_task(args.train_size, task)
     generated = generated_task(task)
-    size = train_size if generated else "all"
-    train = cache / f"{task}-train{size}-n{samples}-seed{seed}-t{temperature}"
-    test = cache / f"{task}-test-limitall-n{samples}-t{temperature}-seed{seed}"
+    train = data_stem(args, task, train_size if generated else "all")
+    test = test_stem(args, task, None)
     paths = {"train_samples": Path(f"{train}.samples.json"), "train_blocks": Path(f"{train}.features.npz"),
              "test_samples": Path(f"{test}.samples.json"), "test_blocks": Path(f"{test}.features.npz"),
              "test_greedy": Path(f"{test}.greedy.json")}
     for path in paths.values():
         if not path.exists():
             sys.exit(f"{path}: not found; run first: OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/verifiers.py "
-                     f"--tasks {task}{f' --train-size {train_size}' if generated else ''} --samples {samples} "
-                     f"--temperature {temperature} --seed {seed} --cache {cache}")
+                     f"--tasks {task}{f' --train-size {train_size}' if generated else ''} --samples {args.samples} "
+                     f"--temperature {args.temperature} --seed {args.seed} --cache {args.cache}")
     return paths
 
 
@@ -73,13 +75,18 @@ def accuracy(correct: list[int]) -> dict:
 def run_task(task: str, args) -> dict:
     import random
 
-    paths = cached(args.cache, task, for_task(args.train_size, task), args.samples, args.temperature, args.seed)
+    paths = cached(args, task)
     train = Samples.load(paths["train_samples"])
     train_blocks, layers, _ = load_blocks(paths["train_blocks"])
     test = Drawn.load(paths["test_samples"])
     test_blocks, test_layers, _ = load_blocks(paths["test_blocks"])
     if test_layers != layers:
         sys.exit(f"{paths['test_blocks']}: layers {test_layers}, the train blocks have {layers}")
+    for name, rows, blocks in (("train", len(train.labels), train_blocks),
+                               ("test", sum(len(labels) for labels in test.labels), test_blocks)):
+        if len(blocks["last"]) != rows:
+            sys.exit(f"{paths[name + '_blocks']}: {len(blocks['last'])} rows of features for {rows} samples in "
+                     f"{paths[name + '_samples']} (a stale file: remove it and run benchmarks/verifiers.py again)")
     majority = [labels[vote(keys)] if labels else 0 for keys, labels in zip(test.keys, test.labels)]
     coverage = [int(any(labels)) for labels in test.labels]
     greedy = [labels[0] if labels else 0 for labels in Drawn.load(paths["test_greedy"]).labels]
@@ -92,7 +99,10 @@ def run_task(task: str, args) -> dict:
         sub, sub_blocks = subset(train, train_blocks, questions[:size])
         info = VerifierInfo(model="default", model_identity="", layers=[], task=task, split="train", seed=args.seed)
         start = time.perf_counter()
-        verifier = fit_selected(sub, sub_blocks, layers, info, HOLDOUT)
+        try:
+            verifier = fit_selected(sub, sub_blocks, layers, info, HOLDOUT)
+        except ValueError as exc:
+            sys.exit(f"{task}, {size} train questions: {exc} (a larger --fractions value)")
         seconds = time.perf_counter() - start
         it = iter(verifier.probe.predict(assemble(test_blocks, layers, info.layers, info.pooling)))
         scores = [[float(next(it)) for _ in labels] for labels in test.labels]
@@ -159,30 +169,40 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def fractions(text: str) -> list[float]:
+    """`--fractions 0.25,0.5,1`; argparse error text on a bad value."""
+    try:
+        values = [float(f) for f in text.split(",") if f.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fractions: {text!r} is not comma-separated numbers") from None
+    if not values or any(not 0 < f <= 1 for f in values):
+        raise argparse.ArgumentTypeError(f"--fractions: each must be in (0, 1], got {text!r}")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="units-2,arith-3")
     parser.add_argument("--train-size", type=lambda t: per_task(t, "--train-size"),
                         default=per_task("1000", "--train-size"),
                         help="the --train-size benchmarks/verifiers.py drew with (N or TASK=N,...; default 1000)")
-    parser.add_argument("--fractions", default="0.125,0.25,0.5,1",
-                        type=lambda t: [float(f) for f in t.split(",") if f.strip()],
-                        help="subset sizes as fractions of the cached train questions")
+    parser.add_argument("--fractions", default="0.125,0.25,0.5,1", type=fractions,
+                        help="subset sizes as fractions of the cached train questions, each in (0, 1]")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path("runs/bench-verifiers"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/verifier_scaling"))
     args = parser.parse_args()
-    if not args.fractions or any(not 0 < f <= 1 for f in args.fractions):
-        parser.error(f"--fractions: each in (0, 1], got {args.fractions}")
-    cpu = cpu_description()
+    import torch
+
+    cpu, threads = cpu_description(), torch.get_num_threads()
     results = [run_task(t.strip(), args) for t in args.tasks.split(",") if t.strip()]
     print(f"\nORM vs training questions, SmolLM2-135M-Instruct, {args.samples} samples at T={args.temperature}; "
-          f"CPU: {cpu}")
+          f"CPU: {cpu}; {threads} thread(s)")
     print(table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"cpu": cpu, "samples": args.samples,
+    args.out.with_suffix(".json").write_text(json.dumps({"cpu": cpu, "threads": threads, "samples": args.samples,
                                                          "temperature": args.temperature, "seed": args.seed,
                                                          "holdout": HOLDOUT, "tasks": results}, indent=1))
     plot(results, args.out.with_suffix(".png"))

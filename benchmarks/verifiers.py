@@ -225,6 +225,12 @@ def data_stem(args, task: str, size) -> Path:
     return args.cache / f"{task}-train{size}-n{args.samples}-seed{args.seed}-t{args.temperature}"
 
 
+def test_stem(args, task: str, limit: int | None) -> Path:
+    """Where a task's test draws are kept: STEM.samples.json, STEM.greedy.json (Drawn), STEM.features.npz (the
+    samples' feature blocks), STEM.program-TAG.json (programs)."""
+    return args.cache / f"{task}-test-limit{limit or 'all'}-n{args.samples}-t{args.temperature}-seed{args.seed}"
+
+
 def train_with(text: str | None) -> dict[str, list[str]]:
     """`--train-with units-1=units-2+units-3,units-2=units-1`: per task, the tasks whose train splits its ORM also
     fits. argparse error text on a bad value."""
@@ -327,8 +333,7 @@ async def redraw_programs(results: list[dict], args) -> None:
         scorer = Scorer.from_spec(task.scorer)
         scorer.prepare()
         examples = task.examples("test", r.get("limit"))
-        stem = args.cache / (f"{r['task']}-test-limit{r.get('limit') or 'all'}-n{args.samples}-t{args.temperature}"
-                             f"-seed{args.seed}")
+        stem = test_stem(args, r["task"], r.get("limit"))
         for stale in ("program_vote", "program_coverage", "program_orm", "program_orm_vote"):
             r["methods"].pop(stale, None)  # none of an old draw's program rows stays beside the new ones
         r["methods"].update(await program_rows(r["task"], task, examples, scorer, args, stem))
@@ -445,7 +450,7 @@ async def run_task(name: str, args) -> dict:
     examples = task.examples("test", limit)
     max_tokens = task.spec.max_tokens
     sample_layer = [{"type": "generate", "samples": args.samples, "logprobs": 20}]
-    stem = args.cache / f"{name}-test-limit{limit or 'all'}-n{args.samples}-t{args.temperature}-seed{args.seed}"
+    stem = test_stem(args, name, limit)
     drawn = await draw_cached(model_spec("samples", args.temperature, max_tokens, args.threads, args.seed,
                                          sample_layer), task, examples, scorer, f"{name} samples@{args.samples}",
                               Path(f"{stem}.samples.json"))
@@ -536,6 +541,7 @@ def main() -> None:
     results = []
     if args.programs_only and args.keep:
         parser.error("--programs-only and --keep: choose one")
+    keep = previous(args.keep, args, parser, "--keep") if args.keep else None  # refused before anything is drawn
     if args.programs_only:
         old = previous(args.programs_only, args, parser, "--programs-only")
         results = old["tasks"]
@@ -548,7 +554,7 @@ def main() -> None:
                f"{''.join('+' + o for o in args.train_with.get(name, []))}.json")
         done = args.cache / key
         if done.exists():
-            results.append(json.loads(done.read_text()))
+            results.append({"measured": None, **json.loads(done.read_text())})  # None: cached before it was kept
             print(f"{name}: reused {done}", flush=True)
             continue
         result = {**asyncio.run(run_task(name, args)), "measured": {"cpu": cpu, "threads": args.threads}}
@@ -558,12 +564,12 @@ def main() -> None:
         m = result["methods"]
         print(f"{name}: greedy {m['greedy']['accuracy']:.2f}, majority {m['majority']['accuracy']:.2f}, "
               f"orm {m['orm']['accuracy']:.2f}, coverage {m['coverage']['accuracy']:.2f}", flush=True)
+    if keep is not None:
+        results = kept(keep, args.keep, results)
     print(f"\nSelectors on the test split, embedded SmolLM2-135M-Instruct, {args.samples} samples at T="
           f"{args.temperature}, ORM trained on {train_sizes(results)} train questions; CPU: {cpu}")
     from lamina.tasks.task import load_task
 
-    if args.keep:
-        results = kept(previous(args.keep, args, parser, "--keep"), args.keep, results)
     for r in results:
         r.setdefault("test_size", len(load_task(r["task"]).examples("test")))  # results cached before it was kept
         r["targets"] = targets(r)

@@ -11,6 +11,7 @@ METHODS = ["greedy", "majority", "self_certainty", "self_certainty_vote", "mean_
            "program_coverage"]  # in tables, plots
 SCORERS = ["self_certainty", "mean_logprob", "orm", "orm_mlp", "public_tests"]  # AUROC over the samples
 
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -129,15 +130,16 @@ def previous(path: Path, args, parser, flag: str) -> dict:
 
 def kept(old: dict, path: Path, results: list[dict]) -> list[dict]:
     """OLD's task results in its order, each task run now in place of its old result (new tasks after them); a kept
-    result says where it came from and the CPU and threads it was measured with (its own, else OLD's)."""
+    result says where it came from and the CPU and threads it was measured with (its own, else OLD's; with OLD's
+    programs_redrawn when its program rows were drawn again)."""
     now = {r["task"]: r for r in results}
     merged = []
     for r in old.get("tasks", []):
         if r["task"] in now:
             merged.append(now.pop(r["task"]))
             continue
-        measured = r.get("measured") or {"cpu": old.get("cpu"), "threads": old.get("threads"),
-                                         **({"programs_redrawn": old["programs_redrawn"]}
-                                            if "programs_redrawn" in old else {})}
+        measured = dict(r.get("measured") or {"cpu": old.get("cpu"), "threads": old.get("threads")})
+        if "programs_redrawn" in old and "program_vote" in r["methods"]:  # drawn again (--programs-only) later
+            measured.setdefault("programs_redrawn", old["programs_redrawn"])
         merged.append({**r, "measured": measured, "reused_from": r.get("reused_from", str(path))})
     return merged + list(now.values())

@@ -98,7 +98,7 @@ def test_program_tag_changes_with_the_program_prompt(bench, monkeypatch):
 def test_keep_merges_a_previous_run_task_by_task(bench, tmp_path):
     old = {"cpu": "old CPU", "threads": 1, "samples": 8, "temperature": 0.8, "seed": 0,
            "programs_redrawn": {"cpu": "old CPU", "threads": 2},
-           "tasks": [{"task": "arith-1", "methods": {"greedy": {"accuracy": 0.3}}},
+           "tasks": [{"task": "arith-1", "methods": {"greedy": {"accuracy": 0.3}, "program_vote": {"accuracy": 0.9}}},
                      {"task": "units-2", "methods": {"greedy": {"accuracy": 0.05}}},
                      {"task": "code-3", "methods": {}, "measured": {"cpu": "older CPU", "threads": 4},
                       "reused_from": "older.json"}]}
