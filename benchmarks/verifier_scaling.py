@@ -24,10 +24,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks.verifiers import Drawn, cpu_description, data_stem, for_task, per_task, test_stem
-from lamina.eval.stats import wilson_interval
+from benchmarks.verifiers import Drawn, accuracy, cpu_description, data_stem, for_task, per_task, picks, test_stem
 from lamina.rewards.learned import VerifierInfo, assemble
-from lamina.verifiers.select import best_of, vote
 from lamina.verifiers.train import Samples, fit_selected, load_blocks
 
 HOLDOUT = 0.25  # as benchmarks/verifiers.py (train_verifier's default)
@@ -67,11 +65,6 @@ def subset(samples: Samples, blocks: dict, questions: list[str]) -> tuple[Sample
     return sub, {k: v[rows] for k, v in blocks.items()}
 
 
-def accuracy(correct: list[int]) -> dict:
-    low, high = wilson_interval(sum(correct), len(correct))
-    return {"accuracy": sum(correct) / len(correct), "ci95": [low, high], "n": len(correct)}
-
-
 def run_task(task: str, args) -> dict:
     import random
 
@@ -87,8 +80,8 @@ def run_task(task: str, args) -> dict:
         if len(blocks["last"]) != rows:
             sys.exit(f"{paths[name + '_blocks']}: {len(blocks['last'])} rows of features for {rows} samples in "
                      f"{paths[name + '_samples']} (a stale file: remove it and run benchmarks/verifiers.py again)")
-    majority = [labels[vote(keys)] if labels else 0 for keys, labels in zip(test.keys, test.labels)]
-    coverage = [int(any(labels)) for labels in test.labels]
+    fixed = picks(test, [])  # the selectors the ORM does not change, as the benchmark picks them
+    majority, coverage = fixed["majority"], fixed["coverage"]
     greedy = [labels[0] if labels else 0 for labels in Drawn.load(paths["test_greedy"]).labels]
     gap = (sum(coverage) - sum(majority)) / len(coverage)
     questions = sorted(set(train.question_ids))
@@ -105,13 +98,11 @@ def run_task(task: str, args) -> dict:
             sys.exit(f"{task}, {size} train questions: {exc} (a larger --fractions value)")
         seconds = time.perf_counter() - start
         it = iter(verifier.probe.predict(assemble(test_blocks, layers, info.layers, info.pooling)))
-        scores = [[float(next(it)) for _ in labels] for labels in test.labels]
-        best = [labels[best_of(s)] if labels else 0 for s, labels in zip(scores, test.labels)]
-        weighted = [labels[vote(keys, [max(v, 0.0) for v in s])] if labels else 0
-                    for keys, s, labels in zip(test.keys, scores, test.labels)]
+        test.scores["orm"] = [[float(next(it)) for _ in labels] for labels in test.labels]
+        chosen = picks(test, ["orm"])  # the benchmark's own best-of-8 and weighted vote
         row = {"subset_questions": size, "train_questions": info.questions, "train_samples": info.samples,
                "layers": info.layers, "pooling": info.pooling, "reg": info.metrics["cv"]["chosen"]["reg"],
-               "fit_seconds": seconds, "orm": accuracy(best), "orm_vote": accuracy(weighted)}
+               "fit_seconds": seconds, "orm": accuracy(chosen["orm"]), "orm_vote": accuracy(chosen["orm_vote"])}
         for name in ("orm", "orm_vote"):
             row[name]["gap_closed"] = ((row[name]["accuracy"] - sum(majority) / len(majority)) / gap
                                        if gap > 0 else None)

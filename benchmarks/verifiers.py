@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks.verifiers_report import (kept, plot, previous, table, target_lines, targets,
+from benchmarks.verifiers_report import (kept, plot, previous, same_draw, table, target_lines, targets,
                                        train_sizes)
 from lamina.answers import extract
 from lamina.architecture import Architecture
@@ -260,9 +260,7 @@ def reused_program_rows(path: Path | None, name: str, questions: int, args) -> d
     if path is None:
         return {}
     record = json.loads(path.read_text())
-    same = (record.get("samples"), record.get("temperature"), record.get("seed")) == (args.samples, args.temperature,
-                                                                                       args.seed)
-    for task in record.get("tasks", []) if same else []:
+    for task in record.get("tasks", []) if same_draw(record, args) else []:
         rows = {m: task["methods"][m] for m in ("program_vote", "program_coverage") if m in task["methods"]}
         if (task["task"] == name and task["questions"] == questions and rows
                 and rows["program_vote"].get("program_prompt") == program_tag()):
@@ -386,11 +384,16 @@ def picks(drawn: Drawn, orms: list[str]) -> dict[str, list[int]]:
     return out
 
 
-def row(correct: list[int], tokens: float, seconds: float) -> dict:
+def accuracy(correct: list[int]) -> dict:
+    """The fraction right of per-question 0/1 picks, with its 95% Wilson interval and n."""
     n = len(correct)
     low, high = wilson_interval(sum(correct), n)
-    return {"accuracy": sum(correct) / n if n else 0.0, "ci95": [low, high], "n": n,
-            "tokens_per_example": tokens / max(n, 1), "seconds_per_example": seconds / max(n, 1)}
+    return {"accuracy": sum(correct) / n if n else 0.0, "ci95": [low, high], "n": n}
+
+
+def row(correct: list[int], tokens: float, seconds: float) -> dict:
+    n = len(correct)
+    return {**accuracy(correct), "tokens_per_example": tokens / max(n, 1), "seconds_per_example": seconds / max(n, 1)}
 
 
 def score_orms(verifiers: dict[str, LearnedVerifier], drawn: Drawn, blocks: dict, block_layers: list[int],

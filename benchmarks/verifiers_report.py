@@ -115,13 +115,19 @@ def train_sizes(results: list[dict]) -> str:
     return ", ".join(f"{r['task']} {r['orms']['orm']['train_questions']}" for r in results if "orm" in r["orms"])
 
 
+def same_draw(record: dict, args) -> bool:
+    """Whether a results JSON drew its samples with this run's samples per question, temperature and seed."""
+    return (record.get("samples"), record.get("temperature"), record.get("seed")) == (args.samples, args.temperature,
+                                                                                     args.seed)
+
+
 def previous(path: Path, args, parser, flag: str) -> dict:
     """A previous results JSON drawn with this run's samples, temperature and seed (parser error otherwise)."""
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         parser.error(f"{flag} {path}: not a results JSON ({exc})")
-    if (old.get("samples"), old.get("temperature"), old.get("seed")) != (args.samples, args.temperature, args.seed):
+    if not same_draw(old, args):
         parser.error(f"{flag} {path}: drawn with samples/temperature/seed "
                      f"{old.get('samples')}/{old.get('temperature')}/{old.get('seed')}, not "
                      f"{args.samples}/{args.temperature}/{args.seed}")

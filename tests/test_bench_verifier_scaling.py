@@ -52,7 +52,8 @@ def write_cache(scaling, cache: Path, task: str, train_questions: int, signal: f
     # test: per question 4 wrong samples ("5") and then 4 right ("4"): the tie goes to "5", majority is always wrong
     test_labels = [[0, 0, 0, 0, 1, 1, 1, 1] for _ in range(40)]
     drawn = scaling.Drawn(texts=[[""] * 8] * 40, keys=[["5"] * 4 + ["4"] * 4] * 40, labels=test_labels,
-                          sequences=[[[1, 2, 3]] * 8] * 40, starts=[2] * 40)
+                          sequences=[[[1, 2, 3]] * 8] * 40, starts=[2] * 40,
+                          scores={"self_certainty": [[1.0] * 8] * 40, "mean_logprob": [[-1.0] * 8] * 40})
     test = scaling.test_stem(args, task, None)
     drawn.save(Path(f"{test}.samples.json"))
     scaling.Drawn(labels=[[1]] * 10 + [[0]] * 30, keys=[["4"]] * 40).save(Path(f"{test}.greedy.json"))
