@@ -24,6 +24,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+if __package__ in (None, ""):  # run as a script (python benchmarks/...): the repository root is not on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from benchmarks.verifiers import Drawn, accuracy, cpu_description, data_stem, for_task, per_task, picks, test_stem
 from lamina.rewards.learned import VerifierInfo, assemble
 from lamina.verifiers.train import Samples, fit_selected, load_blocks

@@ -28,11 +28,15 @@ import argparse
 import asyncio
 import json
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as a script (python benchmarks/...): the repository root is not on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.verifiers_report import (kept, plot, previous, same_draw, table, target_lines, targets,
                                        train_sizes)
@@ -205,13 +209,12 @@ async def train_orms(task, args, paths: dict[str, Path], train_size: int,
                 grow_train(other, other_size)
             extra.append((other, data_stem(args, other_name, other_size if other.spec.source.type == "generated"
                                            else "all")))
-        stem = data_stem(args, task.name, size)
-        if technique != "generate":
-            stem = Path(f"{stem}-{technique}-{program_tag()}")
+        suffix = "" if technique == "generate" else f"-{technique}-{program_tag()}"
+        stem = Path(f"{data_stem(args, task.name, size)}{suffix}")
         trained = await train_verifier("default", task, "train", args.samples, seed=args.seed, probes=missing,
                                        temperature=args.temperature, engine=engine_options(args.threads),
-                                       cache=stem,
-                                       extra=extra, technique=technique)
+                                       cache=stem, extra=extra, technique=technique,
+                                       grow_from=smaller_draw(args, task.name, size, suffix))
         for probe, verifier in zip(missing, trained):
             verifier.info.metrics["train_seconds"] = time.perf_counter() - start  # sampling (or reading) shared
             paths[probe].parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +226,17 @@ async def train_orms(task, args, paths: dict[str, Path], train_size: int,
 def data_stem(args, task: str, size) -> Path:
     """Where a task's train samples and their feature blocks are kept (STEM.samples.json, STEM.features.npz)."""
     return args.cache / f"{task}-train{size}-n{args.samples}-seed{args.seed}-t{args.temperature}"
+
+
+def smaller_draw(args, task: str, size, suffix: str = "") -> Path | None:
+    """The stem of the largest cached train draw of `task` with fewer than `size` questions (same samples, seed,
+    temperature and technique `suffix`), which a draw of `size` questions extends (collect's grow_from); None when
+    there is none or `size` is not a number ("all")."""
+    if not isinstance(size, int):
+        return None
+    names = {f"{data_stem(args, task, n).name}{suffix}.samples.json": n for n in range(1, size)}
+    sizes = [names[path.name] for path in args.cache.glob(f"{task}-train*.samples.json") if path.name in names]
+    return Path(f"{data_stem(args, task, max(sizes))}{suffix}") if sizes else None
 
 
 def test_stem(args, task: str, limit: int | None) -> Path:

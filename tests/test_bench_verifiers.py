@@ -128,3 +128,33 @@ def test_keep_refuses_a_run_drawn_otherwise(bench, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.previous(tmp_path / "bad.json", args, parser, "--keep")
     assert "not a results JSON" in capsys.readouterr().err
+
+
+def test_a_larger_train_draw_grows_the_largest_smaller_one_of_the_same_kind(bench, tmp_path):
+    """smaller_draw: the largest cached train draw below the size asked, of the same samples, seed, temperature and
+    technique; none for "all", or when only other draws are cached."""
+    args = argparse.Namespace(samples=8, temperature=0.8, seed=0, cache=tmp_path)
+    for name in ("arith-3-train200-n8-seed0-t0.8", "arith-3-train1000-n8-seed0-t0.8",
+                 "arith-3-train3000-n8-seed0-t0.8", "arith-3-train1500-n16-seed0-t0.8",
+                 "arith-3-train1600-n8-seed1-t0.8", "arith-3-train1700-n8-seed0-t0.8-program-abc",
+                 "arith-30-train1800-n8-seed0-t0.8"):
+        (tmp_path / f"{name}.samples.json").write_text("{}")
+    assert bench.smaller_draw(args, "arith-3", 2000) == tmp_path / "arith-3-train1000-n8-seed0-t0.8"
+    assert bench.smaller_draw(args, "arith-3", 1000) == tmp_path / "arith-3-train200-n8-seed0-t0.8"
+    assert bench.smaller_draw(args, "arith-3", 2000, "-program-abc") == (
+        tmp_path / "arith-3-train1700-n8-seed0-t0.8-program-abc")
+    assert bench.smaller_draw(args, "arith-3", 200) is None
+    assert bench.smaller_draw(args, "arith-3", "all") is None
+    assert bench.smaller_draw(args, "units-1", 2000) is None
+
+
+@pytest.mark.parametrize("script", ["verifiers.py", "verifier_scaling.py"])
+def test_the_benchmark_runs_as_the_readme_calls_it(script, tmp_path):
+    """`python benchmarks/SCRIPT` from anywhere (not only as a module from the repository root): it imports its
+    sibling report module and answers --help."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout

@@ -261,3 +261,86 @@ def test_collect_never_pairs_freshly_drawn_samples_with_cached_states(tmp_path, 
     assert drawn.sequences == [[1, 5, 6]] and second["last"].flat[0] == 12
     again, third, _ = asyncio.run(train.collect("m", None, "train", 1, cache=stem))  # both cached: read back
     assert again.sequences == [[1, 5, 6]] and third["last"].flat[0] == 12
+
+
+def _growing_task():
+    """A split of three questions q0, q1, q2 (their prompts [7, i] through _patch_growth's prompt_ids)."""
+    from types import SimpleNamespace
+
+    examples = [SimpleNamespace(id=q) for q in ("q0", "q1", "q2")]
+    return SimpleNamespace(name="toy", examples=lambda split, limit=None: examples[:limit],
+                           messages=lambda example: example.id)
+
+
+def _patch_growth(monkeypatch, calls: dict):
+    """collect's drawing and reading replaced: sample_task draws 2 samples of every question after `skip` (prompt
+    [7, i]), feature_blocks' rows hold each sequence's token sum; both record what they were asked."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import lamina.backends.local as local
+    from lamina.verifiers import train
+
+    engine = SimpleNamespace(tokenizer=None, model=SimpleNamespace(layers=[0] * 4))
+
+    async def sample_task(model, task, split, samples, limit=None, *, skip=0, **kwargs):
+        calls["skip"] = skip
+        out = Samples()
+        for i, example in enumerate(task.examples(split, limit)[skip:], start=skip):
+            for k in range(2):
+                out.question_ids.append(example.id), out.labels.append(k), out.texts.append(str(k))
+                out.sequences.append([7, i, 100 + k]), out.starts.append(2)
+        return out, engine
+
+    def feature_blocks(engine, sequences, starts, layers):
+        calls.setdefault("read", []).extend(sequences)
+        sums = np.asarray([float(sum(s)) for s in sequences], dtype=np.float32)
+        return {k: (np.repeat(sums[:, None, None], len(layers), 1) if k != "logprob" else np.repeat(sums[:, None], 4, 1))
+                for k in ("last", "mean", "logprob")} if sequences else {}
+
+    monkeypatch.setattr(train, "sample_task", sample_task)
+    monkeypatch.setattr(train, "feature_blocks", feature_blocks)
+    monkeypatch.setattr(train, "prompt_ids", lambda tokenizer, messages: [7, int(messages[1:])])
+    monkeypatch.setattr(local, "shared_engine", lambda *a, **k: SimpleNamespace(engine=engine))
+
+
+def test_collect_grows_a_smaller_cached_draw_drawing_and_reading_only_the_new_questions(tmp_path, monkeypatch):
+    """A larger train draw keeps a smaller cached one's samples and states and draws and reads only the questions
+    after them; the result equals drawing everything at once."""
+    from lamina.verifiers import train
+
+    task = _growing_task()
+    calls: dict = {}
+    _patch_growth(monkeypatch, calls)
+    small, small_blocks, _ = asyncio.run(train.collect("m", task, "train", 2, 1, cache=tmp_path / "small"))
+    assert small.question_ids == ["q0", "q0"] and calls["skip"] == 0
+    calls.clear()
+    grown, blocks, _ = asyncio.run(train.collect("m", task, "train", 2, cache=tmp_path / "big",
+                                                 grow_from=tmp_path / "small"))
+    assert calls["skip"] == 1 and calls["read"] == [[7, 1, 100], [7, 1, 101], [7, 2, 100], [7, 2, 101]]
+    calls.clear()
+    whole, whole_blocks, _ = asyncio.run(train.collect("m", task, "train", 2, cache=tmp_path / "whole"))
+    assert grown == whole and calls["skip"] == 0
+    for k in whole_blocks:
+        assert (blocks[k] == whole_blocks[k]).all()
+    again, again_blocks, _ = asyncio.run(train.collect("m", task, "train", 2, cache=tmp_path / "big"))  # cached now
+    assert again == whole and (again_blocks["last"] == whole_blocks["last"]).all()
+
+
+def test_collect_refuses_to_grow_a_draw_of_other_questions_before_drawing(tmp_path, monkeypatch):
+    """A smaller draw whose prompts are not the split's leading questions' (another task's, another seed's) is
+    refused by name before anything is drawn; so is one with more questions than the split."""
+    from lamina.verifiers import train
+
+    calls: dict = {}
+    _patch_growth(monkeypatch, calls)
+    Samples(["q0"], [1], [[7, 5, 100]], ["x"], [2]).save(tmp_path / "other.samples.json")  # q0's prompt was [7, 5]
+    with pytest.raises(ValueError, match=r"other\.samples\.json.*'q0'.*same prompt"):
+        asyncio.run(train.collect("m", _growing_task(), "train", 2, cache=tmp_path / "big",
+                                  grow_from=tmp_path / "other"))
+    assert "skip" not in calls and not (tmp_path / "big.samples.json").exists()
+    Samples(["q0", "q1"], [1, 0], [[7, 0, 1], [7, 1, 1]], ["x", "y"], [2, 2]).save(tmp_path / "two.samples.json")
+    with pytest.raises(ValueError, match=r"two\.samples\.json: holds 2 questions, more than the 1"):
+        asyncio.run(train.collect("m", _growing_task(), "train", 2, 1, cache=tmp_path / "one",
+                                  grow_from=tmp_path / "two"))

@@ -50,9 +50,12 @@ TECHNIQUES = ("generate", "program")  # what a verifier's samples are: answers, 
 
 async def sample_task(model: str, task, split: str, samples: int, limit: int | None = None, *, seed: int = 0,
                       temperature: float = 0.8, max_tokens: int | None = None, concurrency: int = 4,
-                      engine: dict[str, Any] | None = None, technique: str = "generate") -> tuple[Samples, Any]:
+                      engine: dict[str, Any] | None = None, technique: str = "generate",
+                      skip: int = 0) -> tuple[Samples, Any]:
     """Sample every question of `task`'s split `samples` times on the local `model` and label each sample with the
-    task's scorer. Returns the samples and the LLMEngine that drew them (for its hidden states).
+    task's scorer. Returns the samples and the LLMEngine that drew them (for its hidden states). skip: leave out the
+    split's first `skip` questions (the ones a smaller draw already holds: `collect`'s grow_from); a question's
+    samples are seeded by its own messages, so they do not depend on which questions are drawn with it.
     technique: "generate" samples answers; "program" samples programs with the `program` technique's default prompt
     and labels each by what it printed in the sandbox, while its sequence is the question's prompt + the PROGRAM's
     tokens (what a verifier reads when it scores program candidates in an architecture). ValueError for another."""
@@ -71,7 +74,7 @@ async def sample_task(model: str, task, split: str, samples: int, limit: int | N
     arch = Architecture.from_spec(spec, f"verifier samples of {model!r}", cache=False)
     scorer = Scorer.from_spec(task.scorer)
     scorer.prepare()
-    examples = task.examples(split, limit)
+    examples = task.examples(split, limit)[skip:]
     slots = asyncio.Semaphore(max(1, concurrency))
     llm_engine = (await arch.models["m"].backend.engine()).engine
     prompt = {}
@@ -279,18 +282,43 @@ def collected_layers(num_layers: int) -> list[int]:
 
 async def collect(model: str, task, split: str, samples: int, limit: int | None = None, *, seed: int = 0,
                   temperature: float = 0.8, max_tokens: int | None = None, engine: dict[str, Any] | None = None,
-                  cache: str | Path | None = None, technique: str = "generate") -> tuple[Samples, dict, list[int]]:
+                  cache: str | Path | None = None, technique: str = "generate",
+                  grow_from: str | Path | None = None) -> tuple[Samples, dict, list[int]]:
     """Labelled samples of a split and their feature blocks (feature_blocks at collected_layers). With `cache` (a
     path stem), samples are kept in STEM.samples.json and blocks in STEM.features.npz, and read back from there
     instead of sampling (or computing states) again; blocks only with the samples they were computed from (samples
-    drawn again get their states computed again, even when as many)."""
+    drawn again get their states computed again, even when as many).
+    grow_from: the cache stem of a SMALLER draw of the same split (same samples per question, seed, temperature and
+    technique; a generated task's larger train split starts with its smaller one): when there is nothing at `cache`
+    yet, its samples (and its blocks, when they match them) are kept and only the questions after them are drawn
+    and read. ValueError naming the file when its questions are not this split's leading questions (their prompts
+    differ) or it holds more questions than the split."""
     from lamina.backends.local import shared_engine
 
     samples_path = Path(f"{cache}.samples.json") if cache else None
     blocks_path = Path(f"{cache}.features.npz") if cache else None
+    base_path = Path(f"{grow_from}.samples.json") if grow_from else None
+    base_blocks = None
     if samples_path and samples_path.exists():
         drawn = Samples.load(samples_path)
         llm_engine = None
+    elif base_path and base_path.exists():
+        base = Samples.load(base_path)
+        done = list(dict.fromkeys(base.question_ids))
+        llm_engine = (await asyncio.to_thread(shared_engine, model,
+                                              **(engine or {"kv_cache_memory_gb": 0.25}))).engine
+        check_leading(base, done, task, split, limit, llm_engine.tokenizer, base_path)  # before anything is drawn
+        new, llm_engine = await sample_task(model, task, split, samples, limit, seed=seed, temperature=temperature,
+                                            max_tokens=max_tokens, engine=engine, technique=technique,
+                                            skip=len(done))
+        drawn = merge_samples((base, {}), (new, {}))[0]
+        if Path(f"{grow_from}.features.npz").exists():
+            blocks, layers, _ = load_blocks(f"{grow_from}.features.npz")
+            if len(blocks["last"]) == len(base.labels) and layers == collected_layers(len(llm_engine.model.layers)):
+                base_blocks = (blocks, len(base.labels))
+        if samples_path:
+            samples_path.parent.mkdir(parents=True, exist_ok=True)
+            drawn.save(samples_path)
     else:
         drawn, llm_engine = await sample_task(model, task, split, samples, limit, seed=seed, temperature=temperature,
                                               max_tokens=max_tokens, engine=engine, technique=technique)
@@ -304,10 +332,34 @@ async def collect(model: str, task, split: str, samples: int, limit: int | None 
     if llm_engine is None:
         llm_engine = (await asyncio.to_thread(shared_engine, model, **(engine or {"kv_cache_memory_gb": 0.25}))).engine
     layers = collected_layers(len(llm_engine.model.layers))
-    blocks = await asyncio.to_thread(feature_blocks, llm_engine, drawn.sequences, drawn.starts, layers)
+    if base_blocks:  # only the new questions' states are computed
+        import numpy as np
+
+        kept, rows = base_blocks
+        new_blocks = await asyncio.to_thread(feature_blocks, llm_engine, drawn.sequences[rows:], drawn.starts[rows:],
+                                             layers)
+        blocks = {k: np.concatenate([kept[k], new_blocks[k]]) if new_blocks else kept[k] for k in kept}
+    else:
+        blocks = await asyncio.to_thread(feature_blocks, llm_engine, drawn.sequences, drawn.starts, layers)
     if blocks_path:
         save_blocks(blocks_path, blocks, layers)
     return drawn, blocks, layers
+
+
+def check_leading(base: Samples, done: list[str], task, split: str, limit: int | None, tokenizer,
+                  path: Path) -> None:
+    """ValueError naming `path` unless its questions `done` are the split's first questions, each with the prompt
+    its samples were drawn from (`collect`'s grow_from)."""
+    examples = task.examples(split, limit)
+    if len(done) > len(examples):
+        raise ValueError(f"{path}: holds {len(done)} questions, more than the {len(examples)} of {task.name}'s "
+                         f"{split} split asked for; it cannot be grown into this draw")
+    first = {q: i for i, q in reversed(list(enumerate(base.question_ids)))}
+    for qid, example in zip(done, examples):
+        i = first[qid]
+        if qid != example.id or base.sequences[i][:base.starts[i]] != prompt_ids(tokenizer, task.messages(example)):
+            raise ValueError(f"{path}: question {qid!r} is not {task.name}'s {split} question {example.id!r} with "
+                             f"the same prompt; it cannot be grown into this draw (draw it again without it)")
 
 
 def save_blocks(path: str | Path, blocks: dict, layers: list[int], seconds: float = 0.0) -> None:
@@ -333,14 +385,16 @@ async def train_verifier(model: str, task, split: str, samples: int, limit: int 
                          probes: tuple[str, ...] = ("logistic",), select: bool = True,
                          cache: str | Path | None = None,
                          extra: list[tuple[Any, str | Path | None]] | None = None,
-                         technique: str = "generate") -> list[LearnedVerifier]:
+                         technique: str = "generate",
+                         grow_from: str | Path | None = None) -> list[LearnedVerifier]:
     """Sample, label and collect the states of `task`'s split once (engine: the local engine's options, e.g.
     num_threads; cache: see `collect`), then train one verifier per probe kind in `probes` on them, in that order.
     select: features and regularisation chosen by cross-validation on the training questions (`fit_selected`; with
     `layers`, only the regularisation, on those layers' last-token states); else the plain probe (the last-token
     states of `layers`, default the middle and the last, and train_probe's default strength). extra: (task, cache)
     pairs whose `split` is sampled the same way and added to every fit (`fit_selected`), never held out or scored.
-    technique: see `sample_task` ("program": a verifier of sampled programs; kept in its info)."""
+    technique: see `sample_task` ("program": a verifier of sampled programs; kept in its info). grow_from: a
+    smaller cached draw of the same split that this one extends (see `collect`)."""
     from lamina.rewards.learned import cached_identity
 
     if not select:
@@ -352,7 +406,7 @@ async def train_verifier(model: str, task, split: str, samples: int, limit: int 
                                                   technique=technique), holdout, kind) for kind in probes]
     drawn, blocks, block_layers = await collect(model, task, split, samples, limit, seed=seed,
                                                 temperature=temperature, max_tokens=max_tokens, engine=engine,
-                                                cache=cache, technique=technique)
+                                                cache=cache, technique=technique, grow_from=grow_from)
     if layers:
         missing = [layer for layer in layers if layer not in block_layers]
         if missing:  # states of other layers: collect them too
