@@ -211,9 +211,9 @@ async def train_orms(task, args, paths: dict[str, Path], train_size: int,
                                            else "all")))
         suffix = "" if technique == "generate" else f"-{technique}-{program_tag()}"
         stem = Path(f"{data_stem(args, task.name, size)}{suffix}")
-        trained = await train_verifier("default", task, "train", args.samples, seed=args.seed, probes=missing,
-                                       temperature=args.temperature, engine=engine_options(args.threads),
-                                       cache=stem, extra=extra, technique=technique,
+        trained = await train_verifier("default", task, "train", train_samples(args), seed=args.seed,
+                                       probes=missing, temperature=args.temperature,
+                                       engine=engine_options(args.threads), cache=stem, extra=extra, technique=technique,
                                        grow_from=smaller_draw(args, task.name, size, suffix))
         for probe, verifier in zip(missing, trained):
             verifier.info.metrics["train_seconds"] = time.perf_counter() - start  # sampling (or reading) shared
@@ -223,9 +223,14 @@ async def train_orms(task, args, paths: dict[str, Path], train_size: int,
     return out
 
 
+def train_samples(args) -> int:
+    """Samples per TRAIN question of the verifiers (--train-samples; default --samples, as the test draws)."""
+    return getattr(args, "train_samples", None) or args.samples
+
+
 def data_stem(args, task: str, size) -> Path:
     """Where a task's train samples and their feature blocks are kept (STEM.samples.json, STEM.features.npz)."""
-    return args.cache / f"{task}-train{size}-n{args.samples}-seed{args.seed}-t{args.temperature}"
+    return args.cache / f"{task}-train{size}-n{train_samples(args)}-seed{args.seed}-t{args.temperature}"
 
 
 def smaller_draw(args, task: str, size, suffix: str = "") -> Path | None:
@@ -307,7 +312,7 @@ async def program_rows(name: str, task, examples, scorer: Scorer, args, stem: Pa
             from lamina.verifiers.train import grow_train
 
             grow_train(task, size)
-        path = args.cache / (f"{name}-program-{tag}-orm-train{size if grow else 'all'}-n{args.samples}"
+        path = args.cache / (f"{name}-program-{tag}-orm-train{size if grow else 'all'}-n{train_samples(args)}"
                              f"-t{args.temperature}-seed{args.seed}-cv.json")
         verifier = (await train_orms(task, argparse.Namespace(**{**vars(args), "train_with": {}}),
                                      {"logistic": path}, size, technique="program"))["logistic"]
@@ -461,8 +466,8 @@ async def run_task(name: str, args) -> dict:
     scorer.prepare()
     size = train_size if task.spec.source.type == "generated" else "all"
     with_ = "".join("+" + o for o in args.train_with.get(name, []))
-    paths = {probe: args.cache / f"{name}-{orm_name(probe)}-train{size}-n{args.samples}-seed{args.seed}-cv{with_}.json"
-             for probe in args.probes}
+    paths = {probe: args.cache / (f"{name}-{orm_name(probe)}-train{size}-n{train_samples(args)}-seed{args.seed}"
+                                  f"-cv{with_}.json") for probe in args.probes}
     orms = {orm_name(probe): verifier for probe, verifier in (await train_orms(task, args, paths, train_size)).items()}
     examples = task.examples("test", limit)
     max_tokens = task.spec.max_tokens
@@ -503,7 +508,8 @@ async def run_task(name: str, args) -> dict:
         rows = [i for i, v in enumerate(values) if v is not None]
         auroc[scorer_name] = metrics.auroc([values[i] for i in rows], [flat_labels[i] for i in rows])
     return {"task": name, "questions": len(examples), "test_size": len(task.examples("test")), "limit": limit,
-            "train_size": train_size, "samples": args.samples, "methods": methods, "auroc": auroc,
+            "train_size": train_size, "samples": args.samples, "train_samples_per_question": train_samples(args),
+            "methods": methods, "auroc": auroc,
             "ece": {orm: metrics.ece(drawn.flat(orm), flat_labels) for orm in orms},
             "sample_accuracy": sum(flat_labels) / max(len(flat_labels), 1),
             "first_sample_accuracy": metrics.first_sample_accuracy(qids, flat_labels),
@@ -525,7 +531,10 @@ def main() -> None:
     parser.add_argument("--train-with", type=train_with, default={},
                         help="TASK=OTHER[+OTHER],...: the ORM of TASK also fits OTHER's train split (sizes from "
                              "--train-size; never its dev or test)")
-    parser.add_argument("--samples", type=int, default=8, help="samples per question (default 8)")
+    parser.add_argument("--samples", type=int, default=8, help="samples per test question (default 8)")
+    parser.add_argument("--train-samples", type=int, help="samples per train question of the learned verifiers "
+                        "(default: --samples); e.g. --samples 32 --train-samples 8 selects among 32 samples with "
+                        "verifiers trained (and cached) on 8 per question")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="engine threads (default 1)")
@@ -547,8 +556,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/verifiers"), help="OUT.json, OUT.png")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
-    if args.samples < 2 or args.train_size[""] is None:
-        parser.error(f"--samples must be >= 2 and --train-size needs a default N (got {args.samples})")
+    args.train_samples = args.train_samples or args.samples
+    if min(args.samples, args.train_samples) < 2 or args.train_size[""] is None:
+        parser.error(f"--samples and --train-samples must be >= 2 and --train-size needs a default N (got "
+                     f"{args.samples}, {args.train_samples})")
     args.probes = ["logistic"] + (["mlp"] if args.mlp else [])
     import torch
 
@@ -567,7 +578,8 @@ def main() -> None:
         limit, train_size = for_task(args.limit, name), for_task(args.train_size, name)
         key = (f"{name}-limit{limit or 'all'}-train{train_size}-n{args.samples}-t{args.temperature}"
                f"-seed{args.seed}{'-noprog' if args.no_program else '-prog' + program_tag()}"
-               f"{f'-porm{args.program_orm}' if args.program_orm else ''}{'-mlp' if args.mlp else ''}-cv"
+               f"{f'-porm{args.program_orm}' if args.program_orm else ''}{'-mlp' if args.mlp else ''}"
+               f"{f'-trainn{args.train_samples}' if args.train_samples != args.samples else ''}-cv"
                f"{''.join('+' + o for o in args.train_with.get(name, []))}.json")
         done = args.cache / key
         if done.exists():
@@ -584,7 +596,8 @@ def main() -> None:
     if keep is not None:
         results = kept(keep, args.keep, results)
     print(f"\nSelectors on the test split, embedded SmolLM2-135M-Instruct, {args.samples} samples at T="
-          f"{args.temperature}, ORM trained on {train_sizes(results)} train questions; CPU: {cpu}")
+          f"{args.temperature}, ORM trained on {train_sizes(results)} train questions x {args.train_samples} samples; "
+          f"CPU: {cpu}")
     from lamina.tasks.task import load_task
 
     for r in results:

@@ -158,3 +158,13 @@ def test_the_benchmark_runs_as_the_readme_calls_it(script, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+
+
+def test_train_samples_name_the_train_draws_and_the_test_draws_keep_their_own(bench, tmp_path):
+    """--samples 32 --train-samples 8: the train draws (and the verifiers fitted on them) are those cached with 8
+    per question, the test draws are 32 per question; without --train-samples both follow --samples."""
+    apart = argparse.Namespace(samples=32, train_samples=8, temperature=0.8, seed=0, cache=tmp_path)
+    assert bench.data_stem(apart, "units-2", 1000).name == "units-2-train1000-n8-seed0-t0.8"
+    assert bench.test_stem(apart, "units-2", None).name == "units-2-test-limitall-n32-t0.8-seed0"
+    same = argparse.Namespace(samples=32, temperature=0.8, seed=0, cache=tmp_path)
+    assert bench.data_stem(same, "units-2", 1000).name == "units-2-train1000-n32-seed0-t0.8"

@@ -296,8 +296,8 @@ def _patch_growth(monkeypatch, calls: dict):
     def feature_blocks(engine, sequences, starts, layers):
         calls.setdefault("read", []).extend(sequences)
         sums = np.asarray([float(sum(s)) for s in sequences], dtype=np.float32)
-        return {k: (np.repeat(sums[:, None, None], len(layers), 1) if k != "logprob" else np.repeat(sums[:, None], 4, 1))
-                for k in ("last", "mean", "logprob")} if sequences else {}
+        shape = {"last": (1, len(layers), 1), "mean": (1, len(layers), 1), "logprob": (1, 4)}
+        return {k: np.tile(sums.reshape(-1, *[1] * (len(v) - 1)), v) for k, v in shape.items()} if sequences else {}
 
     monkeypatch.setattr(train, "sample_task", sample_task)
     monkeypatch.setattr(train, "feature_blocks", feature_blocks)
