@@ -180,3 +180,16 @@ def test_real_gemma3_seeded_sample_independent_of_batch(gemma3_llm):
                                 [SamplingParams(temperature=1.0, seed=i, max_tokens=16) for i in range(7)] + [params]
                                 + [SamplingParams(temperature=0.0, max_tokens=8) for _ in range(8)])
     assert crowd[7].outputs[0].token_ids == alone
+
+
+def test_tiny_gemma3_hidden_states_equal_transformers(tiny_gemma3_dir):
+    """Every layer's states past the sliding window (the longer text is over 16 tokens) equal transformers'."""
+    import transformers
+
+    from lamina import LLM
+    from tests.test_hidden_states import TEXTS, check_against
+
+    llm = LLM(str(tiny_gemma3_dir), num_kv_blocks=64, block_size=4)
+    assert max(len(llm.tokenizer.encode(t)) for t in TEXTS) > WINDOW
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_gemma3_dir, dtype=torch.float32).eval()
+    check_against(llm, hf, atol=1e-4)

@@ -38,6 +38,15 @@ def test_tiny_model_states_equal_transformers(tiny_llm, tiny_llama_dir):
     check_against(tiny_llm, hf, atol=1e-4)
 
 
+def test_tiny_qwen2_states_equal_transformers(tiny_qwen2_dir):
+    import transformers
+
+    from lamina import LLM
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32).eval()
+    check_against(LLM(str(tiny_qwen2_dir), num_kv_blocks=64, block_size=4), hf, atol=1e-4)
+
+
 def test_real_model_states_equal_transformers(real_llm, hf_smollm2):
     check_against(real_llm, hf_smollm2, atol=3e-3)
 

@@ -158,3 +158,28 @@ def test_empty_step_rows_are_refused(tiny_llama_dir):
     info = VerifierInfo("m", "x", [1], kind="prm")
     with pytest.raises(ValueError, match="needs right and wrong"):
         fit_prm(StepRows(), Samples(), info, holdout=0.25)
+
+
+@pytest.mark.parametrize("algorithm", ["best_of_n", "beam"])
+def test_a_search_layer_uses_the_process_verifier_as_its_reward(algorithm, tiny_prm, tiny_llm, tiny_llama_dir,
+                                                                 tmp_path):
+    """`reward: verifier` in a search spec: each answer's score is the process verifier's score of its whole path."""
+    from lamina.backends.local import shutdown_all
+    from tests.archs import run_spec
+
+    verifier, _, _ = tiny_prm
+    path = tmp_path / "prm.json"
+    verifier.save(path)
+    spec = {"name": "s", "models": {"m": {"model": str(tiny_llama_dir),
+                                          "engine": {"num_kv_blocks": 256, "block_size": 4}}},
+            "layers": [[{"type": "search", "model": "m", "algorithm": algorithm, "width": 4, "beam_width": 2,
+                         "depth": 2, "step_max_tokens": 4, "delimiter": " ", "reward": "verifier",
+                         "verifier": str(path), "seed": 1}]]}
+    try:
+        result = run_spec(spec, QUESTION)
+    finally:
+        shutdown_all()
+    assert result.final and all(c.score is not None and c.token_ids for c in result.final)
+    bound = verifier.bind(tiny_llm.engine, str(tiny_llama_dir))
+    direct = asyncio.run(bound.score_steps(QUESTION, [[Response(c.text, token_ids=c.token_ids)] for c in result.final]))
+    assert [c.score for c in result.final] == pytest.approx([row[-1] for row in direct], abs=1e-6)

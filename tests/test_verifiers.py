@@ -107,6 +107,25 @@ def test_an_architecture_ranks_and_weights_by_the_verifier(tiny_verifier, tiny_l
     assert not [e for e in voted.trace if e.get("fallback")]
 
 
+def test_rank_by_the_verifier_keeps_the_top_scored_samples(tiny_verifier, tiny_llm, tiny_llama_dir, tmp_path):
+    """rank with `method: reward, reward_mode: verifier`: the top_k kept are the samples the verifier scores
+    highest, in that order."""
+    verifier, _, _ = tiny_verifier
+    path = tmp_path / "v.json"
+    verifier.save(path)
+    model = {"m": {"model": str(tiny_llama_dir), "engine": {"num_kv_blocks": 128, "block_size": 4},
+                   "params": {"max_tokens": 6, "temperature": 1.0}}}
+    layers = [[{"type": "generate", "samples": 6}],
+              [{"type": "rank", "method": "reward", "reward_mode": "verifier", "verifier": str(path), "top_k": 2}]]
+    result = run_spec({"name": "r", "models": model, "layers": layers}, QUESTION)
+    samples = result.first_layer_samples()
+    scores = asyncio.run(verifier.bind(tiny_llm.engine, str(tiny_llama_dir)).score(
+        QUESTION, [Response(c.text, token_ids=c.token_ids) for c in samples]))
+    assert len(samples) == 6 and len(set(scores)) == 6
+    best = sorted(range(6), key=lambda i: -scores[i])[:2]
+    assert [c.text for c in result.final] == [samples[i].text for i in best]
+
+
 def test_a_verifier_on_a_backend_without_hidden_states_is_a_clear_error(tiny_verifier, tmp_path):
     verifier, _, _ = tiny_verifier
     verifier.save(tmp_path / "v.json")

@@ -19,7 +19,9 @@ from lamina.errors import InvalidRequestError
 IDENTITY_BYTES = 8 << 20  # how much of each weights file the identity hash reads
 
 
-def _resolve_layers(layers: list[int], count: int) -> list[int]:
+def resolve_layers(layers: list[int], count: int) -> list[int]:
+    """Each of `layers` as an index 0 (embeddings) .. count (the last block's output), negatives counting from the
+    end; InvalidRequestError for one out of range."""
     out = []
     for layer in layers:
         index = layer + count + 1 if layer < 0 else layer
@@ -39,7 +41,7 @@ def hidden_states(model: LlamaForCausalLM, sequences: list[list[int]], layers: l
     if not sequences or any(not seq for seq in sequences):
         raise InvalidRequestError("hidden_states needs non-empty token sequences")
     count = len(model.layers)
-    wanted = _resolve_layers(layers, count)
+    wanted = resolve_layers(layers, count)
     rows = [[-1] for _ in sequences] if positions is None else [list(p) for p in positions]
     if len(rows) != len(sequences) or len({len(r) for r in rows}) != 1 or not rows[0]:
         raise InvalidRequestError("positions: one equally long, non-empty list per sequence")
@@ -87,7 +89,7 @@ def answer_summary(model: LlamaForCausalLM, sequences: list[list[int]], starts: 
             raise InvalidRequestError(f"answer start {start} out of range for a sequence of {len(seq)} tokens "
                                       "(the prompt must hold at least one token)")
     count = len(model.layers)
-    wanted = _resolve_layers(layers, count)
+    wanted = resolve_layers(layers, count)
     batch = _SharedPrompts(sequences, starts)
     meta = batch.metadata(model)
 

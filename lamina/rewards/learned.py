@@ -228,7 +228,9 @@ class _Learned:
         return list(response.token_ids) if response.token_ids else self._bound().tokenizer.encode(response.text)
 
     def save(self, path: str | Path) -> None:
+        """Write the verifier (JSON: format, info, probe) to `path`, creating its folder."""
         data = {"format": FORMAT, **asdict(self.info), "probe": asdict(self.probe)}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(data, indent=1), encoding="utf-8")
 
     @classmethod
@@ -240,6 +242,8 @@ class _Learned:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise VerifierError(f"{path}: not a verifier file (expected format {FORMAT!r})")
         try:
+            if not isinstance(data.get("probe"), dict):
+                raise TypeError("no `probe` mapping (the probe's weights)")
             probe = Probe(**data.pop("probe"))
             data.pop("format")
             info = VerifierInfo(**data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _common(p: argparse.ArgumentParser, split: str) -> None:
@@ -67,6 +68,39 @@ def _print(metrics: dict, as_json: bool) -> None:
         print(f"{key:>22}: {value:.3f}" if isinstance(value, float) else f"{key:>22}: {value}")
 
 
+def _writable(path: str):
+    """`path` as a Path once its folder exists (created) and a file can be written there, checked before any
+    sampling so a long run never ends unable to save; SpecError naming --out otherwise."""
+    import os
+    from pathlib import Path
+
+    from lamina.errors import SpecError
+
+    out = Path(path)
+    if out.is_dir():
+        raise SpecError(f"--out {path}: a folder; give the verifier file's path (e.g. {out / 'verifier.json'})")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(f"--out {path}: cannot create its folder: {exc}") from None
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise SpecError(f"--out {path}: not writable")
+    return out
+
+
+def _check_layers(model: str, layers: list[int]) -> None:
+    """SpecError naming --layers when a layer is out of `model`'s range (loads the model, before any sampling)."""
+    from lamina.backends.local import shared_engine
+    from lamina.engine.hidden_states import resolve_layers
+    from lamina.errors import InvalidRequestError, SpecError
+
+    count = len(shared_engine(model, kv_cache_memory_gb=0.25).engine.model.layers)
+    try:
+        resolve_layers(layers, count)
+    except InvalidRequestError as exc:
+        raise SpecError(f"--layers: {exc}") from None
+
+
 def train_command(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -86,10 +120,17 @@ def train_command(args: argparse.Namespace) -> int:
     if args.kind == "prm" and args.technique != "generate":
         raise SpecError(f"--technique {args.technique}: a process verifier (--kind prm) learns from sampled answers' "
                         "steps only")
+    out = _writable(args.out)
     task = load_task(args.task)
     if args.train_size is not None:
         grow_train(task, args.train_size)
+        held = len(task.examples("train"))
+        if held < args.train_size:
+            print(f"note: {task.name} has {held} distinct train questions, fewer than --train-size "
+                  f"{args.train_size} asked (its family holds no more)", file=sys.stderr)
     task.examples(args.split, args.limit)
+    if layers:
+        _check_layers(args.model, layers)
     common = dict(seed=args.seed, temperature=args.temperature, layers=layers, holdout=args.holdout,
                   max_tokens=args.max_tokens)
     try:
@@ -105,7 +146,7 @@ def train_command(args: argparse.Namespace) -> int:
                                                    technique=args.technique, **common))
     except ValueError as exc:
         raise SpecError(f"cannot train a verifier on {args.task} {args.split}: {exc}") from None
-    verifier.save(args.out)
+    verifier.save(out)
     unit = "steps" if args.kind == "prm" else "samples"
     print(f"wrote {args.out}: {verifier.info.kind} verifier, {verifier.info.samples} {unit} of "
           f"{verifier.info.questions} questions, "

@@ -1,0 +1,105 @@
+"""`lamina verifier train` and `lamina verifier eval` end to end on the tiny random model (a jsonl task whose scorer
+labels its samples both ways), and their bad input: one clear line, before any sampling."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lamina.cli import main
+
+ROWS = 12
+
+
+@pytest.fixture
+def task_file(tmp_path):
+    """A task whose answers are right when they hold the letter "e" (the regex extractor finds it: the tiny model's
+    random words hold one now and then). Questions 0-7 are its train split, 8-11 its dev split."""
+    rows = [{"id": f"q{i}", "question": f"Say a word {i}.", "reference": "e",
+             "split": "train" if i < 8 else "dev"} for i in range(ROWS)]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    path = tmp_path / "letters.yaml"
+    path.write_text("name: letters\nsource: {type: jsonl, path: data.jsonl}\nscorer: {type: exact, extract: regex, pattern: '(e)'}\nmax_tokens: 3\n")
+    return path
+
+
+def test_train_then_eval_on_the_tiny_model(tiny_llama_dir, task_file, tmp_path, capsys):
+    from lamina.backends.local import shutdown_all
+    from lamina.engine.hidden_states import model_identity
+    from lamina.rewards.learned import LearnedVerifier
+
+    out = tmp_path / "not" / "yet" / "v.json"  # its folder is created
+    try:
+        code = main(["verifier", "train", "--model", str(tiny_llama_dir), "--task", str(task_file), "--samples", "4",
+                     "--seed", "3", "--no-select", "--layers", "1,2", "--out", str(out), "--json"])
+        captured = capsys.readouterr()
+        printed = captured.out
+        assert code == 0, captured.err
+        verifier = LearnedVerifier.load(out)
+        info = verifier.info
+        # 3/4 of the 8 train questions fitted, 1/4 held out
+        assert (info.task, info.split, info.layers, info.samples, info.questions) == ("letters", "train", [1, 2],
+                                                                                     24, 6)
+        assert info.model_identity == model_identity(str(tiny_llama_dir))
+        held = json.loads(printed[printed.index("{"):])
+        assert held == info.metrics and 0.0 <= held["auroc"] <= 1.0 and (held["questions"], held["samples"]) == (2, 8)
+        code = main(["verifier", "eval", str(out), "--task", str(task_file), "--samples", "4", "--seed", "3",
+                     "--json"])
+        evaluated = json.loads(capsys.readouterr().out)
+    finally:
+        shutdown_all()
+    assert code == 0
+    assert evaluated["questions"] == 4 and evaluated["samples"] == 16
+    assert {"auroc", "ece", "selection_accuracy", "coverage"} <= set(evaluated)
+    assert 0.0 <= evaluated["selection_accuracy"] <= evaluated["coverage"] <= 1.0
+
+
+def test_a_verifier_file_without_its_probe_is_a_clear_error(tiny_llama_dir, tmp_path, capsys):
+    from lamina.rewards.learned import FORMAT
+
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps({"format": FORMAT, "kind": "orm"}))
+    code = main(["verifier", "eval", str(path), "--task", "arith-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(path) in err and "probe" in err and "Traceback" not in err
+
+
+def test_bad_out_and_layers_are_refused_before_sampling(tiny_llama_dir, task_file, tmp_path, capsys, monkeypatch):
+    import lamina.verifiers.train as train
+
+    async def never(*args, **kwargs):
+        raise AssertionError("sampled before refusing")
+
+    monkeypatch.setattr(train, "sample_task", never)
+    base = ["verifier", "train", "--model", str(tiny_llama_dir), "--task", str(task_file), "--samples", "2"]
+    assert main(base + ["--out", str(tmp_path)]) == 2
+    assert "a folder" in capsys.readouterr().err
+    try:
+        assert main(base + ["--layers", "1,7", "--out", str(tmp_path / "v.json")]) == 2
+    finally:
+        from lamina.backends.local import shutdown_all
+
+        shutdown_all()
+    err = capsys.readouterr().err
+    assert "--layers" in err and "layer 7 out of range for a model with 2 layers" in err
+    assert not (tmp_path / "v.json").exists()
+
+
+def test_a_train_size_beyond_the_family_says_how_many_questions_it_has(tiny_llama_dir, tmp_path, capsys,
+                                                                        monkeypatch):
+    import lamina.verifiers.train as train
+    from lamina.tasks.task import load_task
+    from lamina.verifiers.train import grow_train
+
+    async def stop(*args, **kwargs):
+        raise RuntimeError("stop: the note comes before any sampling")
+
+    monkeypatch.setattr(train, "sample_task", stop)
+    task = load_task("arith-1")
+    grow_train(task, 5000)
+    held = len(task.examples("train"))
+    assert held < 1000
+    with pytest.raises(RuntimeError, match="stop"):
+        main(["verifier", "train", "--model", str(tiny_llama_dir), "--task", "arith-1", "--train-size", "1000",
+              "--no-select", "--out", str(tmp_path / "v.json")])
+    assert f"arith-1 has {held} distinct train questions, fewer than --train-size 1000" in capsys.readouterr().err
