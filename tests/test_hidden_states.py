@@ -69,3 +69,41 @@ def test_model_identity_follows_the_weights_not_the_name(tiny_llama_dir, tmp_pat
     assert model_identity(str(copy)) == model_identity(str(tiny_llama_dir))
     (copy / "config.json").write_text((copy / "config.json").read_text().replace("\n", "\n "))
     assert model_identity(str(copy)) != model_identity(str(tiny_llama_dir))
+
+
+def test_the_engine_api_returns_states_of_prompts_and_branches(tiny_llm, tiny_llama_dir):
+    """LLM.hidden_states (texts tokenized as requests are) and branch_hidden_states (a branch's whole token list)
+    from the loaded model; AsyncEngine's the same, on its engine thread; bad input an InvalidRequestError."""
+    from lamina.engine.engine import AsyncEngine
+    from lamina.engine.sampling_params import SamplingParams
+
+    model, tok = tiny_llm.engine.model, tiny_llm.tokenizer
+    ids = [tok.encode_prompt(t) for t in TEXTS]
+    states = tiny_llm.hidden_states(TEXTS, [1, -1], positions=[[0, -1], [2, -1]])
+    assert torch.equal(states, hidden_states(model, ids, [1, 2], positions=[[0, -1], [2, -1]]))
+    assert torch.equal(tiny_llm.hidden_states(ids[0], [2]), hidden_states(model, ids[:1], [2]))
+    root = tiny_llm.open_branch(TEXTS[0])
+    children = tiny_llm.extend_branch(root.branch_id, SamplingParams(n=2, max_tokens=3, temperature=1.0, seed=1))
+    names = [c.branch_id for c in children]
+    got = tiny_llm.branch_hidden_states(names, [1, 2], positions=[[len(ids[0]) - 1, -1]] * 2)
+    assert got.shape == (2, 2, 2, model.config.hidden_size)
+    for i, child in enumerate(children):
+        assert len(child.token_ids) > len(ids[0])
+        assert torch.equal(got[i], hidden_states(model, [child.token_ids], [1, 2], [[len(ids[0]) - 1, -1]])[0])
+    with pytest.raises(InvalidRequestError, match="layer 3 out of range"):
+        tiny_llm.hidden_states(TEXTS, [3])
+    with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
+        tiny_llm.hidden_states([[1, 10 ** 6]], [1])
+    for branch in [root.branch_id, *names]:  # the session's engine: give its blocks back
+        tiny_llm.release_branch(branch)
+    with pytest.raises(InvalidRequestError):
+        tiny_llm.branch_hidden_states([root.branch_id], [1])
+
+    async def on_the_async_engine():
+        engine = AsyncEngine(str(tiny_llama_dir), num_kv_blocks=64, block_size=4)
+        try:
+            return await engine.hidden_states(TEXTS, [1, -1], positions=[[0, -1], [2, -1]])
+        finally:
+            engine.shutdown()
+
+    assert torch.allclose(__import__("asyncio").run(on_the_async_engine()), states, atol=1e-6)

@@ -35,6 +35,13 @@ finally:
 Messages = list[dict[str, str]]
 
 
+def _batch(prompts: str | list[int] | Seq[str | list[int]]) -> list[str | list[int]]:
+    """One prompt (a text or token ids) or many, as a list of prompts."""
+    if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+        return [prompts]  # type: ignore[list-item]
+    return list(prompts)  # type: ignore[arg-type]
+
+
 class LLM:
     """`LLM(model="default")`; `generate(prompts, params)` and `chat(messages, params)` return RequestOutputs."""
 
@@ -48,9 +55,7 @@ class LLM:
     def generate(self, prompts: str | list[int] | Seq[str | list[int]],
                  sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
                  use_tqdm: bool = False) -> list[RequestOutput]:
-        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]  # type: ignore[list-item]
-        prompts = list(prompts)  # type: ignore[arg-type]
+        prompts = _batch(prompts)
         params = sampling_params if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
         if len(params) != len(prompts):
             raise InvalidRequestError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
@@ -64,6 +69,17 @@ class LLM:
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)  # type: ignore[index]
         prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
         return self.generate(prompts, sampling_params, use_tqdm)
+
+    def hidden_states(self, prompts: str | list[int] | Seq[str | list[int]], layers: list[int],
+                      positions: list[list[int]] | None = None):
+        """[batch, len(layers), P, hidden] float32 tensor of the prompts' states from the loaded model (no second
+        load; see LLMEngine.hidden_states for layers, positions and errors)."""
+        return self.engine.hidden_states(_batch(prompts), layers, positions)
+
+    def branch_hidden_states(self, branch_ids: list[str], layers: list[int],
+                             positions: list[list[int]] | None = None):
+        """The states of parked branches' tokens (LLMEngine.branch_hidden_states)."""
+        return self.engine.branch_hidden_states(branch_ids, layers, positions)
 
     # Branches (lamina/engine/branches.py), each call run to completion; the engine's methods say more.
 
@@ -252,6 +268,18 @@ class AsyncEngine:
 
     async def branch_blocks(self, branch_ids: list[str] | None = None) -> BlockUsage:
         return await self._on_engine(lambda: ("", lambda: self.engine.branch_blocks(branch_ids)))
+
+    async def hidden_states(self, prompts: str | list[int] | Seq[str | list[int]], layers: list[int],
+                            positions: list[list[int]] | None = None):
+        """LLM.hidden_states, computed on the engine thread between steps."""
+        return await self._on_engine(lambda: ("", lambda: self.engine.hidden_states(_batch(prompts), layers,
+                                                                                     positions)))
+
+    async def branch_hidden_states(self, branch_ids: list[str], layers: list[int],
+                                   positions: list[list[int]] | None = None):
+        """LLM.branch_hidden_states, computed on the engine thread between steps."""
+        return await self._on_engine(lambda: ("", lambda: self.engine.branch_hidden_states(branch_ids, layers,
+                                                                                            positions)))
 
     async def _on_engine(self, start: Callable[[], tuple[str, Callable[[], Any]]]) -> Any:
         """Run start() on the engine thread: (a pending key, "" for none; what to answer once it is settled)."""

@@ -148,6 +148,27 @@ class LLMEngine:
         """What a parked branch holds (InvalidRequestError: unknown, released or still pending)."""
         return self.branches.output(branch_id)
 
+    def hidden_states(self, prompts: list[str | list[int]], layers: list[int],
+                      positions: list[list[int]] | None = None) -> torch.Tensor:
+        """[batch, len(layers), P, hidden] float32: the loaded model's residual-stream states of each prompt (a text,
+        tokenized as a request's, or token ids) at `layers` (0 = embeddings .. num_layers, the last after the final
+        norm, as transformers' output_hidden_states; negatives from the end) and `positions` (P per prompt, negative
+        from the end; None: the last token). One uncached forward for the batch, outside the KV cache; safe between
+        steps, not during one. InvalidRequestError for a bad prompt (as a request's), layer or position."""
+        from lamina.engine.hidden_states import hidden_states
+
+        ids = [make_request(p, None, "states", self.tokenizer, self.limits).prompt_token_ids for p in prompts]
+        return hidden_states(self.model, ids, layers, positions)
+
+    def branch_hidden_states(self, branch_ids: list[str], layers: list[int],
+                             positions: list[list[int]] | None = None) -> torch.Tensor:
+        """`hidden_states` of each parked branch's tokens (its root's prompt and every step since: BranchOutput's
+        token_ids), e.g. `positions` at its step boundaries for a process verifier. InvalidRequestError for an
+        unknown, released or pending branch."""
+        from lamina.engine.hidden_states import hidden_states
+
+        return hidden_states(self.model, [self.branch(b).token_ids for b in branch_ids], layers, positions)
+
     def release_branch(self, branch_id: str) -> None:
         """Forget a parked branch and give back its blocks (blocks its relatives share stay)."""
         self.branches.release(branch_id)
