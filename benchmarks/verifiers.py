@@ -482,12 +482,13 @@ async def run_task(name: str, args) -> dict:
     if scorer.kind == "code":
         drawn.scores["public_tests"], seconds = await asyncio.to_thread(public_pass_rates, drawn, examples)
         orm_cost["public_tests"] = (0, seconds)
-    blocks, block_layers, seconds = await asyncio.to_thread(test_blocks, drawn, Path(f"{stem}.features.npz"),
-                                                            args.threads)
-    for orm, (scores, tokens, seconds) in (await asyncio.to_thread(score_orms, orms, drawn, blocks, block_layers,
-                                                                   seconds)).items():
-        drawn.scores[orm] = scores
-        orm_cost[orm] = (tokens, seconds)
+    if orms:  # the test samples' hidden states only where a learned verifier reads them
+        blocks, block_layers, seconds = await asyncio.to_thread(test_blocks, drawn, Path(f"{stem}.features.npz"),
+                                                                args.threads)
+        for orm, (scores, tokens, seconds) in (await asyncio.to_thread(score_orms, orms, drawn, blocks,
+                                                                       block_layers, seconds)).items():
+            drawn.scores[orm] = scores
+            orm_cost[orm] = (tokens, seconds)
 
     methods = {"greedy": row([labels[0] if labels else 0 for labels in greedy.labels], greedy.tokens,
                              greedy.seconds)}
@@ -552,6 +553,8 @@ def main() -> None:
                              "(marked reused_from, each with the CPU and threads it was measured with); the tasks "
                              "run now replace theirs")
     parser.add_argument("--mlp", action="store_true", help="also an MLP-probe ORM (orm_mlp), on the same states")
+    parser.add_argument("--no-orm", action="store_true", help="no learned verifiers: no train sampling and no hidden "
+                        "states, only the selectors that need no training (and greedy, coverage)")
     parser.add_argument("--cache", type=Path, default=Path("runs/bench-verifiers"), help="ORMs and finished tasks")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/verifiers"), help="OUT.json, OUT.png")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -560,7 +563,9 @@ def main() -> None:
     if min(args.samples, args.train_samples) < 2 or args.train_size[""] is None:
         parser.error(f"--samples and --train-samples must be >= 2 and --train-size needs a default N (got "
                      f"{args.samples}, {args.train_samples})")
-    args.probes = ["logistic"] + (["mlp"] if args.mlp else [])
+    if args.no_orm and (args.mlp or args.program_orm or args.train_with):
+        parser.error("--no-orm trains no verifier: drop --mlp, --program-orm and --train-with")
+    args.probes = [] if args.no_orm else ["logistic"] + (["mlp"] if args.mlp else [])
     import torch
 
     torch.set_num_threads(args.threads)
@@ -579,6 +584,7 @@ def main() -> None:
         key = (f"{name}-limit{limit or 'all'}-train{train_size}-n{args.samples}-t{args.temperature}"
                f"-seed{args.seed}{'-noprog' if args.no_program else '-prog' + program_tag()}"
                f"{f'-porm{args.program_orm}' if args.program_orm else ''}{'-mlp' if args.mlp else ''}"
+               f"{'-noorm' if args.no_orm else ''}"
                f"{f'-trainn{args.train_samples}' if args.train_samples != args.samples else ''}-cv"
                f"{''.join('+' + o for o in args.train_with.get(name, []))}.json")
         done = args.cache / key
@@ -591,12 +597,16 @@ def main() -> None:
         done.write_text(json.dumps(result, indent=1))
         results.append(result)
         m = result["methods"]
+        orm = format(m["orm"]["accuracy"], ".2f") if "orm" in m else "-"
         print(f"{name}: greedy {m['greedy']['accuracy']:.2f}, majority {m['majority']['accuracy']:.2f}, "
-              f"orm {m['orm']['accuracy']:.2f}, coverage {m['coverage']['accuracy']:.2f}", flush=True)
+              f"orm {orm}, coverage {m['coverage']['accuracy']:.2f}", flush=True)
     if keep is not None:
         results = kept(keep, args.keep, results)
+    trained = (f"ORM trained on {train_sizes(results)} train questions x {args.train_samples} samples" if args.probes
+               else "no learned verifier (--no-orm)")
     print(f"\nSelectors on the test split, embedded SmolLM2-135M-Instruct, {args.samples} samples at T="
-          f"{args.temperature}, ORM trained on {train_sizes(results)} train questions x {args.train_samples} samples; "
+          f"{args.temperature}, "
+          f"{trained}; "
           f"CPU: {cpu}")
     from lamina.tasks.task import load_task
 

@@ -92,7 +92,7 @@ def targets(result: dict) -> dict:
                        for m in ("program_orm", "program_orm_vote")})
     return {"best_selector": best, "best_minus_greedy": methods[best] - methods["greedy"],
             "beats_greedy_by_10": methods[best] - methods["greedy"] >= 0.10, "gap_closed": closed,
-            "orm_closes_half": (closed.get("orm") or 0.0) >= 0.5,
+            "orm_closes_half": (closed.get("orm") or 0.0) >= 0.5 if "orm" in methods else None,
             "program_orm_closes_half": ((closed.get("program_orm") or 0.0) >= 0.5 if "program_orm" in methods
                                         else None)}
 
@@ -100,13 +100,14 @@ def targets(result: dict) -> dict:
 def target_lines(results: list[dict]) -> list[str]:
     lines = ["", "targets (best selector - greedy >= 0.10; learned verifier closes >= 1/2 of majority->coverage, "
              "a verifier of programs of program vote->program coverage):"]
+    verdict = {True: "met", False: "NOT met", None: "-"}
     for r in results:
         t = r["targets"]
         closed = ", ".join(f"{m} {c:.2f}" if c is not None else f"{m} -" for m, c in t["gap_closed"].items())
         lines.append(f"{r['task']}: best {t['best_selector']} {t['best_minus_greedy']:+.2f} vs greedy "
                      f"({'met' if t['beats_greedy_by_10'] else 'NOT met'}); gap closed: {closed} "
-                     f"(orm: {'met' if t['orm_closes_half'] else 'NOT met'}; verifier of programs: "
-                     f"{ {True: 'met', False: 'NOT met', None: '-'}[t.get('program_orm_closes_half')] })")
+                     f"(orm: {verdict[t['orm_closes_half']]}; verifier of programs: "
+                     f"{verdict[t.get('program_orm_closes_half')]})")
     return lines
 
 

@@ -168,3 +168,20 @@ def test_train_samples_name_the_train_draws_and_the_test_draws_keep_their_own(be
     assert bench.test_stem(apart, "units-2", None).name == "units-2-test-limitall-n32-t0.8-seed0"
     same = argparse.Namespace(samples=32, temperature=0.8, seed=0, cache=tmp_path)
     assert bench.data_stem(same, "units-2", 1000).name == "units-2-train1000-n32-seed0-t0.8"
+
+
+def test_a_run_without_learned_verifiers_judges_only_the_best_selector(bench, tmp_path):
+    """--no-orm: no orm row, so the learned verifier's target is not judged (None, printed '-'), not called unmet;
+    the best selector still is; --no-orm with an option that trains a verifier is refused before anything runs."""
+    acc = {"greedy": 0.25, "majority": 0.15, "public_tests": 0.37, "coverage": 0.40}
+    result = {"task": "code-3", "methods": {m: {"accuracy": a} for m, a in acc.items()}}
+    t = bench.targets(result)
+    assert t["best_selector"] == "public_tests" and t["beats_greedy_by_10"]
+    assert t["orm_closes_half"] is None and t["gap_closed"] == {}
+    line = bench.target_lines([{**result, "targets": t}])[-1]
+    assert "(met)" in line and "orm: -" in line
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "verifiers.py"), "--no-orm", "--mlp"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--no-orm trains no verifier" in done.stderr
