@@ -521,6 +521,11 @@ async def run_task(name: str, args) -> dict:
                      for orm, v in orms.items()}}
 
 
+def default_out(no_orm: bool) -> Path:
+    """The results' path without --out: a run with no learned verifier never writes over the published table's."""
+    return Path("benchmarks/results/verifiers" + ("-noorm" if no_orm else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated (default {','.join(TASKS)})")
@@ -556,7 +561,8 @@ def main() -> None:
     parser.add_argument("--no-orm", action="store_true", help="no learned verifiers: no train sampling and no hidden "
                         "states, only the selectors that need no training (and greedy, coverage)")
     parser.add_argument("--cache", type=Path, default=Path("runs/bench-verifiers"), help="ORMs and finished tasks")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/verifiers"), help="OUT.json, OUT.png")
+    parser.add_argument("--out", type=Path, help="OUT.json, OUT.png (default benchmarks/results/verifiers, with "
+                        "--no-orm benchmarks/results/verifiers-noorm: never over the published table's files)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
     args.train_samples = args.train_samples or args.samples
@@ -566,6 +572,7 @@ def main() -> None:
     if args.no_orm and (args.mlp or args.program_orm or args.train_with):
         parser.error("--no-orm trains no verifier: drop --mlp, --program-orm and --train-with")
     args.probes = [] if args.no_orm else ["logistic"] + (["mlp"] if args.mlp else [])
+    args.out = args.out or default_out(args.no_orm)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -603,7 +610,9 @@ def main() -> None:
     if keep is not None:
         results = kept(keep, args.keep, results)
     trained = (f"ORM trained on {train_sizes(results)} train questions x {args.train_samples} samples" if args.probes
-               else "no learned verifier (--no-orm)")
+               else "no learned verifier run now (--no-orm)"
+               + (f"; the kept tasks' ORM trained on {train_sizes(results)} train questions" if train_sizes(results)
+                  else ""))
     print(f"\nSelectors on the test split, embedded SmolLM2-135M-Instruct, {args.samples} samples at T="
           f"{args.temperature}, "
           f"{trained}; "

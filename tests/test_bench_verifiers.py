@@ -185,3 +185,30 @@ def test_a_run_without_learned_verifiers_judges_only_the_best_selector(bench, tm
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "verifiers.py"), "--no-orm", "--mlp"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--no-orm trains no verifier" in done.stderr
+
+
+def test_no_orm_reads_no_hidden_states_and_writes_apart(bench, tmp_path, monkeypatch):
+    """With --no-orm (no probes) a task's rows come from the draws alone: the test samples' hidden states are never
+    computed (test_blocks is not called) and there is no orm row; its default output is verifiers-noorm."""
+    import asyncio
+
+    drawn = bench.Drawn(texts=[["4", "5"]], keys=[["4", "5"]], labels=[[0, 1]],
+                        scores={"self_certainty": [[2.0, 1.5]], "mean_logprob": [[-0.9, -0.1]]},
+                        sequences=[[[1, 2, 3], [1, 2, 4]]], starts=[2], tokens=9, seconds=0.5)
+
+    async def fake_draw(spec, task, examples, scorer, desc):
+        return drawn, None
+
+    def no_states(*_):
+        raise AssertionError("hidden states computed without a learned verifier")
+
+    monkeypatch.setattr(bench, "draw", fake_draw)
+    monkeypatch.setattr(bench, "test_blocks", no_states)
+    args = argparse.Namespace(train_size={"": 1000}, limit={"": 1}, train_with={}, probes=[], samples=2,
+                              train_samples=2, temperature=0.8, seed=0, threads=1, cache=tmp_path, no_program=True,
+                              program_from=None)
+    result = asyncio.run(bench.run_task("arith-1", args))
+    methods = result["methods"]
+    assert "orm" not in methods and result["orms"] == {}
+    assert methods["mean_logprob"]["accuracy"] == 1.0 and methods["coverage"]["accuracy"] == 1.0
+    assert bench.default_out(True).name == "verifiers-noorm" and bench.default_out(False).name == "verifiers"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lamina.engine.hidden_states import hidden_states, model_identity
-from lamina.errors import InvalidRequestError
+from lamina.errors import InvalidRequestError, LaminaError
 
 TEXTS = ["The capital of France is", "What is 7 + 5? The answer is 12, because seven plus five is twelve."]
 
@@ -55,10 +55,21 @@ def test_bad_requests_are_clear_errors(tiny_llm):
     model = tiny_llm.engine.model
     with pytest.raises(InvalidRequestError, match="layer 5 out of range for a model with 2 layers"):
         hidden_states(model, [[1, 2]], [5])
-    with pytest.raises(InvalidRequestError, match="position 3 out of range"):
-        hidden_states(model, [[1, 2]], [1], positions=[[3]])
+    with pytest.raises(InvalidRequestError, match=r"position 3 of sequence 1 is no int in range for its 2 tokens"):
+        hidden_states(model, [[1, 2, 3], [1, 2]], [1], positions=[[0], [3]])
+    with pytest.raises(InvalidRequestError, match="position 0.5 of sequence 0 is no int"):
+        hidden_states(model, [[1, 2]], [1], positions=[[0.5]])
     with pytest.raises(InvalidRequestError, match="equally long"):
         hidden_states(model, [[1, 2], [3, 4]], [1], positions=[[0], [0, 1]])
+    with pytest.raises(InvalidRequestError, match="list of int lists"):
+        hidden_states(model, [[1, 2], [3, 4]], [1], positions=[0, 1])  # flat only for one sequence
+    with pytest.raises(InvalidRequestError, match="list of int lists"):
+        hidden_states(model, [[1, 2]], [1], positions=3)
+    for layers in ([], -1, [1.0], [True]):
+        with pytest.raises(InvalidRequestError, match="non-empty list of ints"):
+            hidden_states(model, [[1, 2]], layers)
+    flat = hidden_states(model, [[1, 2, 3]], [1], positions=[0, -1])  # one sequence: its row given flat
+    assert torch.equal(flat, hidden_states(model, [[1, 2, 3]], [1], positions=[[0, -1]]))
 
 
 def test_model_identity_follows_the_weights_not_the_name(tiny_llama_dir, tmp_path):
@@ -83,27 +94,54 @@ def test_the_engine_api_returns_states_of_prompts_and_branches(tiny_llm, tiny_ll
     assert torch.equal(states, hidden_states(model, ids, [1, 2], positions=[[0, -1], [2, -1]]))
     assert torch.equal(tiny_llm.hidden_states(ids[0], [2]), hidden_states(model, ids[:1], [2]))
     root = tiny_llm.open_branch(TEXTS[0])
-    children = tiny_llm.extend_branch(root.branch_id, SamplingParams(n=2, max_tokens=3, temperature=1.0, seed=1))
-    names = [c.branch_id for c in children]
-    got = tiny_llm.branch_hidden_states(names, [1, 2], positions=[[len(ids[0]) - 1, -1]] * 2)
-    assert got.shape == (2, 2, 2, model.config.hidden_size)
-    for i, child in enumerate(children):
-        assert len(child.token_ids) > len(ids[0])
-        assert torch.equal(got[i], hidden_states(model, [child.token_ids], [1, 2], [[len(ids[0]) - 1, -1]])[0])
-    with pytest.raises(InvalidRequestError, match="layer 3 out of range"):
-        tiny_llm.hidden_states(TEXTS, [3])
-    with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
-        tiny_llm.hidden_states([[1, 10 ** 6]], [1])
-    for branch in [root.branch_id, *names]:  # the session's engine: give its blocks back
-        tiny_llm.release_branch(branch)
-    with pytest.raises(InvalidRequestError):
+    names = [root.branch_id]
+    try:
+        children = tiny_llm.extend_branch(root.branch_id, SamplingParams(n=2, max_tokens=3, temperature=1.0, seed=1))
+        names += [c.branch_id for c in children]
+        last_prompt = len(ids[0]) - 1
+        got = tiny_llm.branch_hidden_states(names[1:], [1, 2], positions=[[last_prompt, -1]] * 2)
+        assert got.shape == (2, 2, 2, model.config.hidden_size)
+        prompt_states = hidden_states(model, ids[:1], [1, 2])[0, :, 0]  # independent of the branch's token list
+        for i, child in enumerate(children):
+            assert child.token_ids[:len(ids[0])] == ids[0] and len(child.token_ids) > len(ids[0])
+            assert torch.equal(got[i], hidden_states(model, [child.token_ids], [1, 2], [[last_prompt, -1]])[0])
+            assert torch.allclose(got[i, :, 0], prompt_states, atol=1e-5)
+        one = tiny_llm.branch_hidden_states(names[1], [2])  # one id, not a list of its characters
+        assert torch.equal(one, got[:1, 1:, 1:])
+        with pytest.raises(InvalidRequestError, match="layer 3 out of range"):
+            tiny_llm.hidden_states(TEXTS, [3])
+        with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
+            tiny_llm.hidden_states([[1, 10 ** 6]], [1])
+    finally:
+        for branch in names:  # the session's engine: give its blocks back
+            tiny_llm.release_branch(branch)
+    with pytest.raises(InvalidRequestError, match="unknown or was released"):
         tiny_llm.branch_hidden_states([root.branch_id], [1])
 
     async def on_the_async_engine():
         engine = AsyncEngine(str(tiny_llama_dir), num_kv_blocks=64, block_size=4)
         try:
-            return await engine.hidden_states(TEXTS, [1, -1], positions=[[0, -1], [2, -1]])
+            prompts = await engine.hidden_states(TEXTS, [1, -1], positions=[[0, -1], [2, -1]])
+            opened = await engine.open_branch(TEXTS[0])
+            params = SamplingParams(n=2, max_tokens=3, temperature=1.0, seed=1)
+            branches = [c.branch_id for c in await engine.extend_branch(opened.branch_id, params)]
+            stream = engine.generate(TEXTS[1], SamplingParams(max_tokens=8, temperature=0.0))
+            first = await stream.__anext__()  # a request streams while the states are computed between its steps
+            on_branches = await engine.branch_hidden_states(branches, [1, 2], positions=[[last_prompt, -1]] * 2)
+            rest = [out async for out in stream]
+            with pytest.raises(InvalidRequestError, match="position 99 of sequence 0"):
+                await engine.branch_hidden_states(branches, [1], positions=[[99]] * 2)
+            return prompts, on_branches, first, rest
         finally:
             engine.shutdown()
 
-    assert torch.allclose(__import__("asyncio").run(on_the_async_engine()), states, atol=1e-6)
+    prompts, on_branches, first, rest = __import__("asyncio").run(on_the_async_engine())
+    assert torch.allclose(prompts, states, atol=1e-6)
+    assert torch.allclose(on_branches, got, atol=1e-6)  # the same seeded children as the LLM's
+    assert (rest or [first])[-1].finished
+    driven = AsyncEngine.from_llm(tiny_llm)
+    try:
+        with pytest.raises(LaminaError, match="driven by an AsyncEngine"):
+            tiny_llm.hidden_states(TEXTS, [1])
+    finally:
+        driven.shutdown()

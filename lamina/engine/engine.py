@@ -19,6 +19,8 @@ from typing import Any
 _collecting, _host_frozen = gc.isenabled(), gc.get_freeze_count()
 gc.disable()
 try:
+    import torch
+
     from lamina.engine.branches import BlockUsage, BranchOutput
     from lamina.engine.llm_engine import LLMEngine
     from lamina.engine.outputs import OutputKind, RequestOutput
@@ -71,14 +73,17 @@ class LLM:
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def hidden_states(self, prompts: str | list[int] | Seq[str | list[int]], layers: list[int],
-                      positions: list[list[int]] | None = None):
+                      positions: list[list[int]] | None = None) -> torch.Tensor:
         """[batch, len(layers), P, hidden] float32 tensor of the prompts' states from the loaded model (no second
-        load; see LLMEngine.hidden_states for layers, positions and errors)."""
+        load; see LLMEngine.hidden_states for layers, positions and errors). LaminaError while an AsyncEngine
+        drives this engine (ask that one)."""
+        self._check_driver()
         return self.engine.hidden_states(_batch(prompts), layers, positions)
 
-    def branch_hidden_states(self, branch_ids: list[str], layers: list[int],
-                             positions: list[list[int]] | None = None):
+    def branch_hidden_states(self, branch_ids: str | list[str], layers: list[int],
+                             positions: list[list[int]] | None = None) -> torch.Tensor:
         """The states of parked branches' tokens (LLMEngine.branch_hidden_states)."""
+        self._check_driver()
         return self.engine.branch_hidden_states(branch_ids, layers, positions)
 
     # Branches (lamina/engine/branches.py), each call run to completion; the engine's methods say more.
@@ -97,12 +102,15 @@ class LLM:
         return [self.engine.branch(b) for b in extension.branch_ids if b in self.engine.branches.branches]
 
     def branch(self, branch_id: str) -> BranchOutput:
+        self._check_driver()
         return self.engine.branch(branch_id)
 
     def release_branch(self, branch_id: str) -> None:
+        self._check_driver()
         self.engine.release_branch(branch_id)
 
     def branch_blocks(self, branch_ids: list[str] | None = None) -> BlockUsage:
+        self._check_driver()
         return self.engine.branch_blocks(branch_ids)
 
     def _run_branch(self, key: str) -> None:
@@ -270,13 +278,14 @@ class AsyncEngine:
         return await self._on_engine(lambda: ("", lambda: self.engine.branch_blocks(branch_ids)))
 
     async def hidden_states(self, prompts: str | list[int] | Seq[str | list[int]], layers: list[int],
-                            positions: list[list[int]] | None = None):
-        """LLM.hidden_states, computed on the engine thread between steps."""
+                            positions: list[list[int]] | None = None) -> torch.Tensor:
+        """LLM.hidden_states, computed on the engine thread between steps (the streams wait for the whole forward:
+        keep the batch small beside live requests)."""
         return await self._on_engine(lambda: ("", lambda: self.engine.hidden_states(_batch(prompts), layers,
                                                                                      positions)))
 
-    async def branch_hidden_states(self, branch_ids: list[str], layers: list[int],
-                                   positions: list[list[int]] | None = None):
+    async def branch_hidden_states(self, branch_ids: str | list[str], layers: list[int],
+                                   positions: list[list[int]] | None = None) -> torch.Tensor:
         """LLM.branch_hidden_states, computed on the engine thread between steps."""
         return await self._on_engine(lambda: ("", lambda: self.engine.branch_hidden_states(branch_ids, layers,
                                                                                             positions)))

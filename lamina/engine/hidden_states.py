@@ -7,6 +7,7 @@ decoder layer i, and L (the last) is taken after the final norm; negative indice
 from __future__ import annotations
 
 import hashlib
+import numbers
 from pathlib import Path
 
 import torch
@@ -19,9 +20,15 @@ from lamina.errors import InvalidRequestError
 IDENTITY_BYTES = 8 << 20  # how much of each weights file the identity hash reads
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy's ints too
+
+
 def resolve_layers(layers: list[int], count: int) -> list[int]:
     """Each of `layers` as an index 0 (embeddings) .. count (the last block's output), negatives counting from the
-    end; InvalidRequestError for one out of range."""
+    end; InvalidRequestError for an empty or non-list `layers`, or a layer that is no int or out of range."""
+    if not isinstance(layers, (list, tuple)) or not layers or not all(_is_int(layer) for layer in layers):
+        raise InvalidRequestError(f"hidden-state layers must be a non-empty list of ints, got {layers!r}")
     out = []
     for layer in layers:
         index = layer + count + 1 if layer < 0 else layer
@@ -36,21 +43,34 @@ def resolve_layers(layers: list[int], count: int) -> list[int]:
 def hidden_states(model: LlamaForCausalLM, sequences: list[list[int]], layers: list[int],
                   positions: list[list[int]] | None = None) -> Tensor:
     """[batch, len(layers), P, hidden] float32: the states of `sequences` (token ids, one forward for the batch) at
-    `layers` and `positions` (per sequence, P each, negative from the end; None: the last token, P = 1).
-    InvalidRequestError for an empty sequence, a position or layer out of range, or ragged positions."""
+    `layers` and `positions` (per sequence, P each, negative from the end; None: the last token, P = 1; with one
+    sequence a flat list of ints is its row). The forward covers every token of the batch at once (no chunking):
+    a caller bounds the batch. InvalidRequestError for an empty sequence, a layer or position that is no int or out
+    of range (naming the sequence), or ragged positions."""
     if not sequences or any(not seq for seq in sequences):
         raise InvalidRequestError("hidden_states needs non-empty token sequences")
     count = len(model.layers)
     wanted = resolve_layers(layers, count)
-    rows = [[-1] for _ in sequences] if positions is None else [list(p) for p in positions]
+    if positions is None:
+        rows = [[-1] for _ in sequences]
+    elif not isinstance(positions, (list, tuple)):
+        raise InvalidRequestError(f"positions must be a list of int lists (one per sequence), got {positions!r}")
+    elif len(sequences) == 1 and positions and all(_is_int(p) for p in positions):
+        rows = [list(positions)]  # one sequence, its positions given flat
+    else:
+        rows = [list(p) if isinstance(p, (list, tuple)) else None for p in positions]
+        if any(r is None for r in rows):
+            raise InvalidRequestError(f"positions must be a list of int lists (one per sequence), got {positions!r}")
     if len(rows) != len(sequences) or len({len(r) for r in rows}) != 1 or not rows[0]:
-        raise InvalidRequestError("positions: one equally long, non-empty list per sequence")
+        raise InvalidRequestError(f"positions: one equally long, non-empty list per sequence ({len(sequences)} "
+                                  f"sequences), got {positions!r}")
     flat_rows = []
     start = 0
-    for seq, row in zip(sequences, rows):
+    for index, (seq, row) in enumerate(zip(sequences, rows)):
         for p in row:
-            if not -len(seq) <= p < len(seq):
-                raise InvalidRequestError(f"position {p} out of range for a sequence of {len(seq)} tokens")
+            if not _is_int(p) or not -len(seq) <= p < len(seq):
+                raise InvalidRequestError(f"position {p!r} of sequence {index} is no int in range for its "
+                                          f"{len(seq)} tokens (-{len(seq)} .. {len(seq) - 1})")
             flat_rows.append(start + (p % len(seq)))
         start += len(seq)
     ids = torch.tensor([t for seq in sequences for t in seq], dtype=torch.long)

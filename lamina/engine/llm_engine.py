@@ -153,21 +153,24 @@ class LLMEngine:
         """[batch, len(layers), P, hidden] float32: the loaded model's residual-stream states of each prompt (a text,
         tokenized as a request's, or token ids) at `layers` (0 = embeddings .. num_layers, the last after the final
         norm, as transformers' output_hidden_states; negatives from the end) and `positions` (P per prompt, negative
-        from the end; None: the last token). One uncached forward for the batch, outside the KV cache; safe between
-        steps, not during one. InvalidRequestError for a bad prompt (as a request's), layer or position."""
+        from the end; None: the last token). One uncached forward over all the prompts' tokens, outside the KV cache
+        (nothing is read from or kept in it); safe between steps, not during one. InvalidRequestError for a bad
+        prompt (as a request's), layer or position."""
         from lamina.engine.hidden_states import hidden_states
 
         ids = [make_request(p, None, "states", self.tokenizer, self.limits).prompt_token_ids for p in prompts]
         return hidden_states(self.model, ids, layers, positions)
 
-    def branch_hidden_states(self, branch_ids: list[str], layers: list[int],
+    def branch_hidden_states(self, branch_ids: str | list[str], layers: list[int],
                              positions: list[list[int]] | None = None) -> torch.Tensor:
         """`hidden_states` of each parked branch's tokens (its root's prompt and every step since: BranchOutput's
-        token_ids), e.g. `positions` at its step boundaries for a process verifier. InvalidRequestError for an
-        unknown, released or pending branch."""
+        token_ids; one id or a list), e.g. `positions` at its step boundaries for a process verifier. The forward
+        runs over the branch's whole token list again (no KV-cache read): it spares a second model load and
+        re-tokenizing, not the compute. InvalidRequestError for an unknown, released or pending branch."""
         from lamina.engine.hidden_states import hidden_states
 
-        return hidden_states(self.model, [self.branch(b).token_ids for b in branch_ids], layers, positions)
+        ids = [branch_ids] if isinstance(branch_ids, str) else list(branch_ids)
+        return hidden_states(self.model, [self.branches.output(b).token_ids for b in ids], layers, positions)
 
     def release_branch(self, branch_id: str) -> None:
         """Forget a parked branch and give back its blocks (blocks its relatives share stay)."""
