@@ -44,7 +44,8 @@ def plot(results: list[dict], path: Path) -> None:
         legend.update({label: h for h, label in zip(*ax.get_legend_handles_labels())})
     ordered = sorted(legend, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
     fig.legend([legend[m] for m in ordered], ordered, loc="lower center", ncol=5, fontsize=8)
-    fig.suptitle("Selectors among 8 samples, SmolLM2-135M-Instruct on CPU (95% Wilson intervals)")
+    samples = "/".join(str(n) for n in sorted({r.get("samples", 8) for r in results}))
+    fig.suptitle(f"Selectors among {samples} samples, SmolLM2-135M-Instruct on CPU (95% Wilson intervals)")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
 
