@@ -40,6 +40,13 @@ class Architecture:
         self.runner = Runner(spec, self.models, self.cache)
         self.usage = Usage()
 
+    def check(self) -> None:
+        """What can be checked before anything is spent: the spec's verifier files (readable, trained on one of
+        its local models). VerifierError naming the component and file."""
+        from lamina.techniques.reward import check_spec_verifiers
+
+        check_spec_verifiers(self.spec)
+
     @classmethod
     def from_file(cls, path: str | Path, **options: Any) -> "Architecture":
         return cls(load_spec(path), **options)

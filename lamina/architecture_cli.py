@@ -37,6 +37,7 @@ def run_command(args: argparse.Namespace) -> int:
     cache = False if args.no_cache else (args.cache or None)
     if args.arch:
         arch = Architecture.from_file(args.arch, cache=cache)
+        arch.check()
     else:
         arch = Architecture.single_model(args.model, cache=cache)
 

@@ -55,9 +55,10 @@ def test_bad_requests_are_clear_errors(tiny_llm):
     model = tiny_llm.engine.model
     with pytest.raises(InvalidRequestError, match="layer 5 out of range for a model with 2 layers"):
         hidden_states(model, [[1, 2]], [5])
-    with pytest.raises(InvalidRequestError, match=r"position 3 of sequence 1 is no int in range for its 2 tokens"):
+    with pytest.raises(InvalidRequestError,
+                       match=r"position 3 of sequence 1: must be an int in -2 \.\. 1 \(the sequence has 2 tokens\)"):
         hidden_states(model, [[1, 2, 3], [1, 2]], [1], positions=[[0], [3]])
-    with pytest.raises(InvalidRequestError, match="position 0.5 of sequence 0 is no int"):
+    with pytest.raises(InvalidRequestError, match="position 0.5 of sequence 0: must be an int"):
         hidden_states(model, [[1, 2]], [1], positions=[[0.5]])
     with pytest.raises(InvalidRequestError, match="equally long"):
         hidden_states(model, [[1, 2], [3, 4]], [1], positions=[[0], [0, 1]])

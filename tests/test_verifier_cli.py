@@ -83,6 +83,12 @@ def test_bad_out_and_layers_are_refused_before_sampling(tiny_llama_dir, task_fil
     err = capsys.readouterr().err
     assert "--layers" in err and "layer 7 out of range for a model with 2 layers" in err
     assert not (tmp_path / "v.json").exists()
+    for layers in ("1,1", ""):  # a layer twice; an empty list (was: the default, silently)
+        assert main(base + ["--layers", layers, "--out", str(tmp_path / "v.json")]) == 2
+        assert "--layers" in capsys.readouterr().err
+    # /proc's folders refuse new files even to root, which os.access allows: a real write finds it
+    assert main(base + ["--out", "/proc/self/v.json"]) == 2
+    assert "cannot write a file in /proc/self" in capsys.readouterr().err
 
 
 def test_a_train_size_beyond_the_family_says_how_many_questions_it_has(tiny_llama_dir, tmp_path, capsys,
@@ -103,3 +109,64 @@ def test_a_train_size_beyond_the_family_says_how_many_questions_it_has(tiny_llam
         main(["verifier", "train", "--model", str(tiny_llama_dir), "--task", "arith-1", "--train-size", "1000",
               "--no-select", "--out", str(tmp_path / "v.json")])
     assert f"arith-1 has {held} distinct train questions, fewer than --train-size 1000" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_verifier_file(tiny_llm, tiny_llama_dir, tmp_path):
+    """A verifier of the tiny model fitted on toy samples (no sampling), saved."""
+    from lamina.engine.hidden_states import model_identity
+    from lamina.rewards.learned import VerifierInfo, features_of
+    from lamina.verifiers.train import fit
+
+    from tests.test_verifiers import toy_samples
+
+    samples = toy_samples(tiny_llm.tokenizer)
+    info = VerifierInfo(str(tiny_llama_dir), model_identity(str(tiny_llama_dir)), [1, 2], "toy", "train", seed=3)
+    path = tmp_path / "tiny.json"
+    fit(samples, features_of(tiny_llm.engine, samples.sequences, [1, 2]), info, holdout=0.34).save(path)
+    return path
+
+
+def test_eval_refuses_a_spec_whose_verifier_is_missing_or_of_another_model(tiny_verifier_file, tiny_llama_dir,
+                                                                           task_file, tmp_path, capsys):
+    """`lamina eval` (and `lamina run`) check a spec's verifier files before any example runs: a missing file or one
+    trained on none of the spec's models is one line and exit code 2, and nothing is stored as an answer, so the
+    same run, fixed, starts clean."""
+    import sqlite3
+
+    from lamina.backends.local import shutdown_all
+    from lamina.rewards.learned import LearnedVerifier
+
+    def spec(path):
+        arch = tmp_path / "arch.yaml"
+        arch.write_text(json.dumps({"name": "weighted", "models": {"m": {"model": str(tiny_llama_dir),
+                                                                         "params": {"max_tokens": 3}}},
+                                    "layers": [[{"type": "generate", "model": "m", "samples": 2}],
+                                               [{"type": "vote", "weights": "verifier", "verifier": str(path)}]]}))
+        return arch
+
+    store = tmp_path / "run.sqlite"
+    evaluate = ["eval", "--task", str(task_file), "--split", "dev", "--limit", "2", "--out", str(store),
+                "--no-progress"]
+    try:
+        assert main(["eval", "--arch", str(spec(tmp_path / "nope.json")), *evaluate[1:]]) == 2
+        err = capsys.readouterr().err
+        assert "verifier" in err and "nope.json: no such file" in err and "Traceback" not in err
+        assert main(["run", "--arch", str(tmp_path / "arch.yaml"), "hello"]) == 2
+        assert "nope.json: no such file" in capsys.readouterr().err
+        foreign = LearnedVerifier.load(tiny_verifier_file)
+        foreign.info.model_identity = "0" * 32
+        foreign.save(tmp_path / "foreign.json")
+        assert main(["eval", "--arch", str(spec(tmp_path / "foreign.json")), *evaluate[1:]]) == 2
+        err = capsys.readouterr().err
+        assert "none of the spec's local models is it" in err and "Traceback" not in err
+        if store.exists():
+            with sqlite3.connect(store) as db:
+                tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
+                rows = db.execute("select count(*) from results").fetchone()[0] if "results" in tables else 0
+            assert rows == 0
+        assert main(["eval", "--arch", str(spec(tiny_verifier_file)), *evaluate[1:], "--json"]) == 0
+        done = json.loads(capsys.readouterr().out)
+    finally:
+        shutdown_all()
+    assert done["examples"] == 2 and done["errors"] == 0

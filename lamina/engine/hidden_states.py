@@ -69,8 +69,8 @@ def hidden_states(model: LlamaForCausalLM, sequences: list[list[int]], layers: l
     for index, (seq, row) in enumerate(zip(sequences, rows)):
         for p in row:
             if not _is_int(p) or not -len(seq) <= p < len(seq):
-                raise InvalidRequestError(f"position {p!r} of sequence {index} is no int in range for its "
-                                          f"{len(seq)} tokens (-{len(seq)} .. {len(seq) - 1})")
+                raise InvalidRequestError(f"position {p!r} of sequence {index}: must be an int in -{len(seq)} .. "
+                                          f"{len(seq) - 1} (the sequence has {len(seq)} tokens)")
             flat_rows.append(start + (p % len(seq)))
         start += len(seq)
     ids = torch.tensor([t for seq in sequences for t in seq], dtype=torch.long)

@@ -57,6 +57,8 @@ class Evaluator:
 
     async def run(self) -> RunSummary:
         examples = self.task.examples(self.options.split, self.options.limit)
+        if hasattr(self.arch, "check"):  # a spec's verifier files: refused before any example is run and stored
+            self.arch.check()
         self.scorer.prepare()
         self.attempt = self.store.begin(run_config(self.arch, self.task, self.options, self.scorer))
         wanted = {e.id for e in examples}

@@ -69,6 +69,7 @@ def _load_architectures(paths: list[str], cache: str | None) -> dict[str, object
         if not Path(path).is_file():
             raise InvalidRequestError(f"--arch {path!r}: no such file")
         arch = Architecture.from_file(path, cache=option)
+        arch.check()  # its verifier files, before the server starts
         if arch.name in archs:
             raise InvalidRequestError(f"--arch {path!r}: architecture name {arch.name!r} is served twice")
         archs[arch.name] = arch

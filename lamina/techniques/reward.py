@@ -37,6 +37,36 @@ def check_verifier(mode_field: str, mode: str, verifier: str | None) -> None:
         raise ValueError(f"verifier: is read only with {mode_field}: verifier (got {mode_field}: {mode})")
 
 
+def check_spec_verifiers(spec: Any) -> None:
+    """Before a run spends anything: every verifier file an ArchSpec's components name is readable, and was trained
+    on one of the spec's local models (the others' candidates are re-read by that one). VerifierError naming the
+    component, the file (and where it was looked for) and the models; nothing loaded stays bound."""
+    from lamina.rewards.learned import VerifierError, cached_identity, load_verifier
+
+    local = {alias: m.model for alias, m in spec.models.items() if m.backend == "local"}
+    for layer in spec.layers:
+        for component in layer:
+            path = getattr(component, "verifier", None)
+            if not path:
+                continue
+            where = f"component {component.name!r}: verifier {path}"
+            if not Path(path).is_file():
+                raise VerifierError(f"{where}: no such file (looked for {Path(path).resolve()}; a relative path is "
+                                    "read from the current directory)")
+            verifier = load_verifier(path)
+            identities = {}
+            for alias, model in local.items():
+                try:
+                    identities[alias] = cached_identity(model)
+                except Exception as exc:  # a model that cannot be found fails here as it would when loaded
+                    raise VerifierError(f"{where}: model alias {alias!r} ({model}) cannot be read: {exc}") from None
+            if verifier.info.model_identity not in identities.values():
+                models = ", ".join(f"{a}: {m}" for a, m in local.items()) or "none (only remote models)"
+                raise VerifierError(f"{where} was trained on model {verifier.info.model!r} (identity "
+                                    f"{verifier.info.model_identity}); none of the spec's local models is it "
+                                    f"({models}); train one for them (lamina verifier train --model ...)")
+
+
 async def own_scores(state: State, cands: list[Candidate], mode: str,
                      verifier: str | None = None) -> list[float | None]:
     """Scores that need no judge call: the candidates' own confidence, or a learned verifier's P(correct)."""

@@ -83,8 +83,14 @@ def _writable(path: str):
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpecError(f"--out {path}: cannot create its folder: {exc}") from None
-    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+    if out.exists() and not os.access(out, os.W_OK):
         raise SpecError(f"--out {path}: not writable")
+    probe = out.parent / f".{out.name}.{os.getpid()}.probe"  # a real write: os.access says yes to root anywhere
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SpecError(f"--out {path}: cannot write a file in {out.parent}: {exc.strerror or exc}") from None
     return out
 
 
@@ -114,9 +120,11 @@ def train_command(args: argparse.Namespace) -> int:
     if args.rollouts < 1 or args.max_steps < 1:
         raise SpecError(f"--rollouts and --max-steps must be at least 1 (got {args.rollouts}, {args.max_steps})")
     try:
-        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        layers = [int(x) for x in args.layers.split(",")] if args.layers is not None else None
     except ValueError:
         raise SpecError(f"--layers: comma-separated integers, got {args.layers!r}") from None
+    if layers is not None and len(set(layers)) != len(layers):
+        raise SpecError(f"--layers: each layer once, got {args.layers!r}")
     if args.kind == "prm" and args.technique != "generate":
         raise SpecError(f"--technique {args.technique}: a process verifier (--kind prm) learns from sampled answers' "
                         "steps only")
