@@ -8,7 +8,8 @@ import random
 import pytest
 
 from lamina.rewards import Response
-from lamina.rewards.learned import LearnedVerifier, VerifierError, VerifierInfo, features_of, train_probe
+from lamina.rewards.learned import (LearnedVerifier, VerifierError, VerifierInfo, features_of, prompt_ids,
+                                    train_probe)
 from lamina.verifiers import metrics
 from lamina.verifiers.train import Samples, fit
 
@@ -101,6 +102,12 @@ def test_an_architecture_ranks_and_weights_by_the_verifier(tiny_verifier, tiny_l
     direct = asyncio.run(verifier.bind(llm.engine, str(tiny_llama_dir)).score(
         QUESTION, [Response(c.text, token_ids=c.token_ids) for c in result.final]))
     assert direct == pytest.approx(scores, abs=1e-9)
+    # the verifier's forward pass is usage of its component: the prompt once and each sample's tokens
+    prompt = len(prompt_ids(llm.tokenizer, QUESTION))
+    read = result.usage.by_component["L1.0.reward"]
+    assert read.prompt_tokens == prompt + sum(len(c.token_ids) for c in result.final) and read.calls == 1
+    assert read.completion_tokens == 0 and read.seconds > 0
+    assert result.usage.prompt_tokens == result.usage.by_component["L0.0.generate"].prompt_tokens + read.prompt_tokens
     vote = [[{"type": "generate", "samples": 4}],
             [{"type": "vote", "weights": "verifier", "verifier": str(path), "extract": "text", "keep": "all"}]]
     voted = run_spec({"name": "v", "models": model, "layers": vote}, QUESTION)
@@ -269,7 +276,7 @@ def test_a_verifier_weighted_vote_over_programs_ignores_the_ones_that_printed_no
     """A failed program has no verifier score (None) and no answer: the vote stays weighted by the others' scores."""
     import lamina.techniques.vote as vote_module
 
-    async def scores(state, cands, mode, verifier=None):
+    async def scores(state, cands, mode, verifier=None, component="verifier"):
         return [None if c.answer is None else {"42": 0.9, "13": 0.2}[c.answer] for c in cands]
 
     monkeypatch.setattr(vote_module, "own_scores", scores)

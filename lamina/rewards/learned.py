@@ -276,6 +276,10 @@ class LearnedVerifier(_Learned, OutcomeRewardModel):
         prompt = prompt_ids(self._bound().tokenizer, question)
         return [prompt + self._tokens(a) for a in answers]
 
+    def read_tokens(self, question: Question, answers: list[Response]) -> int:
+        """Tokens one `score` pass reads: the question's prompt once (its answers attend to it) and each answer's."""
+        return len(prompt_ids(self._bound().tokenizer, question)) + sum(len(self._tokens(a)) for a in answers)
+
     async def score(self, question: Question, answers: list[Response]) -> list[Score]:
         start = len(prompt_ids(self._bound().tokenizer, question))
         sequences = self.sequences(question, answers)

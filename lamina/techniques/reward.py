@@ -5,6 +5,7 @@ file on the generator's hidden states (`verifier`)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -68,10 +69,11 @@ def check_spec_verifiers(spec: Any) -> None:
 
 
 async def own_scores(state: State, cands: list[Candidate], mode: str,
-                     verifier: str | None = None) -> list[float | None]:
-    """Scores that need no judge call: the candidates' own confidence, or a learned verifier's P(correct)."""
+                     verifier: str | None = None, component: str = "verifier") -> list[float | None]:
+    """Scores that need no judge call: the candidates' own confidence, or a learned verifier's P(correct) (its
+    forward pass counted in `component`'s usage)."""
     if mode == "verifier":
-        return await verifier_scores(state, cands, str(verifier))
+        return await verifier_scores(state, cands, str(verifier), component)
     return [getattr(c, mode) for c in cands]
 
 
@@ -82,9 +84,12 @@ def _load_verifier(path: str, mtime: float) -> "LearnedVerifier":
     return LearnedVerifier.load(path)
 
 
-async def verifier_scores(state: State, cands: list[Candidate], path: str) -> list[float | None]:
+async def verifier_scores(state: State, cands: list[Candidate], path: str,
+                          component: str = "verifier") -> list[float | None]:
     """A learned verifier's P(correct) of each candidate, read from the states of the local model that wrote it
-    (the query's conversation, then the candidate's tokens). In an ensemble, candidates of another local model are
+    (the query's conversation, then the candidate's tokens). Its forward passes are usage of `component`: one call
+    per model read, whose prompt tokens are the tokens the pass reads (the conversation once, each candidate's) and
+    whose seconds are its wall time. In an ensemble, candidates of another local model are
     re-read (their text re-tokenized) by the verifier's own model when some candidates come from it. VerifierError
     for a missing file, a candidate of a model without local hidden states, candidates none of which come from
     the model the verifier was trained on, or candidates of another kind than it learnt to judge (a verifier of
@@ -122,14 +127,19 @@ async def verifier_scores(state: State, cands: list[Candidate], path: str) -> li
         rows = [i for i, c in enumerate(cands) if c.model == alias and not c.printed_nothing]
         if not rows:
             continue
+        start = time.perf_counter()
         if alias in bound:
             answers = [Response(cands[i].text, None, cands[i].token_ids) for i in rows]
             got = await bound[alias].score(state.messages, answers)
+            read = bound[alias].read_tokens(state.messages, answers)
         elif of_programs:  # the program's text is not kept, only its tokens in the model that wrote it
             raise VerifierError(f"verifier {path}: programs of model alias {alias!r} cannot be re-read by the "
                                 "verifier's model; a verifier of programs judges its own model's programs")
         else:  # another model's answer, re-read (re-tokenized) by the model the verifier was trained on
-            got = await reader.score(state.messages, [Response(cands[i].text) for i in rows])
+            answers = [Response(cands[i].text) for i in rows]
+            got = await reader.score(state.messages, answers)
+            read = reader.read_tokens(state.messages, answers)
+        state.calls.usage.add_call(component, read, 0, time.perf_counter() - start, cached=False)
         for i, score in zip(rows, got):
             scores[i] = score
     return scores
@@ -140,7 +150,7 @@ async def score_candidates(tech: Technique, state: State, mode: str,
     """Copies of the candidates with `score` set; unscorable ones score None and are recorded in the trace."""
     cands = state.candidates
     if mode in OWN_CONFIDENCE or mode == "verifier":
-        scores = await own_scores(state, cands, mode, verifier)
+        scores = await own_scores(state, cands, mode, verifier, tech.name)
         replies: list[str | None] = [None] * len(cands)
     elif mode == "logprob":
         async def ask(prompt: str, i: int):

@@ -100,7 +100,7 @@ class Vote(Technique):
         elif self.spec.weights == "none":
             return [1.0] * len(cands)
         else:
-            scores = await own_scores(state, cands, self.spec.weights, self.spec.verifier)
+            scores = await own_scores(state, cands, self.spec.weights, self.spec.verifier, self.name)
             kind = f"weights {self.spec.weights}"
         # a program that printed nothing has no score and casts no vote
         if any(s is None for s, c in zip(scores, cands) if not c.printed_nothing):
