@@ -157,6 +157,11 @@ def test_eval_refuses_a_spec_whose_verifier_is_missing_or_of_another_model(tiny_
         assert "verifier" in err and "nope.json: no such file" in err and "Traceback" not in err
         assert main(["run", "--arch", str(tmp_path / "arch.yaml"), "hello"]) == 2
         assert "nope.json: no such file" in capsys.readouterr().err
+        from lamina.rewards.learned import VerifierError
+        from lamina.server.cli import _load_architectures
+
+        with pytest.raises(VerifierError, match="nope.json: no such file"):  # lamina serve: before it starts
+            _load_architectures([str(tmp_path / "arch.yaml")], "none")
         foreign = LearnedVerifier.load(tiny_verifier_file)
         foreign.info.model_identity = "0" * 32
         foreign.save(tmp_path / "foreign.json")
