@@ -609,14 +609,14 @@ def main() -> None:
               f"orm {orm}, coverage {m['coverage']['accuracy']:.2f}", flush=True)
     if keep is not None:
         results = kept(keep, args.keep, results)
-    trained = (f"ORM trained on {train_sizes(results)} train questions x {args.train_samples} samples" if args.probes
-               else "no learned verifier run now (--no-orm)"
-               + (f"; the kept tasks' ORM trained on {train_sizes(results)} train questions" if train_sizes(results)
-                  else ""))
+    sizes = train_sizes(results)
+    if args.probes:
+        trained = f"ORM trained on {sizes} train questions x {args.train_samples} samples"
+    else:
+        trained = "no learned verifier run now (--no-orm)" + (f"; the kept tasks' ORM trained on {sizes} train "
+                                                              "questions" if sizes else "")
     print(f"\nSelectors on the test split, embedded SmolLM2-135M-Instruct, {args.samples} samples at T="
-          f"{args.temperature}, "
-          f"{trained}; "
-          f"CPU: {cpu}")
+          f"{args.temperature}, {trained}; CPU: {cpu}")
     from lamina.tasks.task import load_task
 
     for r in results:

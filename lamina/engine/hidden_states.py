@@ -51,16 +51,15 @@ def hidden_states(model: LlamaForCausalLM, sequences: list[list[int]], layers: l
         raise InvalidRequestError("hidden_states needs non-empty token sequences")
     count = len(model.layers)
     wanted = resolve_layers(layers, count)
+    listed = isinstance(positions, (list, tuple))
     if positions is None:
         rows = [[-1] for _ in sequences]
-    elif not isinstance(positions, (list, tuple)):
-        raise InvalidRequestError(f"positions must be a list of int lists (one per sequence), got {positions!r}")
-    elif len(sequences) == 1 and positions and all(_is_int(p) for p in positions):
+    elif listed and len(sequences) == 1 and positions and all(_is_int(p) for p in positions):
         rows = [list(positions)]  # one sequence, its positions given flat
+    elif listed and all(isinstance(p, (list, tuple)) for p in positions):
+        rows = [list(p) for p in positions]
     else:
-        rows = [list(p) if isinstance(p, (list, tuple)) else None for p in positions]
-        if any(r is None for r in rows):
-            raise InvalidRequestError(f"positions must be a list of int lists (one per sequence), got {positions!r}")
+        raise InvalidRequestError(f"positions must be a list of int lists (one per sequence), got {positions!r}")
     if len(rows) != len(sequences) or len({len(r) for r in rows}) != 1 or not rows[0]:
         raise InvalidRequestError(f"positions: one equally long, non-empty list per sequence ({len(sequences)} "
                                   f"sequences), got {positions!r}")

@@ -208,13 +208,17 @@ class _Learned:
         self.info = info
         self.engine: Any = None  # the LLMEngine (model + tokenizer) it reads
 
+    def trained_on(self, model: str) -> bool:
+        """Whether `model` (a name or path) has the weights this verifier was trained on (model_identity)."""
+        return cached_identity(model) == self.info.model_identity
+
     def bind(self, engine: Any, model: str):
         """This verifier reading `engine`'s states (an LLMEngine: .model, .tokenizer) of model `model` (a copy);
         VerifierError when `model`'s weights are not the ones it was trained on."""
-        identity = cached_identity(model)
-        if identity != self.info.model_identity:
+        if not self.trained_on(model):
             raise VerifierError(f"verifier trained on model {self.info.model!r} (identity {self.info.model_identity})"
-                                f" cannot score model {model!r} (identity {identity}); train one for that model")
+                                f" cannot score model {model!r} (identity {cached_identity(model)}); train one for "
+                                "that model")
         bound = type(self)(self.probe, self.info)
         bound.engine = engine
         return bound
@@ -276,14 +280,16 @@ class LearnedVerifier(_Learned, OutcomeRewardModel):
         prompt = prompt_ids(self._bound().tokenizer, question)
         return [prompt + self._tokens(a) for a in answers]
 
-    def read_tokens(self, question: Question, answers: list[Response]) -> int:
-        """Tokens one `score` pass reads: the question's prompt once (its answers attend to it) and each answer's."""
-        return len(prompt_ids(self._bound().tokenizer, question)) + sum(len(self._tokens(a)) for a in answers)
-
     async def score(self, question: Question, answers: list[Response]) -> list[Score]:
-        start = len(prompt_ids(self._bound().tokenizer, question))
-        sequences = self.sequences(question, answers)
-        return list(await asyncio.to_thread(self.score_sequences, sequences, [start] * len(sequences)))
+        return (await self.score_counted(question, answers))[0]
+
+    async def score_counted(self, question: Question, answers: list[Response]) -> tuple[list[Score], int]:
+        """`score`, and the tokens its pass reads: the question's prompt once (its answers attend to it) and each
+        answer's."""
+        prompt = prompt_ids(self._bound().tokenizer, question)
+        sequences = [prompt + self._tokens(a) for a in answers]
+        scores = await asyncio.to_thread(self.score_sequences, sequences, [len(prompt)] * len(sequences))
+        return list(scores), len(prompt) + sum(len(seq) - len(prompt) for seq in sequences)
 
 
 class ProcessVerifier(_Learned, ProcessRewardModel):

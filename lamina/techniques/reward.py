@@ -42,30 +42,27 @@ def check_spec_verifiers(spec: Any) -> None:
     """Before a run spends anything: every verifier file an ArchSpec's components name is readable, and was trained
     on one of the spec's local models (the others' candidates are re-read by that one). VerifierError naming the
     component, the file (and where it was looked for) and the models; nothing loaded stays bound."""
-    from lamina.rewards.learned import VerifierError, cached_identity, load_verifier
+    from lamina.rewards.learned import VerifierError, load_verifier
 
     local = {alias: m.model for alias, m in spec.models.items() if m.backend == "local"}
-    for layer in spec.layers:
-        for component in layer:
-            path = getattr(component, "verifier", None)
-            if not path:
-                continue
-            where = f"component {component.name!r}: verifier {path}"
-            if not Path(path).is_file():
-                raise VerifierError(f"{where}: no such file (looked for {Path(path).resolve()}; a relative path is "
-                                    "read from the current directory)")
-            verifier = load_verifier(path)
-            identities = {}
-            for alias, model in local.items():
-                try:
-                    identities[alias] = cached_identity(model)
-                except Exception as exc:  # a model that cannot be found fails here as it would when loaded
-                    raise VerifierError(f"{where}: model alias {alias!r} ({model}) cannot be read: {exc}") from None
-            if verifier.info.model_identity not in identities.values():
-                models = ", ".join(f"{a}: {m}" for a, m in local.items()) or "none (only remote models)"
-                raise VerifierError(f"{where} was trained on model {verifier.info.model!r} (identity "
-                                    f"{verifier.info.model_identity}); none of the spec's local models is it "
-                                    f"({models}); train one for them (lamina verifier train --model ...)")
+    for component in (c for layer in spec.layers for c in layer if getattr(c, "verifier", None)):
+        path = component.verifier
+        where = f"component {component.name!r}: verifier {path}"
+        if not Path(path).is_file():
+            raise VerifierError(f"{where}: no such file (looked for {Path(path).resolve()}; a relative path is "
+                                "read from the current directory)")
+        verifier = load_verifier(path)
+        matches = []
+        for alias, model in local.items():
+            try:
+                matches.append(verifier.trained_on(model))
+            except Exception as exc:  # a model that cannot be found fails here as it would when loaded
+                raise VerifierError(f"{where}: model alias {alias!r} ({model}) cannot be read: {exc}") from None
+        if not any(matches):
+            models = ", ".join(f"{a}: {m}" for a, m in local.items()) or "none (only remote models)"
+            raise VerifierError(f"{where} was trained on model {verifier.info.model!r} (identity "
+                                f"{verifier.info.model_identity}); none of the spec's local models is it "
+                                f"({models}); train one for them (lamina verifier train --model ...)")
 
 
 async def own_scores(state: State, cands: list[Candidate], mode: str,
@@ -130,15 +127,12 @@ async def verifier_scores(state: State, cands: list[Candidate], path: str,
         start = time.perf_counter()
         if alias in bound:
             answers = [Response(cands[i].text, None, cands[i].token_ids) for i in rows]
-            got = await bound[alias].score(state.messages, answers)
-            read = bound[alias].read_tokens(state.messages, answers)
+            got, read = await bound[alias].score_counted(state.messages, answers)
         elif of_programs:  # the program's text is not kept, only its tokens in the model that wrote it
             raise VerifierError(f"verifier {path}: programs of model alias {alias!r} cannot be re-read by the "
                                 "verifier's model; a verifier of programs judges its own model's programs")
         else:  # another model's answer, re-read (re-tokenized) by the model the verifier was trained on
-            answers = [Response(cands[i].text) for i in rows]
-            got = await reader.score(state.messages, answers)
-            read = reader.read_tokens(state.messages, answers)
+            got, read = await reader.score_counted(state.messages, [Response(cands[i].text) for i in rows])
         state.calls.usage.add_call(component, read, 0, time.perf_counter() - start, cached=False)
         for i, score in zip(rows, got):
             scores[i] = score
